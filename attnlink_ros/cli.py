@@ -1,0 +1,223 @@
+"""``attnlink <subcommand>``: the command line of attnlink_ros.
+
+Every subcommand has ``--help`` and ``--json FILE``; an error is one line on stderr and a
+non-zero exit (1 for bad input, 2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import AttnLinkError
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    if path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# synth
+
+
+def cmd_synth(args: argparse.Namespace) -> dict:
+    from .data.synth import SynthConfig, write_synthetic_sequence
+    from .evaluation.protocols import revisit_summary
+    from .geometry.poses import ground_xy, load_poses, load_times
+
+    if args.frames <= 0:
+        raise AttnLinkError(f"--frames must be positive, got {args.frames}")
+    cfg = SynthConfig(frames=args.frames, seed=args.seed)
+    t0 = time.perf_counter()
+    seq_dir = write_synthetic_sequence(args.out, cfg, sequence=args.sequence, workers=args.workers, progress=not args.quiet)
+    elapsed = time.perf_counter() - t0
+    poses = load_poses(Path(args.out) / "dataset" / "poses" / f"{args.sequence}.txt")
+    times = load_times(seq_dir / "times.txt")
+    result = {
+        "sequence_dir": str(seq_dir),
+        "seed": args.seed,
+        "workers": args.workers,
+        "seconds": round(elapsed, 2),
+        "ms_per_frame_wall": round(1000 * elapsed / args.frames, 1),
+        **revisit_summary(ground_xy(poses), times),
+    }
+    print(f"wrote {args.frames} frames to {seq_dir} in {elapsed:.1f} s "
+          f"({result['ms_per_frame_wall']} ms/frame wall, {args.workers} worker(s)); "
+          f"path {result['path_length_m']} m, {result['revisit_queries']} revisit queries")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# project
+
+
+def cmd_project(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from .data.kitti import read_image, read_velodyne_bin
+    from .geometry.calibration import Calibration
+    from .geometry.projection import sparse_depth_full
+
+    calib = Calibration.from_kitti_odometry(args.calib, camera=args.camera)
+    points = read_velodyne_bin(args.scan)
+    image = read_image(args.image)
+    h, w = image.shape[:2]
+    depth = sparse_depth_full(points, calib, w, h)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, depth)
+    filled = depth > 0
+    result = {
+        "out": str(out),
+        "shape": [h, w],
+        "points": int(len(points)),
+        "filled_pixels": int(filled.sum()),
+        "depth_min_m": float(depth[filled].min()) if filled.any() else None,
+        "depth_max_m": float(depth[filled].max()) if filled.any() else None,
+    }
+    if args.preview:
+        import cv2
+
+        vis = image.copy()
+        ys, xs = np.nonzero(filled)
+        colours = cv2.applyColorMap(np.clip(255 - depth[filled] * 4, 0, 255).astype(np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0]
+        vis[ys, xs] = colours
+        cv2.imwrite(str(args.preview), vis)
+        result["preview"] = str(args.preview)
+    print(f"{out}: {w}x{h} float32 depth, {result['filled_pixels']} of {len(points)} points' pixels filled")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# revisits
+
+
+def cmd_revisits(args: argparse.Namespace) -> dict:
+    from .evaluation.plots import plot_revisits
+    from .evaluation.protocols import revisit_queries, revisit_summary
+    from .geometry.poses import ground_xy, load_poses, load_times
+
+    poses = load_poses(args.poses)
+    times = load_times(args.times)
+    if len(poses) != len(times):
+        raise AttnLinkError(f"{args.poses}: {len(poses)} pose rows but {len(times)} timestamps in {args.times}")
+    xy = ground_xy(poses)
+    result = revisit_summary(xy, times)
+    if args.plot:
+        q = revisit_queries(xy, times).queries
+        plot_revisits(xy, q, args.plot, title=f"{Path(args.poses).name}: {len(q)} revisit queries")
+        result["plot"] = str(args.plot)
+    print(f"frames {result['frames']}  path {result['path_length_m']} m  revisit queries {result['revisit_queries']}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args: argparse.Namespace) -> dict:
+    """What the foundation can show end to end: a synthetic drive, its revisits, its FoV conversion."""
+    import numpy as np
+
+    from .data.kitti import KittiSequence
+    from .data.synth import SynthConfig, write_synthetic_sequence
+    from .evaluation.plots import plot_revisits
+    from .evaluation.protocols import revisit_queries
+    from .geometry.projection import network_grid, sparse_depth
+
+    out = Path(args.out)
+    if args.data:
+        seq = KittiSequence(args.data, args.sequence)
+    else:
+        write_synthetic_sequence(out / "town", SynthConfig(frames=args.frames, seed=args.seed), workers=args.workers, progress=not args.quiet)
+        seq = KittiSequence(out / "town", "00")
+    frames = seq.available_frames()
+    if len(frames) == 0:
+        raise AttnLinkError(f"{seq.dir}: no frame has both a scan and an image")
+    W, H = seq.image_size
+    grid = network_grid(seq.calib, W, H)
+    t0 = time.perf_counter()
+    filled = [int((sparse_depth(seq.read_scan(i), seq.calib, grid) > 0).sum()) for i in frames]
+    fov_ms = 1000 * (time.perf_counter() - t0) / len(frames)
+    result: dict[str, Any] = {"sequence_dir": str(seq.dir), "frames": int(len(seq)), "frames_with_data": int(len(frames)),
+                              "network_input": [grid.out_h, grid.out_w], "crop_top_row": grid.top,
+                              "mean_filled_cells": float(np.mean(filled)), "fov_ms_per_frame_incl_read": round(fov_ms, 2)}
+    if seq.has_poses:
+        proto = revisit_queries(seq.xy, seq.times)
+        result["revisit_queries"] = int(len(proto.queries))
+        result["plot"] = str(plot_revisits(seq.xy, proto.queries, out / "trajectory.png", title=f"{seq.dir}"))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnlink", description="AttnLink place recognition: data, models, maps, ROS 2 node.")
+    p.add_argument("--version", action="version", version=f"attnlink_ros {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="<subcommand>", required=True)
+
+    def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
+        return sp
+
+    sp = add("synth", cmd_synth, "write a synthetic town drive in the KITTI odometry layout")
+    sp.add_argument("--out", required=True, help="output root (gets dataset/sequences/XX and dataset/poses)")
+    sp.add_argument("--seed", type=int, default=0, help="town and drive seed (default 0)")
+    sp.add_argument("--frames", type=int, default=600, help="frames at 10 Hz (default 600: one minute)")
+    sp.add_argument("--sequence", default="00", help="sequence name to write (default 00)")
+    sp.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("project", cmd_project, "FoV conversion of one frame: LiDAR scan -> sparse depth map of the image size")
+    sp.add_argument("--calib", required=True, help="KITTI odometry calib.txt (P2 and Tr are used)")
+    sp.add_argument("--scan", required=True, help="velodyne .bin (float32 x, y, z, reflectance)")
+    sp.add_argument("--image", required=True, help="the frame's image (gives the output size)")
+    sp.add_argument("--out", required=True, help="output .npy: float32 (H, W) metres, 0 = no return")
+    sp.add_argument("--camera", type=int, default=2, help="projection matrix P<camera> (default 2)")
+    sp.add_argument("--preview", metavar="PNG", help="also write the image with the projected depth drawn on it")
+
+    sp = add("revisits", cmd_revisits, "frames, path length and revisit queries of a drive (revisit protocol)")
+    sp.add_argument("--poses", required=True, help="KITTI poses file (12 values a row)")
+    sp.add_argument("--times", required=True, help="KITTI times.txt")
+    sp.add_argument("--plot", metavar="PNG", help="trajectory with the revisit queries marked")
+
+    sp = add("demo", cmd_demo, "the main job on the embedded default: synthetic drive, revisits, FoV conversion")
+    sp.add_argument("--out", default="out/demo", help="working folder (default out/demo)")
+    sp.add_argument("--data", help="use this KITTI folder instead of a synthetic drive")
+    sp.add_argument("--sequence", default="00", help="sequence of --data (default 00)")
+    sp.add_argument("--frames", type=int, default=600, help="frames of the synthetic drive (default 600)")
+    sp.add_argument("--seed", type=int, default=7, help="seed of the synthetic town (default 7)")
+    sp.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.fn(args)
+        _write_json(args.json, result)
+    except AttnLinkError as exc:
+        print(f"attnlink {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"attnlink {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
