@@ -109,8 +109,8 @@ def _noise_table(seed: int, size: int = 1024) -> np.ndarray:
 
 
 def ground_at(town: T.Town, x: np.ndarray, y: np.ndarray, noise: np.ndarray | None = None):
-    """Ground class (``T.G_*``) at town points (x, y), and their BGR albedo when a noise table
-    (:func:`_noise_table`) is given (else None)."""
+    """Ground class (``T.G_*``) at town points (x, y), and their planar (3, n) BGR albedo when a
+    noise table (:func:`_noise_table`) is given (else None)."""
     xs, ys = town.xs.astype(np.float32), town.ys.astype(np.float32)
     ix = np.clip(np.searchsorted(xs, x), 1, len(xs) - 1)
     iy = np.clip(np.searchsorted(ys, y), 1, len(ys) - 1)
@@ -156,11 +156,12 @@ def ground_at(town: T.Town, x: np.ndarray, y: np.ndarray, noise: np.ndarray | No
         [[0.27, 0.27, 0.28], [0.88, 0.88, 0.86], [0.56, 0.57, 0.58], [0.7, 0.7, 0.7], [0.20, 0.42, 0.30], [0.33, 0.33, 0.34]],
         dtype=np.float32,
     )
-    albedo = base.take(cls.astype(np.intp), axis=0)
-    albedo *= (np.float32(0.8) + np.float32(0.4) * n)[:, None]
     side = cls == T.G_SIDEWALK
     joints = side & ((_frac(x / 1.5) < 0.04) | (_frac(y / 1.5) < 0.04))
-    albedo[joints] *= 0.75
+    bright = np.float32(0.8) + np.float32(0.4) * n
+    bright[joints] *= np.float32(0.75)
+    albedo = np.ascontiguousarray(base.T).take(cls.astype(np.intp), axis=1)  # (3, n) planar
+    albedo *= bright
     return cls, albedo
 
 
@@ -231,112 +232,113 @@ class SyntheticDrive:
         return (image, points, depth) if with_depth else (image, points)
 
     def _render_camera(self, scene: T.Solids, Twc: np.ndarray, t: float, rng) -> tuple[np.ndarray, np.ndarray]:
+        # Colours are planar (3, n): numpy's inner loops then run over pixels, not over 3 channels.
         cfg = self.config
         app = appearance_at(cfg.seed, t)
         origin = (Twc @ np.append(self.cam2_center, 1.0))[:3]
         right2, fwd2 = Twc[:2, 0], Twc[:2, 2]
         dirs = self._a[:, None] * right2[None] + fwd2[None]  # (W, 2)
         dirs = (dirs / self._cam_hnorm[:, None]).astype(np.float32)
+        dir_x, dir_y = np.ascontiguousarray(dirs[:, 0]), np.ascontiguousarray(dirs[:, 1])
         half_fov = math.atan(IMAGE_W / 2 / self.K[0, 0]) + 0.02
         idx = cull(scene, origin[0], origin[1], cfg.camera_range_m, fwd2, half_fov)
         sub = scene.take(idx)
         S = self._cam_slopes
         H, W = S.shape
         hits = cast_columns(sub, tuple(origin), dirs, S)
-        # everything below works on flat pixel indices
         Sf = S.ravel()
         obj = hits.obj.ravel()
-        img = np.empty((H * W, 3), np.float32)
-        dist = np.full(H * W, np.inf, np.float32)
+        img = np.empty((3, H * W), np.float32)
+        dist = np.zeros(H * W, np.float32)
         light = np.float32(app.brightness)
         sun = app.sun
-        # objects
+        horizon = np.array([0.92, 0.85, 0.78], np.float32)[:, None]
+        inv_haze = np.float32(-1.0 / (700 - 350 * app.haze))
+        out_gain = (app.gains * np.float32(255.0))[:, None]
+        fog_col = horizon * light
+
+        def finish(p, colour, d):  # haze with distance and colour balance, written once
+            fog = 1 - np.exp(d * inv_haze)
+            colour += (fog_col - colour) * fog
+            colour *= out_gain
+            img[:, p] = colour
+            dist[p] = d
+
+        # solids
         p = np.flatnonzero(obj >= 0)
         c = p % W
         th = hits.t.ravel()[p]
         o = obj[p]
-        x = np.float32(origin[0]) + th * dirs[c, 0]
-        y = np.float32(origin[1]) + th * dirs[c, 1]
+        x = np.float32(origin[0]) + th * dir_x[c]
+        y = np.float32(origin[1]) + th * dir_y[c]
         z = np.float32(origin[2]) + th * Sf[p]
         face = hits.face.ravel()[p]
         nx = hits.nx.ravel()[p]
         ny = hits.ny.ravel()[p]
-        col = sub.color[o]
+        col = np.ascontiguousarray(sub.color.T)[:, o]  # (3, n)
         mat = sub.material[o]
         bld = np.flatnonzero((mat == T.BUILDING) & (face == 0))
         if len(bld):  # facades: windows per floor, shop fronts, floor lines, a dark cornice
             ob = o[bld]
-            st = sub.style[ob]
+            ws, fh, wf, glass = (sub.style[:, k][ob] for k in range(4))
             along = np.where(np.abs(nx[bld]) > 0.5, y[bld], x[bld])
             zb = z[bld]
-            ws, fh, wf, glass = st[:, 0], st[:, 1], st[:, 2], st[:, 3]
             fa, fz = along / ws, zb / fh
             uf, vf = fa - np.floor(fa), fz - np.floor(fz)
             top = sub.zmax[ob]
             win = (np.abs(uf - 0.5) < wf * 0.5) & (vf > 0.3) & (vf < 0.85) & (zb > fh) & (zb < top - 0.8)
             fs = along / (2 * ws)
             shop = (zb < fh - 0.5) & (zb > 0.6) & (np.abs(fs - np.floor(fs) - 0.5) < 0.36)
-            cb = col[bld]
-            cb[(vf < 0.05) & (zb > fh)] *= 0.78
-            cb[zb > top - 0.5] *= 0.7
+            shade = np.where((vf < 0.05) & (zb > fh), np.float32(0.78), np.float32(1.0))
+            shade *= np.where(zb > top - 0.5, np.float32(0.7), np.float32(1.0))
+            cb = col[:, bld] * shade
             g = np.flatnonzero(win | shop)
             lit = T.hash01(idx[ob[g]], np.floor(fa[g]).astype(np.int64), np.floor(fz[g]).astype(np.int64))
-            cb[g] = (glass[g] * (0.55 + 0.9 * lit))[:, None] * np.array([1.05, 0.95, 0.85], np.float32)
-            col[bld] = cb
-        col[face == 1] *= 0.65
+            cb[:, g] = np.array([1.05, 0.95, 0.85], np.float32)[:, None] * (glass[g] * (0.55 + 0.9 * lit))
+            col[:, bld] = cb
         car = np.flatnonzero(mat == T.CAR)
         if len(car):  # windows band and wheels
             zc, top = z[car], sub.zmax[o[car]]
-            cc = col[car]
-            cc[(zc > 0.55 * top + 0.2) & (zc < top - 0.08)] = 0.12
-            cc[zc < 0.42] = 0.06
-            col[car] = cc
+            cc = col[:, car]
+            cc[:, (zc > 0.55 * top + 0.2) & (zc < top - 0.08)] = 0.12
+            cc[:, zc < 0.42] = 0.06
+            col[:, car] = cc
+        # per-pixel brightness: sun (Lambert), roofs, foliage texture
+        nz = np.where(face == 1, np.float32(1), np.where(face == 2, np.float32(-1), np.float32(0)))
+        bright = (0.5 + 0.6 * np.maximum(nx * sun[0] + ny * sun[1] + nz * sun[2], 0)) * light
+        bright[face == 1] *= np.float32(0.65)
         leafy = np.flatnonzero((mat == T.CROWN) | (mat == T.HEDGE))
         if len(leafy):  # foliage texture, fixed in the world
             q = np.float32(1 / 0.35)
             n = T.hash01(np.floor(x[leafy] * q).astype(np.int64), np.floor(y[leafy] * q).astype(np.int64),
                          np.floor(z[leafy] * q).astype(np.int64))
-            col[leafy] *= (0.6 + 0.7 * n)[:, None]
-        nz = np.where(face == 1, np.float32(1), np.where(face == 2, np.float32(-1), np.float32(0)))
-        lam = np.maximum(nx * sun[0] + ny * sun[1] + nz * sun[2], 0)
-        horizon = np.array([0.92, 0.85, 0.78], np.float32)
-        haze_len = np.float32(700 - 350 * app.haze)
-        out_gain = app.gains * np.float32(255.0)
-        fog_col = horizon * light
-
-        def finish(p, colour, d):  # haze with distance and colour balance, written once
-            fog = (1 - np.exp(-d / haze_len))[:, None]
-            colour += (fog_col - colour) * fog
-            colour *= out_gain
-            img[p] = colour
-            dist[p] = d
-
-        col *= ((0.5 + 0.6 * lam) * light)[:, None]
+            bright[leafy] *= 0.6 + 0.7 * n
+        col *= bright
         finish(p, col, th)
         # ground
         below = (obj < 0) & (Sf < 0)
         p = np.flatnonzero(below)
         tg = np.float32(-origin[2]) / Sf[p]
         c = p % W
-        gx = np.float32(origin[0]) + tg * dirs[c, 0]
-        gy = np.float32(origin[1]) + tg * dirs[c, 1]
+        gx = np.float32(origin[0]) + tg * dir_x[c]
+        gy = np.float32(origin[1]) + tg * dir_y[c]
         _, albedo = ground_at(self.town, gx, gy, self._noise)
         albedo *= np.float32((0.55 + 0.6 * max(float(sun[2]), 0.0)) * light)
         finish(p, albedo, tg)
         # sky
         p = np.flatnonzero((obj < 0) & ~below)
-        zenith = np.array([0.85, 0.55, 0.35], np.float32) * np.float32(0.8 + 0.4 * app.haze)
+        zenith = np.array([0.85, 0.55, 0.35], np.float32)[:, None] * np.float32(0.8 + 0.4 * app.haze)
         rows = np.arange(H, dtype=np.float32)
-        mix = np.clip((self.K[1, 2] - rows) / self.K[1, 1] * 2.5, 0, 1).astype(np.float32)[:, None]
-        sky_rows = (horizon[None] * (1 - mix) + zenith[None] * mix) * np.float32(0.8 + 0.35 * light)
-        img[p] = (sky_rows * out_gain)[p // W]
-        dist[p] = 0
-        # sensor noise
+        mix = np.clip((self.K[1, 2] - rows) / self.K[1, 1] * 2.5, 0, 1).astype(np.float32)[None]
+        sky_rows = (horizon * (1 - mix) + zenith * mix) * np.float32(0.8 + 0.35 * light) * out_gain  # (3, H)
+        img[:, p] = sky_rows[:, p // W]
+        # sensor noise, then interleave to an (H, W, 3) BGR image
         dy, dx = rng.integers(0, 64, 2)
-        img += self._sensor_noise[dy : dy + H, dx : dx + W].reshape(-1, 1) * np.float32(app.noise_sigma)
+        img += self._sensor_noise[dy : dy + H, dx : dx + W].reshape(1, -1) * np.float32(app.noise_sigma)
         np.clip(img, 0, 255, out=img)
-        depth = (dist.reshape(H, W) / self._cam_hnorm[None]).astype(np.float32)  # 0 on the sky
-        return img.astype(np.uint8).reshape(H, W, 3), depth
+        planes = img.astype(np.uint8).reshape(3, H, W)
+        depth = dist.reshape(H, W) / self._cam_hnorm[None]  # 0 on the sky
+        return np.ascontiguousarray(planes.transpose(1, 2, 0)), depth
 
     def _render_lidar(self, scene: T.Solids, Twl: np.ndarray, rng) -> np.ndarray:
         cfg = self.config

@@ -218,3 +218,8 @@ def sparse_depth_torch(points, calib: Calibration, grid: GridGeometry):
     buf.scatter_reduce_(0, flat, w[inside], reduce="amin", include_self=True)
     buf[torch.isinf(buf)] = 0.0
     return buf.view(grid.out_h, grid.out_w)
+
+
+def network_grid_from_config(calib: Calibration, width: int, height: int, cfg) -> GridGeometry:
+    """:func:`network_grid` with the fields of an :class:`attnlink_ros.config.InputConfig`."""
+    return network_grid(calib, width, height, cfg.height, cfg.width, cfg.crop_top, cfg.max_elevation_deg, cfg.min_range_m)

@@ -1,0 +1,69 @@
+"""Synthetic town rendering benchmark: ms per frame (camera image + LiDAR scan), one core.
+
+    .venv/bin/python bench/bench_synth.py [--frames 40] [--seed 1] [--json FILE]
+
+Frames are spread over a 600-frame drive. 'write' adds PNG encoding and the .bin write, which is
+what `attnlink synth` spends per frame and per worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from attnlink_ros.data import synth  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+    t0 = time.perf_counter()
+    drive = synth.SyntheticDrive(synth.SynthConfig(frames=600, seed=args.seed))
+    setup = time.perf_counter() - t0
+    idx = np.linspace(0, 599, args.frames).astype(int)
+    cam, lid, wr = [], [], []
+    tmp = Path(tempfile.mkdtemp())
+    for i in idx:
+        t = float(drive.drive.t[i])
+        scene = drive._scene(t)
+        Twc = drive.T_world_cam0(i)
+        rng = np.random.default_rng(0)
+        a = time.perf_counter()
+        img, _ = drive._render_camera(scene, Twc, t, rng)
+        b = time.perf_counter()
+        pts = drive._render_lidar(scene, Twc @ drive.Tr, rng)
+        c = time.perf_counter()
+        cv2.imwrite(str(tmp / "x.png"), img)
+        pts.tofile(tmp / "x.bin")
+        d = time.perf_counter()
+        cam.append(b - a)
+        lid.append(c - b)
+        wr.append(d - c)
+    cam, lid, wr = (np.asarray(x) * 1e3 for x in (cam, lid, wr))
+    total = cam + lid + wr
+    rows = {"camera": cam, "lidar": lid, "write (png + bin)": wr, "frame total": total}
+    print(f"synthetic town seed {args.seed}: {args.frames} frames of a 600-frame drive, one core; town + drive set-up {setup * 1e3:.0f} ms")
+    print(f"{'stage':20s} {'median ms':>10s} {'p90 ms':>8s}")
+    for k, v in rows.items():
+        print(f"{k:20s} {np.median(v):10.1f} {np.percentile(v, 90):8.1f}")
+    print(f"target <= 100 ms per frame: median {np.median(total):.0f} ms ({100 / np.median(total):.2f}x of target rate)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))} for k, v in rows.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

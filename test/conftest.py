@@ -1,0 +1,33 @@
+"""Shared fixtures. ROS isolation is set here, before any test imports rclpy."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# One random DDS domain per test session, discovery kept on this host.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 101)))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+REPO = Path(__file__).resolve().parents[1]
+KITTI_ROOT = Path(os.environ.get("ATTNLINK_KITTI", REPO.parent / "shared" / "data" / "kitti"))
+
+
+@pytest.fixture(scope="session")
+def kitti_root() -> Path:
+    if not (KITTI_ROOT / "dataset" / "sequences" / "00" / "velodyne").is_dir():
+        pytest.skip(f"real KITTI frames not found at {KITTI_ROOT} (set ATTNLINK_KITTI to the folder holding dataset/)")
+    return KITTI_ROOT
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A short synthetic drive written once per session (seed 3, 24 frames)."""
+    from attnlink_ros.data.synth import SynthConfig, write_synthetic_sequence
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_sequence(root, SynthConfig(frames=24, seed=3), workers=1, progress=False)
+    return root

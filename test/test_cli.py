@@ -1,0 +1,95 @@
+"""The console script, run as a user runs it (a subprocess of the installed `attnlink`)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ATTNLINK = str(Path(sys.executable).parent / "attnlink")
+SUBCOMMANDS = ["synth", "project", "revisits", "demo"]
+
+
+def run(*args, check=True):
+    p = subprocess.run([ATTNLINK, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"attnlink {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_help(sub):
+    p = run(sub, "--help")
+    assert "usage: attnlink " + sub in p.stdout and "--json" in p.stdout
+
+
+def test_top_level_help_lists_subcommands():
+    out = run("--help").stdout
+    for sub in SUBCOMMANDS:
+        assert sub in out
+
+
+def test_project_real_frame(kitti_root, tmp_path):
+    seq = kitti_root / "dataset/sequences/00"
+    out = tmp_path / "d.npy"
+    run("project", "--calib", seq / "calib.txt", "--scan", seq / "velodyne/000000.bin", "--image", seq / "image_2/000000.png",
+        "--out", out, "--json", tmp_path / "r.json", "--preview", tmp_path / "p.png")
+    depth = np.load(out)
+    assert depth.shape == (376, 1241) and depth.dtype == np.float32
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["filled_pixels"] == int((depth > 0).sum()) and 18_000 <= r["filled_pixels"] <= 21_500
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_project_bad_scan_is_one_line(kitti_root, tmp_path):
+    seq = kitti_root / "dataset/sequences/00"
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes((seq / "velodyne/000000.bin").read_bytes()[:1000])
+    p = run("project", "--calib", seq / "calib.txt", "--scan", bad, "--image", seq / "image_2/000000.png", "--out", tmp_path / "o.npy", check=False)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.bin" in lines[0] and "multiple of 16" in lines[0]
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_project_missing_calib_key(kitti_root, tmp_path):
+    seq = kitti_root / "dataset/sequences/00"
+    calib = tmp_path / "calib.txt"
+    calib.write_text("".join(l for l in (seq / "calib.txt").read_text().splitlines(True) if not l.startswith("Tr")))
+    p = run("project", "--calib", calib, "--scan", seq / "velodyne/000000.bin", "--image", seq / "image_2/000000.png", "--out", tmp_path / "o.npy", check=False)
+    assert p.returncode == 1 and "missing calibration key 'Tr'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_revisits(kitti_root, tmp_path):
+    base = kitti_root / "dataset"
+    run("revisits", "--poses", base / "poses/00.txt", "--times", base / "sequences/00/times.txt", "--json", tmp_path / "r.json", "--plot", tmp_path / "r.png")
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["frames"] == 4541 and r["revisit_queries"] > 800 and 3700 < r["path_length_m"] < 3750
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+    p = run("revisits", "--poses", base / "poses/00.txt", "--times", base / "sequences/08/times.txt", check=False)
+    assert p.returncode == 1 and "4541 pose rows but 4071 timestamps" in p.stderr
+
+
+def test_usage_error_exit_code():
+    assert run("synth", check=False).returncode == 2  # --out missing
+    p = run("synth", "--out", "/tmp/x", "--frames", "0", check=False)
+    assert p.returncode == 1 and "--frames must be positive" in p.stderr
+
+
+def test_synth_and_demo_on_it(tmp_path):
+    run("synth", "--out", tmp_path / "t", "--seed", "11", "--frames", "12", "--quiet", "--json", tmp_path / "s.json")
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["frames"] == 12 and s["seed"] == 11
+    assert len(list((tmp_path / "t/dataset/sequences/00/velodyne").glob("*.bin"))) == 12
+    run("demo", "--data", tmp_path / "t", "--out", tmp_path / "demo", "--json", tmp_path / "d.json")
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["frames_with_data"] == 12 and d["network_input"] == [128, 512] and d["mean_filled_cells"] > 8000
+    assert (tmp_path / "demo/trajectory.png").exists()
+
+
+def test_demo_default_path_small(tmp_path):
+    run("demo", "--out", tmp_path / "demo", "--frames", "20", "--workers", "1", "--quiet", "--json", tmp_path / "d.json")
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["frames"] == 20 and d["crop_top_row"] == 120
