@@ -1,0 +1,129 @@
+"""AttnLink: image and/or LiDAR depth -> one L2-normalised place descriptor.
+
+Data flow (shapes for the default 128x512 input, ResNet-34, stride 16):
+
+    rgb (B,3,128,512) --stem_rgb-->\\                       /-> F_rgb  --VLAD--> token
+                                    > shared ResNet stages -> (B,512,8,32)
+    sparse depth (B,1,128,512) --ADCN--> dense --stem_depth-->/  \\-> NMF+gate -> S --VLAD--> token
+                                                          ... same for depth: F_depth, S_depth
+    tokens (B,T<=4,d) --attention fusion (masked)--> descriptor (B,256), weights (B,4)
+
+An absent modality costs nothing: its stem, trunk pass, heads and tokens are skipped. Within a
+training batch, modalities can also be dropped per sample with ``present`` (both are computed and
+the fusion masks the absent tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .depth_completion import DepthCompletion
+from .fusion import TOKENS, AttentionFusion, ConcatFusion
+from .netvlad import VLADHead
+from .nmf import SemanticClustering
+from .resnet import ResNetTrunk
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AttnLinkOutput:
+    descriptor: torch.Tensor  # (B, D) L2-normalised
+    attention: torch.Tensor  # (B, 4) fusion weight per token (F_rgb, F_depth, S_rgb, S_depth)
+    dense_depth: torch.Tensor | None = None  # (B, 1, H, W) metres, when depth was given and ADCN is on
+
+
+@dataclass
+class Tokens:
+    """Per-modality tokens of a batch, before fusion."""
+
+    values: dict[str, torch.Tensor]  # token name -> (B, d)
+    dense_depth: torch.Tensor | None = None
+
+
+class AttnLink(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.adcn = DepthCompletion(cfg.adcn_widths, cfg.max_depth_m) if cfg.adcn else None
+        self.trunk = ResNetTrunk(cfg.blocks, cfg.widths, depth_channels=2, maxpool=cfg.stem_maxpool,
+                                 last_stride=cfg.last_stride, attention=cfg.spatial_attention)
+        C = self.trunk.out_channels
+        self.semantic = SemanticClustering(C, cfg.nmf_components, cfg.nmf_iterations, cfg.context_gating)
+        self.heads = nn.ModuleDict({name: VLADHead(C, cfg.local_dim, cfg.vlad_clusters, cfg.token_dim) for name in TOKENS})
+        fusion_cls = AttentionFusion if cfg.fusion == "attention" else ConcatFusion
+        self.fusion = fusion_cls(cfg.token_dim, cfg.attention_heads, cfg.descriptor_dim)
+        self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.out_channels = cfg.descriptor_dim
+
+    # ------------------------------------------------------------------------------------------
+    def depth_input(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Trunk input of the depth branch (B, 2, H, W) and the dense depth (or None)."""
+        mask = (sparse > 0).to(sparse.dtype)
+        if self.adcn is None:
+            return torch.cat([sparse / self.cfg.max_depth_m, mask], 1), None
+        dense = self.adcn(sparse)
+        return torch.cat([dense / self.cfg.max_depth_m, mask], 1), dense
+
+    def encode(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None) -> Tokens:
+        """Tokens of the given modalities. rgb: (B, 3, H, W) RGB in [0, 1]; depth: (B, 1, H, W)
+        sparse metres, 0 = no return."""
+        if rgb is None and depth is None:
+            raise ValueError("AttnLink needs an image, a depth map, or both")
+        stems, names = [], []
+        dense = None
+        if rgb is not None:
+            stems.append(self.trunk.forward_stem((rgb - self.rgb_mean) / self.rgb_std, depth=False))
+            names.append("rgb")
+        if depth is not None:
+            x, dense = self.depth_input(depth)
+            stems.append(self.trunk.forward_stem(x, depth=True))
+            names.append("depth")
+        # one pass of the shared stages over both modalities (one set of BatchNorm statistics)
+        feats = self.trunk.forward_stages(torch.cat(stems, 0)).chunk(len(stems), 0)
+        values = {}
+        for name, f in zip(names, feats):
+            values[f"F_{name}"] = self.heads[f"F_{name}"](f)
+            values[f"S_{name}"] = self.heads[f"S_{name}"](self.semantic(f))
+        return Tokens(values, dense)
+
+    def fuse(self, tokens: Tokens, present: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Descriptor and attention weights from tokens. ``present`` (B, 2) bool masks the
+        image (column 0) and LiDAR (column 1) tokens per sample; each sample needs one."""
+        which = [i for i, n in enumerate(TOKENS) if n in tokens.values]
+        stacked = torch.stack([tokens.values[TOKENS[i]] for i in which], 1)  # (B, T, d)
+        mask = None
+        if present is not None:
+            if not bool(present.any(1).all()):
+                raise ValueError("every sample needs at least one modality present")
+            modality = [0 if TOKENS[i].endswith("rgb") else 1 for i in which]
+            mask = ~present[:, modality]  # (B, T) True = absent
+        return self.fusion(stacked, which, mask)
+
+    def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                present: torch.Tensor | None = None) -> AttnLinkOutput:
+        tokens = self.encode(rgb, depth)
+        desc, weights = self.fuse(tokens, present)
+        return AttnLinkOutput(desc, weights, tokens.dense_depth)
+
+
+class DescriptorOnly(nn.Module):
+    """The network for one query mode, returning only the descriptor (what export traces)."""
+
+    def __init__(self, model: AttnLink, mode: str) -> None:
+        super().__init__()
+        self.model = model
+        self.mode = mode
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.mode == "image":
+            return self.model(rgb=inputs[0]).descriptor
+        if self.mode == "lidar":
+            return self.model(depth=inputs[0]).descriptor
+        return self.model(rgb=inputs[0], depth=inputs[1]).descriptor

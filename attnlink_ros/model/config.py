@@ -1,0 +1,86 @@
+"""Model configuration: the variants of AttnLink as frozen dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+MODES = ("image", "lidar", "fused")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the network's shape; saved as JSON beside every checkpoint."""
+
+    variant: str = "attnlink"
+    input_height: int = 128
+    input_width: int = 512
+    # ResNet trunk (torchvision ResNet-34 layout: BasicBlocks, 4 stages)
+    blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    stem_maxpool: bool = True
+    last_stride: int = 1  # stride of stage 4 (1 keeps the 1/16 feature map)
+    spatial_attention: bool = True  # CBAM-like attention after each stage
+    # depth completion
+    adcn: bool = True
+    adcn_widths: tuple[int, int, int] = (16, 32, 64)
+    max_depth_m: float = 80.0
+    # semantic clustering
+    nmf_components: int = 16
+    nmf_iterations: int = 8
+    context_gating: bool = True
+    # aggregation
+    local_dim: int = 64  # channels entering each NetVLAD head
+    vlad_clusters: int = 16
+    token_dim: int = 256
+    # fusion
+    fusion: str = "attention"  # "attention" | "concat"
+    attention_heads: int = 4
+    descriptor_dim: int = 256
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("attention", "concat"):
+            raise ConfigError(f"fusion must be 'attention' or 'concat', got {self.fusion!r}")
+        if self.token_dim % self.attention_heads:
+            raise ConfigError("token_dim must be divisible by attention_heads")
+        if len(self.blocks) != 4 or len(self.widths) != 4:
+            raise ConfigError("blocks and widths need 4 stages")
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "adcn_widths", tuple(int(w) for w in self.adcn_widths))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        from ..config import from_dict
+
+        return from_dict(cls, data)
+
+
+VARIANTS = {
+    # the paper's: ResNet-34 at 128x512
+    "attnlink": ModelConfig(),
+    # a trunk that keeps up with 10 Hz sensors on a CPU
+    "attnlink-lite": ModelConfig(
+        variant="attnlink-lite",
+        input_height=64,
+        input_width=256,
+        blocks=(1, 1, 1, 1),
+        widths=(32, 64, 96, 128),
+        stem_maxpool=False,
+        adcn_widths=(8, 16, 32),
+        local_dim=48,
+        token_dim=128,
+        descriptor_dim=256,
+    ),
+}
+
+
+def variant(name: str, **overrides) -> ModelConfig:
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown model variant {name!r} (known: {', '.join(VARIANTS)})")
+    return dataclasses.replace(VARIANTS[name], **overrides)
