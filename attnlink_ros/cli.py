@@ -159,6 +159,54 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# train and eval
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from .train.trainer import RunConfig, train
+
+    cfg = RunConfig.load(args.config, {"steps": args.steps, "out": args.out})
+    result = train(cfg, fresh=args.fresh, progress=not args.quiet)
+    print(f"trained {result['steps']} steps into {result['out']}; best validation image->lidar revisit "
+          f"recall@1 {result['best_val_image_recall@1']:.3f}")
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> dict:
+    import tempfile
+
+    from .data.cache import FrameCache, build_cache
+    from .evaluation.recall import encode_cache, evaluate_descriptors
+    from .model.io import load_model
+
+    model, meta = load_model(args.model)
+    protocols = tuple(args.protocol) if args.protocol else ("cotemporal", "revisit")
+    modes = tuple(args.mode) if args.mode else ("image", "lidar", "fused")
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seq in args.sequences:
+            cache_dir = Path(args.cache or tmp)
+            path = cache_dir / f"{Path(args.data).resolve().name}_{seq}_{model.cfg.input_height}x{model.cfg.input_width}"
+            if not (path / "manifest.json").is_file():
+                build_cache(args.data, seq, path, model.cfg.input_height, model.cfg.input_width, progress=not args.quiet)
+            cache = FrameCache.open(path)
+            desc = encode_cache(model, cache, modes=tuple(set(modes) | {"lidar"}), progress=not args.quiet)
+            res = evaluate_descriptors(desc, cache.xy, cache.times, protocols, modes)
+            result[seq] = res
+            for p, by_mode in res.items():
+                for m, r in by_mode.items():
+                    if r["queries"]:
+                        print(f"{seq} {p:10s} {m:6s} recall@1 {r['recall@1']:.3f}  recall@1% {r['recall@1%']:.3f}  ({r['queries']} queries)")
+                    else:
+                        print(f"{seq} {p:10s} {m:6s} no queries")
+            if "attention" in desc:
+                att = desc["attention"].mean(0)
+                result[seq]["_attention_fused_mean"] = {k: float(v) for k, v in zip(("F_rgb", "F_depth", "S_rgb", "S_depth"), att)}
+    result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--poses", required=True, help="KITTI poses file (12 values a row)")
     sp.add_argument("--times", required=True, help="KITTI times.txt")
     sp.add_argument("--plot", metavar="PNG", help="trajectory with the revisit queries marked")
+
+    sp = add("train", cmd_train, "train a model from a YAML config (resumes from OUT/last)")
+    sp.add_argument("--config", required=True, help="training config (see config/train_lite_synth.yaml)")
+    sp.add_argument("--steps", type=int, help="override train.steps")
+    sp.add_argument("--out", help="override train.out (run folder)")
+    sp.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run folder")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("eval", cmd_eval, "recall of a model on KITTI-layout data, per sequence, protocol and query mode")
+    sp.add_argument("--model", help="model artifact (NAME.json / NAME.safetensors); default: the shipped model")
+    sp.add_argument("--data", required=True, help="KITTI-layout root (holds dataset/)")
+    sp.add_argument("--sequences", nargs="+", default=["00"], help="sequences to evaluate")
+    sp.add_argument("--protocol", action="append", choices=["cotemporal", "revisit"], help="protocol(s) (default both)")
+    sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="query mode(s) (default all)")
+    sp.add_argument("--cache", help="keep the frame caches in this folder (default: a temporary one)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("demo", cmd_demo, "the main job on the embedded default: synthetic drive, revisits, FoV conversion")
     sp.add_argument("--out", default="out/demo", help="working folder (default out/demo)")

@@ -55,6 +55,10 @@ def _check_type(cls: type, name: str, tp: Any, value: Any) -> Any:
         return float(value)
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
+    if tp in (list, tuple) and isinstance(value, (list, tuple)):
+        return tp(value)
+    if tp is dict and isinstance(value, dict):
+        return value
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
         return tuple(value) if origin is tuple else list(value)
     raise ConfigError(f"{cls.__name__}.{name}: {value!r} is not {getattr(tp, '__name__', tp)}")

@@ -36,6 +36,7 @@ class AttnLinkOutput:
     descriptor: torch.Tensor  # (B, D) L2-normalised
     attention: torch.Tensor  # (B, 4) fusion weight per token (F_rgb, F_depth, S_rgb, S_depth)
     dense_depth: torch.Tensor | None = None  # (B, 1, H, W) metres, when depth was given and ADCN is on
+    by_mode: dict[str, torch.Tensor] | None = None  # training: descriptor per query mode, one trunk pass
 
 
 @dataclass
@@ -107,8 +108,20 @@ class AttnLink(nn.Module):
         return self.fusion(stacked, which, mask)
 
     def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None,
-                present: torch.Tensor | None = None) -> AttnLinkOutput:
+                present: torch.Tensor | None = None, modes: tuple[str, ...] | None = None) -> AttnLinkOutput:
+        """Descriptor of the given inputs. With ``modes`` (training), both inputs are encoded
+        once and fused once per query mode ('image', 'lidar', 'fused'); ``by_mode`` holds the
+        descriptors (going through ``forward`` keeps DistributedDataParallel's hooks)."""
         tokens = self.encode(rgb, depth)
+        if modes:
+            B = (rgb if rgb is not None else depth).shape[0]
+            masks = {"image": (True, False), "lidar": (False, True), "fused": (True, True)}
+            by_mode = {}
+            for m in modes:
+                pres = torch.tensor(masks[m], device=tokens.values[next(iter(tokens.values))].device).expand(B, 2)
+                by_mode[m] = self.fuse(tokens, pres)[0]
+            first = by_mode[modes[0]]
+            return AttnLinkOutput(first, first.new_zeros(B, 4), tokens.dense_depth, by_mode)
         desc, weights = self.fuse(tokens, present)
         return AttnLinkOutput(desc, weights, tokens.dense_depth)
 

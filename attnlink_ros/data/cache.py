@@ -1,0 +1,116 @@
+"""Training cache of a KITTI-layout sequence: network-input images and in-view LiDAR points.
+
+Training reads every frame many times; decoding a 1241x376 PNG and a 2 MB scan each time would
+dominate a CPU step. The cache keeps, per frame, the network-input crop of the image (uint8, at
+the cache's input size) and the LiDAR points that can land in that crop (float16 x, y, z; kept
+as points so that augmentation can rotate and shift them before projection). Files are plain
+``.npy`` arrays and a JSON manifest (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..geometry.calibration import Calibration
+from ..geometry.projection import GridGeometry, crop_image, network_grid, project_to_grid
+from .kitti import KittiSequence
+
+CACHE_VERSION = 1
+
+
+def _infov(points: np.ndarray, calib: Calibration, grid: GridGeometry, margin: float = 0.1) -> np.ndarray:
+    """Points that project into the crop, widened by ``margin`` of its size (for augmentation)."""
+    mh, mw = int(grid.out_h * margin), int(grid.out_w * margin)
+    G = grid.grid_matrix(calib.lidar_to_image)
+    G[0] += mw * G[2]  # shift so that cells -mw .. out_w + mw are kept
+    G[1] += mh * G[2]
+    _, _, idx = project_to_grid(points, G, grid.out_h + 2 * mh, grid.out_w + 2 * mw)
+    return points[idx, :3]
+
+
+def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 128, width: int = 512,
+                progress: bool = True) -> Path:
+    """Writes the cache of ``root``'s ``sequence`` into ``out`` (atomically: temp dir + rename)."""
+    import shutil
+
+    from tqdm import tqdm
+
+    seq = KittiSequence(root, sequence)
+    frames = seq.available_frames()
+    if len(frames) == 0:
+        raise DataError(seq.dir, "no frame has both a scan and an image")
+    W, H = seq.image_size
+    grid = network_grid(seq.calib, W, H, out_h=height, out_w=width)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(frames), height, width, 3))
+    pts, offsets = [], [0]
+    for k, i in enumerate(tqdm(frames, desc=f"cache {seq.dir.name}", disable=not progress)):
+        img = seq.read_image(i)
+        images[k] = crop_image(img, grid)[..., ::-1]  # RGB
+        p = _infov(seq.read_scan(i), seq.calib, grid).astype(np.float16)
+        pts.append(p)
+        offsets.append(offsets[-1] + len(p))
+    images.flush()
+    del images
+    np.save(tmp / "points.npy", np.concatenate(pts, 0))
+    np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    np.save(tmp / "frames.npy", frames)
+    np.save(tmp / "xy.npy", seq.xy[frames] if seq.has_poses else np.zeros((len(frames), 2)))
+    np.save(tmp / "times.npy", seq.times[frames])
+    manifest = {
+        "version": CACHE_VERSION, "source": str(seq.dir), "sequence": seq.name, "frames": int(len(frames)),
+        "input": [height, width], "image_size": [W, H], "crop_top": grid.top,
+        "lidar_to_image": seq.calib.lidar_to_image.tolist(), "has_poses": seq.has_poses,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+@dataclass
+class FrameCache:
+    """A cache opened for reading (images memory-mapped)."""
+
+    path: Path
+    images: np.ndarray  # (N, h, w, 3) uint8 RGB
+    points: np.ndarray  # (P, 3) float16
+    offsets: np.ndarray  # (N + 1,)
+    frames: np.ndarray  # (N,) frame index in the sequence
+    xy: np.ndarray  # (N, 2)
+    times: np.ndarray  # (N,)
+    calib: Calibration
+    grid: GridGeometry
+    name: str
+
+    @classmethod
+    def open(cls, path: str | Path) -> "FrameCache":
+        path = Path(path)
+        try:
+            man = json.loads((path / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise DataError(path, "not a frame cache (no manifest.json)") from None
+        if man.get("version") != CACHE_VERSION:
+            raise DataError(path, f"cache version {man.get('version')} != {CACHE_VERSION}; rebuild it")
+        M = np.asarray(man["lidar_to_image"])
+        calib = Calibration(P=M, T_cam_lidar=np.eye(4))
+        W, H = man["image_size"]
+        h, w = man["input"]
+        grid = GridGeometry(H, W, man["crop_top"], 0, H - man["crop_top"], W, h, w)
+        load = lambda n: np.load(path / n, allow_pickle=False)  # noqa: E731
+        return cls(path, np.load(path / "images.npy", mmap_mode="r", allow_pickle=False), load("points.npy"), load("offsets.npy"),
+                   load("frames.npy"), load("xy.npy"), load("times.npy"), calib, grid, f"{Path(man['source']).parent.parent.parent.name}/{man['sequence']}")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def frame_points(self, k: int) -> np.ndarray:
+        return self.points[self.offsets[k] : self.offsets[k + 1]].astype(np.float32)

@@ -1,0 +1,72 @@
+"""Recall of a model on cached sequences, per protocol and query mode.
+
+The database is always LiDAR-only descriptors (maps are built from LiDAR); queries are image,
+LiDAR or fused descriptors of the query frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.cache import FrameCache
+from ..model.attnlink import AttnLink
+from ..train.augment import make_sample, model_grid
+from .protocols import PROTOCOLS, make_protocol, one_percent, recall_curve
+
+MODE_INPUTS = {"image": ("rgb",), "lidar": ("depth",), "fused": ("rgb", "depth")}
+
+
+@torch.no_grad()
+def encode_cache(model: AttnLink, cache: FrameCache, modes=("image", "lidar", "fused"), batch: int = 32,
+                 device: str | torch.device = "cpu", progress: bool = False) -> dict[str, np.ndarray]:
+    """Descriptors (N, D) of every cached frame for each mode, plus 'attention' (N, 4) of fused."""
+    from tqdm import tqdm
+
+    model.eval()
+    grid = model_grid(cache, model.cfg.input_height, model.cfg.input_width)
+    out: dict[str, list] = {m: [] for m in modes}
+    if "fused" in modes:
+        out["attention"] = []
+    for s in tqdm(range(0, len(cache), batch), desc=f"encode {cache.name}", disable=not progress):
+        items = [make_sample(cache, k, grid, None) for k in range(s, min(s + batch, len(cache)))]
+        rgb = torch.from_numpy(np.stack([i[0] for i in items])).to(device)
+        depth = torch.from_numpy(np.stack([i[1] for i in items])).to(device)
+        for m in modes:
+            kw = {"rgb": rgb, "depth": depth}
+            res = model(**{k: kw[k] for k in MODE_INPUTS[m]})
+            out[m].append(res.descriptor.float().cpu().numpy())
+            if m == "fused":
+                out["attention"].append(res.attention.float().cpu().numpy())
+    return {k: np.concatenate(v, 0) for k, v in out.items()}
+
+
+def ranked_prefix(query: np.ndarray, db: np.ndarray, db_end: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) best-first indices into ``db`` by inner product, query i searching ``db[:db_end[i]]``
+    (exact, brute force; -1 pads a database shorter than k)."""
+    sims = query @ db.T  # (Q, D)
+    cols = np.arange(db.shape[0])[None, :]
+    sims = np.where(cols < db_end[:, None], sims, -np.inf)
+    k = min(k, db.shape[0])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(-sims, top, 1).argsort(1)
+    top = np.take_along_axis(top, order, 1)
+    top[np.take_along_axis(sims, top, 1) == -np.inf] = -1
+    return top
+
+
+def evaluate_descriptors(desc: dict[str, np.ndarray], xy: np.ndarray, times: np.ndarray,
+                         protocols=PROTOCOLS, modes=("image", "lidar", "fused"), max_n: int = 25) -> dict:
+    """``{protocol: {mode: {"recall@1", "recall@1%", "recall@N", "queries"}}}``."""
+    result: dict = {}
+    for p in protocols:
+        proto = make_protocol(p, xy, times)
+        result[p] = {}
+        for m in modes:
+            if len(proto.queries) == 0:
+                result[p][m] = {"recall@1": None, "recall@1%": None, "recall@N": [], "queries": 0}
+                continue
+            k = max(max_n, max(one_percent(int(e)) for e in proto.db_end))
+            ranked = ranked_prefix(desc[m][proto.queries], desc["lidar"], proto.db_end, k)
+            result[p][m] = recall_curve(xy[proto.queries], xy, ranked, db_sizes=proto.db_end)
+    return result

@@ -1,0 +1,67 @@
+"""Training samples: augmentation of points (before projection) and images, held-out depth."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.cache import FrameCache
+from ..geometry.projection import GridGeometry, sparse_depth
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation_deg: float = 2.0  # yaw; pitch and roll get a quarter of it
+    translation_m: float = 0.3
+    brightness: float = 0.2  # additive, in [0, 1] image units
+    contrast: float = 0.3  # multiplicative range 1 +- contrast
+    keep_min: float = 0.25  # share of LiDAR points kept: uniform in [keep_min, 1]
+    hide: float = 0.2  # share of the kept LiDAR pixels hidden from the input (completion target)
+
+
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    cy, sy, cp, sp, cr, sr = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch), math.cos(roll), math.sin(roll)
+    Rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    Ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    Rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    return (Rz @ Ry @ Rx).astype(np.float32)
+
+
+def model_grid(cache: FrameCache, height: int, width: int) -> GridGeometry:
+    g = cache.grid
+    return GridGeometry(g.image_h, g.image_w, g.top, g.left, g.crop_h, g.crop_w, height, width)
+
+
+def make_sample(cache: FrameCache, k: int, grid: GridGeometry, rng: np.random.Generator | None,
+                aug: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb (3, h, w) float32 [0, 1], depth input (1, h, w), hidden depth target (1, h, w)).
+
+    With ``rng`` None nothing is augmented or hidden (evaluation)."""
+    import cv2
+
+    img = cache.images[k]
+    if img.shape[:2] != (grid.out_h, grid.out_w):
+        img = cv2.resize(np.asarray(img), (grid.out_w, grid.out_h), interpolation=cv2.INTER_AREA)
+    rgb = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    pts = cache.frame_points(k)
+    if rng is not None:
+        c = 1 + rng.uniform(-aug.contrast, aug.contrast)
+        b = rng.uniform(-aug.brightness, aug.brightness)
+        mean = rgb.mean()
+        rgb = np.clip((rgb - mean) * c + mean + b, 0, 1).astype(np.float32)
+        r = math.radians(aug.rotation_deg)
+        R = _rotation(rng.uniform(-r, r), rng.uniform(-r, r) / 4, rng.uniform(-r, r) / 4)
+        t = rng.uniform(-aug.translation_m, aug.translation_m, 3).astype(np.float32) * np.array([1, 1, 0.3], np.float32)
+        pts = pts @ R.T + t
+        keep = rng.random(len(pts)) < rng.uniform(aug.keep_min, 1.0)
+        pts = pts[keep]
+    depth = sparse_depth(pts, cache.calib, grid)[None]  # (1, h, w)
+    target = np.zeros_like(depth)
+    if rng is not None and aug.hide > 0:
+        filled = np.flatnonzero(depth)
+        hidden = filled[rng.random(len(filled)) < aug.hide]
+        target.ravel()[hidden] = depth.ravel()[hidden]
+        depth.ravel()[hidden] = 0
+    return rgb, depth, target

@@ -1,0 +1,300 @@
+"""``attnlink train --config FILE``: training with resume, validation recall and best-model
+selection; one CPU, one GPU, or several GPUs through ``torchrun`` (DistributedDataParallel).
+
+Run layout (``train.out``):
+
+    config.json          the resolved configuration
+    last/                model.safetensors + model.json, optimizer.pt, state.json (resume point)
+    best.safetensors     best validation Recall@1 so far (+ best.json: the model artifact)
+    log.jsonl            one line of scalars per logged step and per validation
+    tb/                  TensorBoard scalars (when tensorboard is installed)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import from_dict, load_yaml, save_resolved
+from ..data.cache import FrameCache, build_cache
+from ..errors import ConfigError
+from ..model import AttnLink, variant
+from ..model.io import save_model
+from .augment import AugmentConfig, make_sample, model_grid
+from .losses import adaptive_triplet_loss, completion_loss, pair_masks
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/attnlink-lite"
+    steps: int = 3000
+    batch_size: int = 16  # frames per step (half anchors, half their positives)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    eval_every: int = 250
+    checkpoint_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    revisit_share: float = 0.7  # share of anchor positives taken from a revisit (>= 30 s apart)
+    modes: tuple[str, ...] = ("image", "lidar", "fused")
+    pos_radius_m: float = 5.0
+    neg_radius_m: float = 10.0
+    margin_min: float = 0.1
+    margin_max: float = 0.6
+    completion_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: tuple = ()  # of {"root": ..., "sequence": ...}
+    val: tuple = ()
+    cache_dir: str = "out/cache"
+    cache_size: tuple[int, int] = (128, 512)  # input size the caches are built at
+
+
+@dataclass
+class RunConfig:
+    model: dict = field(default_factory=lambda: {"variant": "attnlink-lite"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: dict | None = None) -> "RunConfig":
+        raw = load_yaml(path)
+        unknown = set(raw) - {"model", "data", "train", "augment"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
+        tr = dict(raw.get("train", {}))
+        tr.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(model=dict(raw.get("model", {"variant": "attnlink-lite"})), data=from_dict(DataConfig, raw.get("data", {})),
+                   train=from_dict(TrainConfig, tr), augment=from_dict(AugmentConfig, raw.get("augment", {})))
+
+    def model_config(self):
+        m = dict(self.model)
+        name = m.pop("variant", "attnlink-lite")
+        return variant(name, **m)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": dataclasses.asdict(self.data), "train": dataclasses.asdict(self.train),
+                "augment": dataclasses.asdict(self.augment)}
+
+
+def open_caches(specs, cache_dir: str | Path, size: tuple[int, int], progress: bool) -> list[FrameCache]:
+    """Opens (building when missing) the cache of each ``{"root", "sequence"}``."""
+    caches = []
+    for spec in specs:
+        root, seq = Path(spec["root"]), str(spec.get("sequence", "00"))
+        name = f"{root.resolve().name}_{seq}_{size[0]}x{size[1]}"
+        path = Path(cache_dir) / name
+        if not (path / "manifest.json").is_file():
+            build_cache(root, seq, path, size[0], size[1], progress=progress)
+        caches.append(FrameCache.open(path))
+    return caches
+
+
+class BatchSampler:
+    """Batches of one sequence: anchors and, for each, a positive frame within the positive
+    radius, from a revisit (>= 30 s apart) when one exists, else a neighbouring frame."""
+
+    def __init__(self, caches: list[FrameCache], batch: int, pos_radius: float, revisit_share: float, seed: int) -> None:
+        self.caches = caches
+        self.batch = batch
+        self.rng = np.random.default_rng(seed)
+        self.revisit_share = revisit_share
+        self.partners = []  # per cache: (revisit partners, near partners) lists per frame
+        for c in caches:
+            d = np.linalg.norm(c.xy[:, None] - c.xy[None], axis=-1)
+            dt = np.abs(c.times[:, None] - c.times[None])
+            rev = [np.flatnonzero((d[i] <= pos_radius) & (dt[i] >= 30)) for i in range(len(c))]
+            near = [np.flatnonzero((d[i] <= pos_radius) & (dt[i] > 0)) for i in range(len(c))]
+            self.partners.append((rev, near))
+
+    def __call__(self) -> tuple[int, np.ndarray]:
+        ci = int(self.rng.integers(len(self.caches)))
+        rev, near = self.partners[ci]
+        n = len(self.caches[ci])
+        has_rev = np.flatnonzero([len(r) > 0 for r in rev])
+        anchors = []
+        for _ in range(self.batch // 2):
+            if len(has_rev) and self.rng.random() < self.revisit_share:
+                a = int(self.rng.choice(has_rev))
+                p = int(self.rng.choice(rev[a]))
+            else:
+                a = int(self.rng.integers(n))
+                p = int(self.rng.choice(near[a])) if len(near[a]) else a
+            anchors += [a, p]
+        return ci, np.asarray(anchors)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
+    """Trains (resuming from ``out/last`` unless ``fresh``); returns the final summary."""
+    from tqdm import tqdm
+
+    rank, world, local = _dist_env()
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    out = Path(tc.out)
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved(out / "config.json", **cfg.to_dict())
+    torch.manual_seed(tc.seed)
+    mcfg = cfg.model_config()
+    model = AttnLink(mcfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    step, best, history = 0, -1.0, []
+    last = out / "last"
+    if not fresh and (last / "state.json").is_file():
+        from safetensors.torch import load_file
+
+        state = json.loads((last / "state.json").read_text())
+        model.load_state_dict(load_file(last / "model.safetensors"))
+        opt.load_state_dict(torch.load(last / "optimizer.pt", map_location=device, weights_only=True))
+        step, best = int(state["step"]), float(state["best"])
+        if main:
+            print(f"resuming {out} at step {step} (best val recall@1 {best:.3f})")
+    caches = open_caches(cfg.data.train, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main)
+    val = open_caches(cfg.data.val, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main) if cfg.data.val else []
+    if not caches:
+        raise ConfigError("data.train lists no sequence")
+    grids = [model_grid(c, mcfg.input_height, mcfg.input_width) for c in caches]
+    sampler = BatchSampler(caches, tc.batch_size, tc.pos_radius_m, tc.revisit_share, tc.seed + 1000 * rank + step)
+    rng = np.random.default_rng(tc.seed + 7 + 1000 * rank + step)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None) if distributed else model
+    writer = None
+    if main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tb"))
+        except ImportError:
+            print("tensorboard not installed: scalars go to log.jsonl only")
+    log = open(out / "log.jsonl", "a") if main else None
+
+    def lr_at(s: int) -> float:
+        if s < tc.warmup_steps:
+            return tc.lr * (s + 1) / tc.warmup_steps
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))))
+
+    def save_last():
+        from safetensors.torch import save_file
+
+        tmp = out / "last.tmp"
+        tmp.mkdir(exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "best": best, "time": time.time()}))
+        import shutil
+
+        shutil.rmtree(last, ignore_errors=True)
+        tmp.rename(last)
+
+    def validate() -> dict:
+        from ..evaluation.recall import encode_cache, evaluate_descriptors
+
+        res = {}
+        for c in val:
+            desc = encode_cache(model, c, device=device)
+            res[c.name] = evaluate_descriptors(desc, c.xy, c.times, protocols=("revisit",))
+        model.train()
+        return res
+
+    bar = tqdm(total=tc.steps, initial=step, desc=f"train {mcfg.variant}", disable=not (progress and main))
+    model.train()
+    t_start = time.time()
+    while step < tc.steps:
+        ci, idx = sampler()
+        cache, grid = caches[ci], grids[ci]
+        items = [make_sample(cache, int(k), grid, rng, cfg.augment) for k in idx]
+        rgb = torch.from_numpy(np.stack([i[0] for i in items])).to(device)
+        depth = torch.from_numpy(np.stack([i[1] for i in items])).to(device)
+        target = torch.from_numpy(np.stack([i[2] for i in items])).to(device)
+        xy = torch.from_numpy(cache.xy[idx]).float().to(device)
+        pos, neg = pair_masks(xy, torch.zeros(len(idx), device=device), tc.pos_radius_m, tc.neg_radius_m)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        res = net(rgb=rgb, depth=depth, modes=tuple(tc.modes))
+        lidar = res.by_mode["lidar"]
+        loss = torch.zeros((), device=device)
+        stats = {}
+        for m in tc.modes:
+            l, st = adaptive_triplet_loss(res.by_mode[m], lidar, pos, neg, tc.margin_min, tc.margin_max)
+            loss = loss + l
+            stats[f"triplet_{m}"] = float(l)
+            stats[f"margin_{m}"] = st["margin"]
+        if res.dense_depth is not None and tc.completion_weight > 0:
+            lc = completion_loss(res.dense_depth, target, mcfg.max_depth_m)
+            loss = loss + tc.completion_weight * lc
+            stats["completion"] = float(lc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if main and step % tc.log_every == 0:
+            rec = {"step": step, "loss": float(loss), "lr": lr_at(step - 1), "elapsed_s": round(time.time() - t_start, 1), **stats}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{float(loss):.3f}", best=f"{best:.3f}")
+            if writer:
+                for k, v in rec.items():
+                    if k != "step":
+                        writer.add_scalar(f"train/{k}", v, step)
+        evaluate_now = val and (step % tc.eval_every == 0 or step == tc.steps)
+        if main and evaluate_now:
+            res_val = validate()
+            scores = [r["revisit"]["image"]["recall@1"] for r in res_val.values() if r["revisit"]["image"]["queries"]]
+            r1 = float(np.mean(scores)) if scores else float("nan")
+            rec = {"step": step, "val": res_val, "val_image_recall@1": r1}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            history.append({"step": step, "val_image_recall@1": r1})
+            if writer:
+                for name, r in res_val.items():
+                    for m, v in r["revisit"].items():
+                        if v["queries"]:
+                            writer.add_scalar(f"val/{name}/revisit/{m}/recall@1", v["recall@1"], step)
+            if scores and r1 > best:
+                best = r1
+                save_model(model, out / "best", {"trained_steps": step, "val_image_recall@1": r1, "run": str(out)})
+            bar.write(f"step {step}: val image->lidar revisit recall@1 {r1:.3f} (best {best:.3f})")
+        if main and (step % tc.checkpoint_every == 0 or step == tc.steps or evaluate_now):
+            save_last()
+        if distributed:
+            torch.distributed.barrier()
+    bar.close()
+    if main:
+        save_model(model, out / "final", {"trained_steps": step, "run": str(out)})
+        if log:
+            log.close()
+        if writer:
+            writer.close()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return {"out": str(out), "steps": step, "best_val_image_recall@1": best, "history": history}
