@@ -52,3 +52,23 @@ def completion_loss(dense: torch.Tensor, target: torch.Tensor, max_depth: float 
     if not bool(m.any()):
         return dense.sum() * 0.0
     return (dense[m] - target[m]).abs().mean() / max_depth
+
+
+def contrastive_loss(anchor: torch.Tensor, target: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                     temperature: float = 0.07) -> torch.Tensor:
+    """Supervised contrastive (InfoNCE) term over the batch: for anchor i, the softmax over its
+    positives and negatives should put its mass on the positives.
+
+    Used beside the triplet loss because batch-hard triplets alone collapse from a random start
+    (every descriptor nearly the same, every distance ~0, loss stuck at the margin: seen here in
+    the first training run); pushing against all negatives at once does not.
+    """
+    logits = anchor @ target.T / temperature  # (B, B)
+    valid = pos.any(1) & neg.any(1)
+    if not bool(valid.any()):
+        return anchor.sum() * 0.0
+    considered = pos | neg
+    neg_inf = torch.finfo(logits.dtype).min
+    log_all = torch.logsumexp(torch.where(considered, logits, torch.full_like(logits, neg_inf)), dim=1)
+    log_pos = torch.logsumexp(torch.where(pos, logits, torch.full_like(logits, neg_inf)), dim=1)
+    return (log_all - log_pos)[valid].mean()

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..model import AttnLink, variant
 from ..model.io import save_model
 from .augment import AugmentConfig, make_sample, model_grid
-from .losses import adaptive_triplet_loss, completion_loss, pair_masks
+from .losses import adaptive_triplet_loss, completion_loss, contrastive_loss, pair_masks
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class TrainConfig:
     margin_min: float = 0.1
     margin_max: float = 0.6
     completion_weight: float = 1.0
+    contrastive_weight: float = 1.0  # InfoNCE beside the triplet loss (keeps batch-hard mining from collapsing)
+    temperature: float = 0.07
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             writer = SummaryWriter(str(out / "tb"))
         except ImportError:
             print("tensorboard not installed: scalars go to log.jsonl only")
-    log = open(out / "log.jsonl", "a") if main else None
+    log = open(out / "log.jsonl", "w" if fresh or step == 0 else "a") if main else None
 
     def lr_at(s: int) -> float:
         if s < tc.warmup_steps:
@@ -245,12 +247,16 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         for m in tc.modes:
             l, st = adaptive_triplet_loss(res.by_mode[m], lidar, pos, neg, tc.margin_min, tc.margin_max)
             loss = loss + l
-            stats[f"triplet_{m}"] = float(l)
+            stats[f"triplet_{m}"] = float(l.detach())
             stats[f"margin_{m}"] = st["margin"]
+            if tc.contrastive_weight > 0:
+                lc = contrastive_loss(res.by_mode[m], lidar, pos, neg, tc.temperature)
+                loss = loss + tc.contrastive_weight * lc
+                stats[f"contrastive_{m}"] = float(lc.detach())
         if res.dense_depth is not None and tc.completion_weight > 0:
             lc = completion_loss(res.dense_depth, target, mcfg.max_depth_m)
             loss = loss + tc.completion_weight * lc
-            stats["completion"] = float(lc)
+            stats["completion"] = float(lc.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -258,10 +264,10 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         step += 1
         bar.update(1)
         if main and step % tc.log_every == 0:
-            rec = {"step": step, "loss": float(loss), "lr": lr_at(step - 1), "elapsed_s": round(time.time() - t_start, 1), **stats}
+            rec = {"step": step, "loss": float(loss.detach()), "lr": lr_at(step - 1), "elapsed_s": round(time.time() - t_start, 1), **stats}
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            bar.set_postfix(loss=f"{float(loss):.3f}", best=f"{best:.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", best=f"{best:.3f}")
             if writer:
                 for k, v in rec.items():
                     if k != "step":

@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attnlink_ros.data.cache import FrameCache, build_cache
+from attnlink_ros.errors import DataError
+from attnlink_ros.model import AttnLink, variant
+from attnlink_ros.model.io import load_model, save_model
+from attnlink_ros.train.augment import make_sample, model_grid
+from attnlink_ros.train.losses import adaptive_triplet_loss, completion_loss, pair_masks
+from attnlink_ros.train.trainer import RunConfig, train
+
+
+def test_triplet_loss_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[0.8, 0.6], [1.0, 0.0]])
+    pos = torch.tensor([[True, False], [False, True]])
+    neg = ~pos
+    loss, st = adaptive_triplet_loss(a, t, pos, neg, margin_min=0.1, margin_max=0.6)
+    d = torch.cdist(a, t)
+    margin = float((d[neg].mean() - d[pos].mean()).clamp(0.1, 0.6))
+    want = (torch.relu(d[0, 0] - d[0, 1] + margin) + torch.relu(d[1, 1] - d[1, 0] + margin)) / 2
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+    assert st["margin"] == pytest.approx(margin)
+
+
+def test_margin_follows_separation():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    pos = torch.eye(16, dtype=torch.bool)
+    noisy = torch.nn.functional.normalize(a + 3 * torch.randn(16, 8), dim=1)
+    _, mixed = adaptive_triplet_loss(a, noisy, pos, ~pos)
+    _, separated = adaptive_triplet_loss(a, a, pos, ~pos)
+    assert separated["margin"] == pytest.approx(0.6)  # clipped at margin_max
+    assert 0.1 <= mixed["margin"] < 0.5
+
+
+def test_pair_masks_and_completion():
+    xy = torch.tensor([[0.0, 0.0], [3.0, 0.0], [7.0, 0.0], [30.0, 0.0]])
+    pos, neg = pair_masks(xy, torch.zeros(4))
+    assert pos[0, 1] and not pos[0, 2] and not neg[0, 2] and neg[0, 3] and pos[0, 0]
+    pos2, neg2 = pair_masks(xy, torch.tensor([0, 1, 0, 0]))
+    assert not pos2[0, 1] and neg2[0, 1]
+    dense = torch.full((1, 1, 2, 2), 10.0)
+    target = torch.tensor([[[[0.0, 12.0], [0.0, 0.0]]]])
+    assert float(completion_loss(dense, target, 80.0)) == pytest.approx(2.0 / 80)
+
+
+def test_model_artifact_round_trip_and_refusals(tmp_path):
+    torch.manual_seed(0)
+    m = AttnLink(variant("attnlink-lite")).eval()
+    meta_path = save_model(m, tmp_path / "m", {"note": "test"})
+    m2, meta = load_model(meta_path)
+    assert meta["note"] == "test" and len(meta["fingerprint"]) == 64
+    x = torch.rand(1, 3, 64, 256)
+    with torch.no_grad():
+        assert torch.equal(m(rgb=x).descriptor, m2(rgb=x).descriptor)
+    w = tmp_path / "m.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="fingerprint"):
+        load_model(tmp_path / "m")
+    with pytest.raises(DataError, match="model config not found"):
+        load_model(tmp_path / "nothing")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_model(tmp_path / "bad")
+
+
+def test_cache_and_samples_on_real_frames(kitti_root, tmp_path):
+    path = build_cache(kitti_root, "00", tmp_path / "c", 128, 512, progress=False)
+    c = FrameCache.open(path)
+    assert len(c) == 10 and c.images.shape == (10, 128, 512, 3)
+    assert c.grid.top == 120
+    grid = model_grid(c, 64, 256)
+    rgb, depth, target = make_sample(c, 3, grid, None)
+    assert rgb.shape == (3, 64, 256) and 0 <= rgb.min() and rgb.max() <= 1
+    assert depth.shape == (1, 64, 256) and (depth > 0).sum() > 5000 and not target.any()
+    rgb2, depth2, target2 = make_sample(c, 3, grid, np.random.default_rng(0))
+    assert (target2 > 0).sum() > 300 and not np.any((target2 > 0) & (depth2 > 0))
+    with pytest.raises(DataError, match="no manifest"):
+        FrameCache.open(tmp_path)
+
+
+def test_train_resume_and_eval(synth_root, tmp_path):
+    cfg_text = f"""
+model: {{variant: attnlink-lite}}
+data:
+  train: [{{root: {synth_root}, sequence: "00"}}]
+  val: [{{root: {synth_root}, sequence: "00"}}]
+  cache_dir: {tmp_path / 'cache'}
+train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, eval_every: 2, checkpoint_every: 1, log_every: 1, warmup_steps: 1}}
+"""
+    (tmp_path / "c.yaml").write_text(cfg_text)
+    res = train(RunConfig.load(tmp_path / "c.yaml"), progress=False)
+    assert res["steps"] == 2
+    run = tmp_path / "run"
+    assert json.loads((run / "last" / "state.json").read_text())["step"] == 2
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any("completion" in rec for rec in lines)
+    res = train(RunConfig.load(tmp_path / "c.yaml", {"steps": 3}), progress=False)  # resumes at 2
+    assert res["steps"] == 3
+    assert json.loads((run / "last" / "state.json").read_text())["step"] == 3
+    model, meta = load_model(run / "final")
+    assert meta["trained_steps"] == 3 and model.cfg.variant == "attnlink-lite"
