@@ -166,17 +166,26 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from .train.trainer import RunConfig, train
 
     cfg = RunConfig.load(args.config, {"steps": args.steps, "out": args.out})
+    import os
+
     result = train(cfg, fresh=args.fresh, progress=not args.quiet)
-    print(f"trained {result['steps']} steps into {result['out']}; best validation image->lidar revisit "
-          f"recall@1 {result['best_val_image_recall@1']:.3f}")
+    if int(os.environ.get("RANK", 0)) == 0:
+        best = result["best_val_image_recall@1"]
+        print(f"trained {result['steps']} steps into {result['out']}; best validation image->lidar revisit "
+              f"recall@1 {best:.3f}" if best >= 0 else f"trained {result['steps']} steps into {result['out']} (no validation recall)")
     return result
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
     import tempfile
 
+    import numpy as np
+
     from .data.cache import FrameCache, build_cache
+    from .evaluation.plots import plot_matches, plot_recall_curves
+    from .evaluation.protocols import SUCCESS_RADIUS
     from .evaluation.recall import encode_cache, evaluate_descriptors
+    from .evaluation.robustness import fusion_analysis, robustness_study
     from .model.io import load_model
 
     model, meta = load_model(args.model)
@@ -190,18 +199,31 @@ def cmd_eval(args: argparse.Namespace) -> dict:
             if not (path / "manifest.json").is_file():
                 build_cache(args.data, seq, path, model.cfg.input_height, model.cfg.input_width, progress=not args.quiet)
             cache = FrameCache.open(path)
-            desc = encode_cache(model, cache, modes=tuple(set(modes) | {"lidar"}), progress=not args.quiet)
-            res = evaluate_descriptors(desc, cache.xy, cache.times, protocols, modes)
-            result[seq] = res
+            desc = encode_cache(model, cache, modes=tuple(dict.fromkeys(modes + ("lidar", "fused"))), progress=not args.quiet)
+            top1: dict = {}
+            res = evaluate_descriptors(desc, cache.xy, cache.times, protocols, modes, top1=top1)
             for p, by_mode in res.items():
                 for m, r in by_mode.items():
                     if r["queries"]:
                         print(f"{seq} {p:10s} {m:6s} recall@1 {r['recall@1']:.3f}  recall@1% {r['recall@1%']:.3f}  ({r['queries']} queries)")
                     else:
                         print(f"{seq} {p:10s} {m:6s} no queries")
-            if "attention" in desc:
-                att = desc["attention"].mean(0)
-                result[seq]["_attention_fused_mean"] = {k: float(v) for k, v in zip(("F_rgb", "F_depth", "S_rgb", "S_depth"), att)}
+            res["fusion_analysis"] = fusion_analysis(desc["attention"], desc["brightness"])
+            if args.robustness:
+                res["robustness"] = robustness_study(model, cache, "revisit" if "revisit" in protocols else protocols[0], progress=not args.quiet)
+            if args.plots:
+                out = Path(args.plots)
+                for p in protocols:
+                    curves = {m: res[p][m]["recall@N"] for m in modes if res[p][m]["queries"]}
+                    if curves:
+                        plot_recall_curves(curves, out / f"recall_{seq}_{p}.png", f"{seq} {p}: query mode vs LiDAR map")
+                    for m in modes:
+                        if (p, m) in top1 and res[p][m]["queries"]:
+                            q, t1 = top1[(p, m)]
+                            ok = (t1 >= 0) & (np.linalg.norm(cache.xy[np.maximum(t1, 0)] - cache.xy[q], axis=1) <= SUCCESS_RADIUS)
+                            plot_matches(cache.xy, q, t1, ok, out / f"matches_{seq}_{p}_{m}.png",
+                                         f"{seq} {p} {m}: recall@1 {res[p][m]['recall@1']:.3f}")
+            result[seq] = res
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
     return result
 
@@ -255,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--protocol", action="append", choices=["cotemporal", "revisit"], help="protocol(s) (default both)")
     sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="query mode(s) (default all)")
     sp.add_argument("--cache", help="keep the frame caches in this folder (default: a temporary one)")
+    sp.add_argument("--plots", metavar="DIR", help="write Recall@N curves and top-1 match maps (PNG) here")
+    sp.add_argument("--robustness", action="store_true", help="also run the robustness study (LiDAR 75/50/25%%, image noise)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("demo", cmd_demo, "the main job on the embedded default: synthetic drive, revisits, FoV conversion")

@@ -106,3 +106,22 @@ train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, eval_every: 2, checkp
     assert json.loads((run / "last" / "state.json").read_text())["step"] == 3
     model, meta = load_model(run / "final")
     assert meta["trained_steps"] == 3 and model.cfg.variant == "attnlink-lite"
+
+
+def test_torchrun_two_processes(synth_root, tmp_path):
+    """The same command on several processes (DistributedDataParallel, gloo on CPU)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "c.yaml").write_text(f"""
+model: {{variant: attnlink-lite}}
+data:
+  train: [{{root: {synth_root}, sequence: "00"}}]
+  cache_dir: {tmp_path / 'cache'}
+train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, checkpoint_every: 1, log_every: 1, warmup_steps: 1}}
+""")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29571", "-m", "attnlink_ros",
+                        "train", "--config", str(tmp_path / "c.yaml"), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("trained 2 steps") == 1  # only rank 0 reports
+    assert json.loads((tmp_path / "run" / "last" / "state.json").read_text())["step"] == 2

@@ -34,14 +34,17 @@ def _infov(points: np.ndarray, calib: Calibration, grid: GridGeometry, margin: f
 
 
 def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 128, width: int = 512,
-                progress: bool = True) -> Path:
-    """Writes the cache of ``root``'s ``sequence`` into ``out`` (atomically: temp dir + rename)."""
+                progress: bool = True, frame_range: tuple[int, int] | None = None) -> Path:
+    """Writes the cache of ``root``'s ``sequence`` into ``out`` (atomically: temp dir + rename),
+    optionally of the frames ``frame_range[0] <= i < frame_range[1]`` only."""
     import shutil
 
     from tqdm import tqdm
 
     seq = KittiSequence(root, sequence)
     frames = seq.available_frames()
+    if frame_range is not None:
+        frames = frames[(frames >= frame_range[0]) & (frames < frame_range[1])]
     if len(frames) == 0:
         raise DataError(seq.dir, "no frame has both a scan and an image")
     W, H = seq.image_size

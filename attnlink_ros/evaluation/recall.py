@@ -19,19 +19,28 @@ MODE_INPUTS = {"image": ("rgb",), "lidar": ("depth",), "fused": ("rgb", "depth")
 
 @torch.no_grad()
 def encode_cache(model: AttnLink, cache: FrameCache, modes=("image", "lidar", "fused"), batch: int = 32,
-                 device: str | torch.device = "cpu", progress: bool = False) -> dict[str, np.ndarray]:
-    """Descriptors (N, D) of every cached frame for each mode, plus 'attention' (N, 4) of fused."""
+                 device: str | torch.device = "cpu", progress: bool = False, degrade=None,
+                 frames: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Descriptors (N, D) of the cached frames (all, or ``frames``) for each mode, plus
+    'attention' (N, 4) of fused and 'brightness' (N,) of the input images.
+
+    ``degrade(rgb, depth, first_index) -> (rgb, depth)`` alters the inputs (robustness study)."""
     from tqdm import tqdm
 
     model.eval()
     grid = model_grid(cache, model.cfg.input_height, model.cfg.input_width)
     out: dict[str, list] = {m: [] for m in modes}
+    out["brightness"] = []
     if "fused" in modes:
         out["attention"] = []
-    for s in tqdm(range(0, len(cache), batch), desc=f"encode {cache.name}", disable=not progress):
-        items = [make_sample(cache, k, grid, None) for k in range(s, min(s + batch, len(cache)))]
+    index = np.arange(len(cache)) if frames is None else np.asarray(frames)
+    for s in tqdm(range(0, len(index), batch), desc=f"encode {cache.name}", disable=not progress):
+        items = [make_sample(cache, int(k), grid, None) for k in index[s : s + batch]]
         rgb = torch.from_numpy(np.stack([i[0] for i in items])).to(device)
         depth = torch.from_numpy(np.stack([i[1] for i in items])).to(device)
+        if degrade is not None:
+            rgb, depth = degrade(rgb, depth, s)
+        out["brightness"].append(rgb.mean(dim=(1, 2, 3)).cpu().numpy())
         for m in modes:
             kw = {"rgb": rgb, "depth": depth}
             res = model(**{k: kw[k] for k in MODE_INPUTS[m]})
@@ -56,8 +65,10 @@ def ranked_prefix(query: np.ndarray, db: np.ndarray, db_end: np.ndarray, k: int)
 
 
 def evaluate_descriptors(desc: dict[str, np.ndarray], xy: np.ndarray, times: np.ndarray,
-                         protocols=PROTOCOLS, modes=("image", "lidar", "fused"), max_n: int = 25) -> dict:
-    """``{protocol: {mode: {"recall@1", "recall@1%", "recall@N", "queries"}}}``."""
+                         protocols=PROTOCOLS, modes=("image", "lidar", "fused"), max_n: int = 25,
+                         top1: dict | None = None) -> dict:
+    """``{protocol: {mode: {"recall@1", "recall@1%", "recall@N", "queries"}}}``; when ``top1`` is
+    a dict it receives ``{(protocol, mode): (queries, top-1 index)}``."""
     result: dict = {}
     for p in protocols:
         proto = make_protocol(p, xy, times)
@@ -69,4 +80,6 @@ def evaluate_descriptors(desc: dict[str, np.ndarray], xy: np.ndarray, times: np.
             k = max(max_n, max(one_percent(int(e)) for e in proto.db_end))
             ranked = ranked_prefix(desc[m][proto.queries], desc["lidar"], proto.db_end, k)
             result[p][m] = recall_curve(xy[proto.queries], xy, ranked, db_sizes=proto.db_end)
+            if top1 is not None:
+                top1[(p, m)] = (proto.queries, ranked[:, 0])
     return result

@@ -58,7 +58,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: tuple = ()  # of {"root": ..., "sequence": ...}
+    train: tuple = ()  # of {"root": ..., "sequence": ..., "frames": [start, end] (optional)}
     val: tuple = ()
     cache_dir: str = "out/cache"
     cache_size: tuple[int, int] = (128, 512)  # input size the caches are built at
@@ -96,11 +96,15 @@ def open_caches(specs, cache_dir: str | Path, size: tuple[int, int], progress: b
     """Opens (building when missing) the cache of each ``{"root", "sequence"}``."""
     caches = []
     for spec in specs:
+        unknown = set(spec) - {"root", "sequence", "frames"}
+        if unknown:
+            raise ConfigError(f"data entry {spec}: unknown key(s) {sorted(unknown)}")
         root, seq = Path(spec["root"]), str(spec.get("sequence", "00"))
-        name = f"{root.resolve().name}_{seq}_{size[0]}x{size[1]}"
+        rng = tuple(int(f) for f in spec["frames"]) if spec.get("frames") is not None else None
+        name = f"{root.resolve().name}_{seq}_{size[0]}x{size[1]}" + (f"_{rng[0]}-{rng[1]}" if rng else "")
         path = Path(cache_dir) / name
         if not (path / "manifest.json").is_file():
-            build_cache(root, seq, path, size[0], size[1], progress=progress)
+            build_cache(root, seq, path, size[0], size[1], progress=progress, frame_range=rng)
         caches.append(FrameCache.open(path))
     return caches
 
