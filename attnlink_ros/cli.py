@@ -229,6 +229,84 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# export, build-map, query
+
+
+def cmd_export(args: argparse.Namespace) -> dict:
+    from .inference.backends import BackendUnavailable, TensorRTBackend
+    from .inference.export import export_onnx, onnx_path, parity
+    from .model.io import default_model_path, load_model
+
+    base = Path(args.model) if args.model else default_model_path()
+    model, meta = load_model(base)
+    modes = args.mode or ["image", "lidar", "fused"]
+    result: dict[str, Any] = {"model": str(base), "fingerprint": meta["fingerprint"], "onnx": {}, "tensorrt": {}}
+    for mode in modes:
+        path = export_onnx(model, onnx_path(base, mode), mode, meta["fingerprint"])
+        err = parity(model, path, mode)
+        result["onnx"][mode] = {"path": str(path), "max_abs_error_vs_torch": err}
+        print(f"{path}: ONNX opset 17, dynamic batch, checker ok, max |ORT - torch| = {err:.2e}")
+        if not args.no_tensorrt:
+            try:
+                TensorRTBackend(base, mode)
+                result["tensorrt"][mode] = "built"
+                print(f"{mode}: TensorRT FP16 engine built and cached beside the model")
+            except BackendUnavailable as exc:
+                result["tensorrt"][mode] = f"skipped: {exc}"
+                print(f"{mode}: TensorRT engine skipped: {exc}")
+    return result
+
+
+def cmd_build_map(args: argparse.Namespace) -> dict:
+    import numpy as np
+    from tqdm import tqdm
+
+    from .data.kitti import KittiSequence
+    from .pipeline import Frame, PlaceRecognizer
+    from .retrieval.place_map import PlaceMap, PlaceTable
+
+    rec = PlaceRecognizer(args.model, None, backend=args.backend)
+    seq = KittiSequence(args.data, args.sequence)
+    frames = np.asarray([i for i in range(len(seq)) if seq.scan_path(i).is_file()], dtype=np.int64)
+    if len(frames) == 0:
+        raise AttnLinkError(f"{seq.velodyne_dir}: no scans to map")
+    calib = seq.calib
+    if calib.image_size is None:
+        raise AttnLinkError(f"{seq.dir}: no image to take the image size from")
+    backend = rec.backend("lidar")
+    t0 = time.perf_counter()
+    descs = []
+    for s in tqdm(range(0, len(frames), args.batch), desc=f"map {seq.name}", unit="batch", disable=args.quiet):
+        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=seq.read_scan(i)), "lidar")["depth"]
+                                for i in frames[s : s + args.batch]])
+        descs.append(backend.encode(depth=depth))
+    elapsed = time.perf_counter() - t0
+    poses = seq.poses[frames] if seq.has_poses else np.tile(np.eye(4), (len(frames), 1, 1))
+    table = PlaceTable(poses, seq.times[frames], np.full(len(frames), seq.name), frames,
+                       poses[:, [0, 2], 3] if seq.has_poses else np.zeros((len(frames), 2)))
+    pm = PlaceMap.build(np.concatenate(descs), table, rec.fingerprint, args.index,
+                        extra={"source": str(seq.dir), "backend": backend.describe()})
+    out = pm.save(args.out)
+    fps = len(frames) / elapsed
+    print(f"{out}: {len(frames)} places, {pm.dim}-D, {args.index} index; {fps:.1f} frames/s with {backend.describe()}")
+    return {"out": str(out), "places": len(frames), "frames_per_second": round(fps, 2), "backend": backend.describe(), **pm.manifest}
+
+
+def cmd_query(args: argparse.Namespace) -> list:
+    from .data.kitti import KittiSequence
+    from .pipeline import Frame, PlaceRecognizer
+
+    rec = PlaceRecognizer(args.model, args.map, backend=args.backend)
+    seq = KittiSequence(args.data, args.sequence)
+    image = seq.read_image(args.frame) if args.mode in ("image", "fused") else None
+    points = seq.read_scan(args.frame) if args.mode in ("lidar", "fused") else None
+    res = rec.query(Frame(float(seq.times[args.frame]), seq.calib, image, points), args.k, args.mode)
+    for rank, h in enumerate(res.hits, 1):
+        print(f"{rank}. place {h['index']} (sequence {h['sequence']} frame {h['frame']}, t={h['stamp']:.2f} s) score {h['score']:.4f}")
+    return res.hits
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +358,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plots", metavar="DIR", help="write Recall@N curves and top-1 match maps (PNG) here")
     sp.add_argument("--robustness", action="store_true", help="also run the robustness study (LiDAR 75/50/25%%, image noise)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("export", cmd_export, "ONNX export per query mode (and TensorRT engines where TensorRT and a GPU are present)")
+    sp.add_argument("--model", help="model artifact; default: the shipped model")
+    sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="mode(s) to export (default all)")
+    sp.add_argument("--no-tensorrt", action="store_true", help="do not try to build TensorRT engines")
+
+    sp = add("build-map", cmd_build_map, "encode a mapping drive (LiDAR only) into a place map")
+    sp.add_argument("--model", help="model artifact; default: the shipped model")
+    sp.add_argument("--data", required=True, help="KITTI-layout root")
+    sp.add_argument("--sequence", default="00")
+    sp.add_argument("--out", required=True, help="map directory to write")
+    sp.add_argument("--index", choices=["flat", "ivfpq", "hnsw"], default="flat", help="FAISS index (default exact)")
+    sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
+    sp.add_argument("--batch", type=int, default=16)
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("query", cmd_query, "top-k places of one frame against a map")
+    sp.add_argument("--map", required=True, help="map directory")
+    sp.add_argument("--model", help="model artifact; default: the shipped model")
+    sp.add_argument("--data", required=True, help="KITTI-layout root of the query frame")
+    sp.add_argument("--sequence", default="00")
+    sp.add_argument("--frame", type=int, required=True)
+    sp.add_argument("--k", type=int, default=5)
+    sp.add_argument("--mode", choices=["image", "lidar", "fused"], default="image")
+    sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
 
     sp = add("demo", cmd_demo, "the main job on the embedded default: synthetic drive, revisits, FoV conversion")
     sp.add_argument("--out", default="out/demo", help="working folder (default out/demo)")

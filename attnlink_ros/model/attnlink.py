@@ -127,12 +127,16 @@ class AttnLink(nn.Module):
 
 
 class DescriptorOnly(nn.Module):
-    """The network for one query mode, returning only the descriptor (what export traces)."""
+    """The network for one query mode, returning only the descriptor (what export traces).
+
+    Built in eval mode: a fresh module is in training mode, and exporters restore the wrapper's
+    mode afterwards, which would switch the wrapped model's BatchNorm to batch statistics."""
 
     def __init__(self, model: AttnLink, mode: str) -> None:
         super().__init__()
         self.model = model
         self.mode = mode
+        self.train(model.training)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.mode == "image":

@@ -1,0 +1,1 @@
+"""Inference: ONNX export, backends (PyTorch, ONNX Runtime, TensorRT), engine cache."""

@@ -1,0 +1,121 @@
+"""``PlaceRecognizer``: the one pipeline shared by the CLI, the evaluation tools, the benchmarks
+and the ROS nodes. Frame in (image and/or LiDAR scan, calibration), descriptor and top-k places
+out. ROS-free.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AttnLinkError
+from .geometry.calibration import Calibration
+from .geometry.projection import GridGeometry, crop_image, network_grid, sparse_depth
+from .inference.backends import Backend, make_backend
+from .model.io import default_model_path, load_model
+from .retrieval.place_map import PlaceMap
+
+
+@dataclass
+class Frame:
+    """One synchronised sensor frame."""
+
+    stamp: float
+    calib: Calibration  # P of the camera, T_cam_lidar; image_size when known
+    image: np.ndarray | None = None  # (H, W, 3) uint8 BGR
+    points: np.ndarray | None = None  # (N, >=3) float32 in the LiDAR frame
+
+
+@dataclass
+class Result:
+    mode: str
+    descriptor: np.ndarray  # (D,)
+    hits: list[dict] = field(default_factory=list)
+    timings_ms: dict = field(default_factory=dict)
+
+
+def resolve_mode(requested: str, has_image: bool, has_points: bool) -> str:
+    """The query mode a frame allows: fused falls back to the modality that is there."""
+    if not has_image and not has_points:
+        raise AttnLinkError("frame has neither an image nor a scan")
+    if requested == "fused":
+        return "fused" if has_image and has_points else ("image" if has_image else "lidar")
+    if requested == "image" and not has_image:
+        raise AttnLinkError("mode 'image' needs an image")
+    if requested == "lidar" and not has_points:
+        raise AttnLinkError("mode 'lidar' needs a LiDAR scan")
+    return requested
+
+
+class PlaceRecognizer:
+    def __init__(self, model_path: str | Path | None = None, place_map: PlaceMap | str | Path | None = None,
+                 backend: str = "auto", crop_top: int | None = None) -> None:
+        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        model, self.meta = load_model(self.model_path)
+        self.cfg = model.cfg
+        del model
+        self.backend_kind = backend
+        self.crop_top = crop_top
+        self._backends: dict[str, Backend] = {}
+        self._grids: dict[tuple, GridGeometry] = {}
+        if place_map is not None and not isinstance(place_map, PlaceMap):
+            place_map = PlaceMap.load(place_map, model_fingerprint=self.meta["fingerprint"], descriptor_dim=self.cfg.descriptor_dim)
+        elif isinstance(place_map, PlaceMap):
+            if place_map.manifest.get("model_fingerprint") != self.meta["fingerprint"]:
+                raise AttnLinkError("map was built with another model: rebuild the map with this model")
+        self.map = place_map
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def backend(self, mode: str) -> Backend:
+        if mode not in self._backends:
+            self._backends[mode] = make_backend(self.backend_kind, self.model_path, mode)
+        return self._backends[mode]
+
+    def grid(self, calib: Calibration, width: int, height: int) -> GridGeometry:
+        key = (calib.lidar_to_image.tobytes(), width, height)
+        if key not in self._grids:
+            self._grids[key] = network_grid(calib, width, height, self.cfg.input_height, self.cfg.input_width, top=self.crop_top)
+        return self._grids[key]
+
+    def prepare(self, frame: Frame, mode: str) -> dict[str, np.ndarray]:
+        """Network inputs of a frame: rgb (1, 3, h, w) in [0, 1] and/or depth (1, 1, h, w) metres."""
+        if frame.image is not None:
+            h, w = frame.image.shape[:2]
+        elif frame.calib.image_size is not None:
+            w, h = frame.calib.image_size
+        else:
+            raise AttnLinkError("a LiDAR-only frame needs the calibration's image size")
+        grid = self.grid(frame.calib, w, h)
+        out = {}
+        if mode in ("image", "fused"):
+            img = frame.image
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise AttnLinkError(f"image must be (H, W, 3) uint8 BGR, got {img.shape} {img.dtype}")
+            out["rgb"] = (crop_image(img, grid)[..., ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        if mode in ("lidar", "fused"):
+            out["depth"] = sparse_depth(frame.points, frame.calib, grid)[None, None]
+        return out
+
+    def encode(self, frame: Frame, mode: str = "fused") -> Result:
+        mode = resolve_mode(mode, frame.image is not None, frame.points is not None)
+        t0 = time.perf_counter()
+        inputs = self.prepare(frame, mode)
+        t1 = time.perf_counter()
+        desc = self.backend(mode).encode(**inputs)[0]
+        t2 = time.perf_counter()
+        return Result(mode, desc, timings_ms={"prepare": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1)})
+
+    def query(self, frame: Frame, k: int = 5, mode: str = "fused") -> Result:
+        if self.map is None:
+            raise AttnLinkError("no place map loaded")
+        res = self.encode(frame, mode)
+        t = time.perf_counter()
+        res.hits = self.map.hits(res.descriptor[None], k)[0]
+        res.timings_ms["search"] = 1e3 * (time.perf_counter() - t)
+        return res

@@ -1,0 +1,202 @@
+"""The place map: LiDAR place descriptors in a FAISS index plus the table of places.
+
+On disk (DESIGN.md 4.1), a directory:
+
+    manifest.json   format version, descriptor dimension, metric, index type, storage,
+                    model fingerprint, counts, creation time
+    index.faiss     the FAISS index (FAISS's own binary format, no pickle)
+    places.npz      poses (N, 4, 4), stamps (N,), sequence (N,) str, frame (N,) int64, xy (N, 2)
+                    (loaded with allow_pickle=False)
+
+Written to a temporary directory and renamed, so a crash never leaves half a map. The metric is
+inner product on L2-normalised descriptors (= cosine similarity; higher is better).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+FORMAT_VERSION = 1
+METRIC = "inner_product"
+INDEX_TYPES = ("flat", "ivfpq", "hnsw")
+
+
+@dataclass
+class PlaceTable:
+    poses: np.ndarray  # (N, 4, 4) float64 camera-0 -> world (KITTI convention)
+    stamps: np.ndarray  # (N,) float64 seconds
+    sequence: np.ndarray  # (N,) str
+    frame: np.ndarray  # (N,) int64
+    xy: np.ndarray  # (N, 2) float64 ground-plane position
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __post_init__(self) -> None:
+        n = len(self.frame)
+        for name in ("poses", "stamps", "sequence", "xy"):
+            if len(getattr(self, name)) != n:
+                raise DataError(None, f"place table: {name} has {len(getattr(self, name))} rows, frame has {n}")
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def make_index(descriptors: np.ndarray, index_type: str = "flat", storage: str = "fp16", nlist: int | None = None,
+               pq_m: int = 32, hnsw_m: int = 32):
+    """A FAISS inner-product index over ``descriptors`` (N, D).
+
+    ``flat``: exact search (storage fp16: ScalarQuantizer fp16, fp32: IndexFlatIP);
+    ``ivfpq``: IVF with product quantisation (for maps beyond ~100k places; trained here);
+    ``hnsw``: HNSW graph over fp16 (or fp32) vectors.
+    """
+    import faiss
+
+    x = _as_f32(descriptors)
+    n, d = x.shape
+    ip = faiss.METRIC_INNER_PRODUCT
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(d) if storage == "fp32" else faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, ip)
+    elif index_type == "ivfpq":
+        nlist = nlist or max(1, min(4096, int(4 * np.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, ip)
+        index.train(x if n <= 256 * nlist else x[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)])
+        index.nprobe = max(1, nlist // 16)
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, ip) if storage == "fp32" else faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, hnsw_m, ip)
+        index.hnsw.efSearch = 64
+        if storage != "fp32":
+            index.train(x)
+    else:
+        raise ValueError(f"unknown index type {index_type!r} (choose from {', '.join(INDEX_TYPES)})")
+    if not index.is_trained:
+        index.train(x)
+    index.add(x)
+    return index
+
+
+class PlaceMap:
+    def __init__(self, index, table: PlaceTable, manifest: dict) -> None:
+        self.index = index
+        self.table = table
+        self.manifest = manifest
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["descriptor_dim"])
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @classmethod
+    def build(cls, descriptors: np.ndarray, table: PlaceTable, model_fingerprint: str, index_type: str = "flat",
+              storage: str = "fp16", extra: dict | None = None) -> "PlaceMap":
+        descriptors = _as_f32(descriptors)
+        if descriptors.ndim != 2 or len(descriptors) != len(table):
+            raise ValueError(f"descriptors {descriptors.shape} do not match {len(table)} places")
+        index = make_index(descriptors, index_type, storage)
+        manifest = {
+            "format_version": FORMAT_VERSION, "descriptor_dim": int(descriptors.shape[1]), "metric": METRIC,
+            "index_type": index_type, "storage": storage, "model_fingerprint": model_fingerprint,
+            "places": len(table), "sequences": sorted(set(map(str, table.sequence))),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
+        }
+        return cls(index, table, manifest)
+
+    def search(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (B, k), indices (B, k)), best first; -1 where the map has fewer than k places."""
+        q = _as_f32(queries)
+        if q.ndim == 1:
+            q = q[None]
+        if q.shape[1] != self.dim:
+            raise DataError(None, f"query descriptor dimension {q.shape[1]} does not match the map's {self.dim}")
+        scores, idx = self.index.search(q, int(k))
+        return scores, idx
+
+    def hits(self, queries: np.ndarray, k: int = 5) -> list[list[dict]]:
+        """Per query, the top-k places as dicts (index, sequence, frame, stamp, pose, score)."""
+        scores, idx = self.search(queries, k)
+        t = self.table
+        return [[{"index": int(i), "sequence": str(t.sequence[i]), "frame": int(t.frame[i]), "stamp": float(t.stamps[i]),
+                  "pose": t.poses[i].tolist(), "score": float(s)} for s, i in zip(srow, irow) if i >= 0]
+                for srow, irow in zip(scores, idx)]
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, out: str | Path) -> Path:
+        """Writes the map directory atomically (temporary sibling, then rename)."""
+        import faiss
+
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            t = self.table
+            np.savez(tmp / "places.npz", poses=t.poses.astype(np.float64), stamps=t.stamps.astype(np.float64),
+                     sequence=np.asarray(t.sequence).astype(str), frame=t.frame.astype(np.int64), xy=t.xy.astype(np.float64))
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
+            if out.exists():
+                old = out.with_name(f".{out.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, model_fingerprint: str | None = None, descriptor_dim: int | None = None) -> "PlaceMap":
+        """Opens a map directory, refusing (DataError, one clear line) a wrong format version,
+        metric, dimension or model fingerprint, and a truncated or corrupt index or table."""
+        import faiss
+
+        path = Path(path)
+        man_path = path / "manifest.json"
+        try:
+            manifest = json.loads(man_path.read_text())
+        except FileNotFoundError:
+            raise DataError(path, "not a place map (no manifest.json)") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(man_path, f"manifest is not valid JSON ({exc.msg})") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise DataError(man_path, f"map format version {manifest.get('format_version')} is not {FORMAT_VERSION}; rebuild the map")
+        if manifest.get("metric") != METRIC:
+            raise DataError(man_path, f"map metric {manifest.get('metric')!r} is not {METRIC!r}")
+        if descriptor_dim is not None and manifest.get("descriptor_dim") != descriptor_dim:
+            raise DataError(man_path, f"map descriptors are {manifest.get('descriptor_dim')}-D, the model's are {descriptor_dim}-D")
+        if model_fingerprint is not None and manifest.get("model_fingerprint") != model_fingerprint:
+            raise DataError(man_path, f"map was built with model {str(manifest.get('model_fingerprint'))[:12]}, "
+                                      f"the loaded model is {model_fingerprint[:12]}: rebuild the map with this model")
+        try:
+            index = faiss.read_index(str(path / "index.faiss"))
+        except RuntimeError as exc:
+            raise DataError(path / "index.faiss", f"index unreadable: truncated or corrupt ({str(exc).splitlines()[0][:80]})") from None
+        try:
+            with np.load(path / "places.npz", allow_pickle=False) as z:
+                table = PlaceTable(z["poses"], z["stamps"], z["sequence"], z["frame"], z["xy"])
+        except FileNotFoundError:
+            raise DataError(path / "places.npz", "place table not found") from None
+        except (ValueError, OSError, KeyError) as exc:
+            raise DataError(path / "places.npz", f"place table unreadable: truncated or corrupt ({exc})") from None
+        n = manifest.get("places")
+        if index.d != manifest.get("descriptor_dim"):
+            raise DataError(path / "index.faiss", f"index is {index.d}-D, manifest says {manifest.get('descriptor_dim')}")
+        if index.ntotal != n or len(table) != n:
+            raise DataError(path, f"manifest counts {n} places, index holds {index.ntotal}, table {len(table)}")
+        return cls(index, table, manifest)
