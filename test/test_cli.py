@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ATTNLINK = str(Path(sys.executable).parent / "attnlink")
-SUBCOMMANDS = ["synth", "project", "revisits", "demo"]
+SUBCOMMANDS = ["synth", "project", "revisits", "train", "eval", "export", "build-map", "query", "demo"]
 
 
 def run(*args, check=True):
@@ -93,3 +93,45 @@ def test_demo_default_path_small(tmp_path):
     run("demo", "--out", tmp_path / "demo", "--frames", "20", "--workers", "1", "--quiet", "--json", tmp_path / "d.json")
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["frames"] == 20 and d["crop_top_row"] == 120
+
+
+@pytest.fixture(scope="module")
+def lite_model(tmp_path_factory):
+    import torch
+
+    from attnlink_ros.model import AttnLink, variant
+    from attnlink_ros.model.io import save_model
+
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("m") / "lite"
+    save_model(AttnLink(variant("attnlink-lite")).eval(), p)
+    return p
+
+
+def test_export_build_map_query(lite_model, synth_root, tmp_path):
+    r = json.loads(run("export", "--model", lite_model.with_suffix(".json"), "--no-tensorrt", "--json", tmp_path / "e.json").stdout and
+                   (tmp_path / "e.json").read_text())
+    assert set(r["onnx"]) == {"image", "lidar", "fused"} and all(v["max_abs_error_vs_torch"] <= 1e-4 for v in r["onnx"].values())
+    run("build-map", "--model", lite_model, "--data", synth_root, "--out", tmp_path / "map", "--backend", "onnxruntime", "--quiet",
+        "--json", tmp_path / "b.json")
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["places"] == 24 and b["descriptor_dim"] == 256 and b["index_type"] == "flat"
+    run("query", "--map", tmp_path / "map", "--model", lite_model, "--data", synth_root, "--frame", "5", "--k", "4",
+        "--mode", "lidar", "--backend", "torch", "--json", tmp_path / "q.json")
+    hits = json.loads((tmp_path / "q.json").read_text())
+    assert len(hits) == 4 and set(hits[0]) == {"index", "sequence", "frame", "stamp", "pose", "score"}
+    assert any(h["frame"] == 5 and h["score"] > 0.999 for h in hits)  # its own scan is among the nearest
+    assert hits[0]["score"] >= hits[1]["score"] and len(hits[0]["pose"]) == 4
+
+
+def test_map_from_another_model_is_refused(lite_model, synth_root, tmp_path):
+    import torch
+
+    from attnlink_ros.model import AttnLink, variant
+    from attnlink_ros.model.io import save_model
+
+    run("build-map", "--model", lite_model, "--data", synth_root, "--out", tmp_path / "map", "--backend", "torch", "--quiet")
+    torch.manual_seed(9)
+    save_model(AttnLink(variant("attnlink-lite")).eval(), tmp_path / "other")
+    p = run("query", "--map", tmp_path / "map", "--model", tmp_path / "other", "--data", synth_root, "--frame", "1", check=False)
+    assert p.returncode == 1 and "rebuild the map with this model" in p.stderr and len(p.stderr.strip().splitlines()) == 1

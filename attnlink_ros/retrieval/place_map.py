@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,7 +193,7 @@ class PlaceMap:
                 table = PlaceTable(z["poses"], z["stamps"], z["sequence"], z["frame"], z["xy"])
         except FileNotFoundError:
             raise DataError(path / "places.npz", "place table not found") from None
-        except (ValueError, OSError, KeyError) as exc:
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(path / "places.npz", f"place table unreadable: truncated or corrupt ({exc})") from None
         n = manifest.get("places")
         if index.d != manifest.get("descriptor_dim"):

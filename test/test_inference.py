@@ -1,0 +1,113 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from attnlink_ros.data.kitti import KittiSequence
+from attnlink_ros.errors import AttnLinkError
+from attnlink_ros.inference.backends import BackendUnavailable, OnnxRuntimeBackend, TensorRTBackend, TorchBackend, make_backend
+from attnlink_ros.inference.export import example_inputs, export_onnx, onnx_path, parity
+from attnlink_ros.model import AttnLink, variant
+from attnlink_ros.model.io import save_model
+from attnlink_ros.pipeline import Frame, PlaceRecognizer, resolve_mode
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    m = AttnLink(variant("attnlink-lite")).eval()
+    p = tmp_path_factory.mktemp("model") / "lite"
+    save_model(m, p)
+    return p
+
+
+@pytest.mark.parametrize("mode", ["image", "lidar", "fused"])
+def test_onnx_parity_random_inputs(model_path, mode):
+    from attnlink_ros.model.io import load_model
+
+    model, meta = load_model(model_path)
+    path = export_onnx(model, onnx_path(model_path, mode), mode, meta["fingerprint"])
+    assert parity(model, path, mode, batch=3) <= 1e-4
+
+
+def test_onnx_parity_real_frame(model_path, kitti_root):
+    seq = KittiSequence(kitti_root, "00")
+    rec = PlaceRecognizer(model_path, None, backend="torch")
+    frame = Frame(float(seq.times[4]), seq.calib, seq.read_image(4), seq.read_scan(4))
+    inputs = rec.prepare(frame, "fused")
+    assert inputs["rgb"].shape == (1, 3, 64, 256) and inputs["depth"].shape == (1, 1, 64, 256)
+    assert (inputs["depth"] > 0).sum() > 4000
+    a = TorchBackend(model_path, "fused").encode(**inputs)
+    b = OnnxRuntimeBackend(model_path, "fused").encode(**inputs)
+    assert np.abs(a - b).max() <= 1e-4
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+
+
+def test_stale_onnx_is_reexported(model_path, tmp_path):
+    from attnlink_ros.model.io import load_model
+
+    torch.manual_seed(1)
+    other = AttnLink(variant("attnlink-lite")).eval()
+    export_onnx(other, onnx_path(model_path, "image"), "image", "0" * 64)  # from other weights
+    b = OnnxRuntimeBackend(model_path, "image")
+    model, _ = load_model(model_path)
+    (rgb,) = example_inputs(model, "image")
+    with torch.no_grad():
+        want = model(rgb=rgb).descriptor.numpy()
+    assert np.abs(b.encode(rgb=rgb.numpy()) - want).max() <= 1e-4
+
+
+def test_auto_backend_logs_its_choice(model_path, caplog):
+    caplog.set_level(logging.INFO, logger="attnlink.inference")
+    b = make_backend("auto", model_path, "lidar")
+    assert b.name in ("torch", "onnxruntime", "tensorrt")
+    text = caplog.text
+    assert "backend auto:" in text
+    if not torch.cuda.is_available():
+        assert "tensorrt not used: TensorRT backend needs a CUDA GPU" in text
+
+
+def test_bad_inputs_and_unknown_backend(model_path):
+    b = TorchBackend(model_path, "fused")
+    with pytest.raises(ValueError, match="needs depth"):
+        b.encode(rgb=np.zeros((1, 3, 64, 256), np.float32))
+    with pytest.raises(ValueError, match=r"rgb must be \(B, 3, 64, 256\)"):
+        b.encode(rgb=np.zeros((1, 3, 32, 256), np.float32), depth=np.zeros((1, 1, 64, 256), np.float32))
+    with pytest.raises(AttnLinkError, match="unknown backend"):
+        make_backend("tpu", model_path, "image")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_tensorrt_without_gpu_is_a_clear_error(model_path):
+    with pytest.raises(BackendUnavailable, match="needs a CUDA GPU"):
+        TensorRTBackend(model_path, "image")
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_tensorrt(), reason="needs CUDA and TensorRT")
+def test_tensorrt_fp16_parity(model_path):
+    from attnlink_ros.model.io import load_model
+
+    model, _ = load_model(model_path)
+    rgb, depth = example_inputs(model, "fused", batch=4, seed=3)
+    want = TorchBackend(model_path, "fused", device="cpu").encode(rgb.numpy(), depth.numpy())
+    got = TensorRTBackend(model_path, "fused").encode(rgb.numpy(), depth.numpy())
+    assert np.min(np.sum(got * want, axis=1)) >= 0.999
+
+
+def test_resolve_mode_fallbacks():
+    assert resolve_mode("fused", True, False) == "image"
+    assert resolve_mode("fused", False, True) == "lidar"
+    assert resolve_mode("fused", True, True) == "fused"
+    with pytest.raises(AttnLinkError, match="needs an image"):
+        resolve_mode("image", False, True)
+    with pytest.raises(AttnLinkError, match="neither"):
+        resolve_mode("lidar", False, False)
