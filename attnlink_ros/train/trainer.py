@@ -35,6 +35,7 @@ from .losses import adaptive_triplet_loss, completion_loss, contrastive_loss, pa
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = "runs/attnlink-lite"
+    init_from: str | None = None  # model artifact to start from (warm start; same config), when not resuming
     steps: int = 3000
     batch_size: int = 16  # frames per step (half anchors, half their positives)
     lr: float = 1e-3
@@ -184,6 +185,15 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         step, best = int(state["step"]), float(state["best"])
         if main:
             print(f"resuming {out} at step {step} (best val recall@1 {best:.3f})")
+    elif tc.init_from:
+        from ..model.io import load_model
+
+        init, init_meta = load_model(tc.init_from)
+        if init.cfg != mcfg:
+            raise ConfigError(f"train.init_from {tc.init_from}: its model config differs from this run's")
+        model.load_state_dict(init.state_dict())
+        if main:
+            print(f"starting from {tc.init_from} ({init_meta['fingerprint'][:12]})")
     caches = open_caches(cfg.data.train, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main)
     val = open_caches(cfg.data.val, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main) if cfg.data.val else []
     if not caches:
