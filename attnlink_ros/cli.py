@@ -124,14 +124,18 @@ def cmd_revisits(args: argparse.Namespace) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
-    """What the foundation can show end to end: a synthetic drive, its revisits, its FoV conversion."""
+    """The main job on the embedded default: a synthetic drive, its FoV conversion and revisits,
+    and, with the shipped model, image / LiDAR / fused queries against its LiDAR map."""
     import numpy as np
 
     from .data.kitti import KittiSequence
     from .data.synth import SynthConfig, write_synthetic_sequence
+    from .errors import DataError
     from .evaluation.plots import plot_revisits
     from .evaluation.protocols import revisit_queries
+    from .evaluation.recall import evaluate_sequence
     from .geometry.projection import network_grid, sparse_depth
+    from .model.io import load_model
 
     out = Path(args.out)
     if args.data:
@@ -145,16 +149,28 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     W, H = seq.image_size
     grid = network_grid(seq.calib, W, H)
     t0 = time.perf_counter()
-    filled = [int((sparse_depth(seq.read_scan(i), seq.calib, grid) > 0).sum()) for i in frames]
-    fov_ms = 1000 * (time.perf_counter() - t0) / len(frames)
+    filled = [int((sparse_depth(seq.read_scan(i), seq.calib, grid) > 0).sum()) for i in frames[:100]]
+    fov_ms = 1000 * (time.perf_counter() - t0) / len(filled)
     result: dict[str, Any] = {"sequence_dir": str(seq.dir), "frames": int(len(seq)), "frames_with_data": int(len(frames)),
                               "network_input": [grid.out_h, grid.out_w], "crop_top_row": grid.top,
                               "mean_filled_cells": float(np.mean(filled)), "fov_ms_per_frame_incl_read": round(fov_ms, 2)}
+    print(f"{seq.dir}: {len(frames)} frames; FoV conversion {fov_ms:.1f} ms a frame (read included), "
+          f"{np.mean(filled):.0f} filled cells of {grid.out_h}x{grid.out_w}")
     if seq.has_poses:
         proto = revisit_queries(seq.xy, seq.times)
         result["revisit_queries"] = int(len(proto.queries))
         result["plot"] = str(plot_revisits(seq.xy, proto.queries, out / "trajectory.png", title=f"{seq.dir}"))
-    print(json.dumps(result, indent=2))
+        print(f"{len(proto.queries)} revisit queries (a frame with a place >= 30 s older within 10 m); {result['plot']}")
+    try:
+        model, meta = load_model(args.model)
+    except DataError as exc:
+        print(f"no model to query with ({exc}); the recognition part of the demo needs one")
+        return result
+    if seq.has_poses and len(frames) == len(seq):
+        print(f"querying with {meta['config']['variant']} ({meta['fingerprint'][:12]}): image, LiDAR and fused queries vs the LiDAR map")
+        res = evaluate_sequence(model, seq.dataset.parent, seq.name, ("revisit",), ("image", "lidar", "fused"), out / "cache",
+                                plots=out, progress=not args.quiet)
+        result["recognition"] = res
     return result
 
 
@@ -179,13 +195,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
 def cmd_eval(args: argparse.Namespace) -> dict:
     import tempfile
 
-    import numpy as np
-
-    from .data.cache import FrameCache, build_cache
-    from .evaluation.plots import plot_matches, plot_recall_curves
-    from .evaluation.protocols import SUCCESS_RADIUS
-    from .evaluation.recall import encode_cache, evaluate_descriptors
-    from .evaluation.robustness import fusion_analysis, robustness_study
+    from .evaluation.recall import evaluate_sequence
     from .model.io import load_model
 
     model, meta = load_model(args.model)
@@ -194,36 +204,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seq in args.sequences:
-            cache_dir = Path(args.cache or tmp)
-            path = cache_dir / f"{Path(args.data).resolve().name}_{seq}_{model.cfg.input_height}x{model.cfg.input_width}"
-            if not (path / "manifest.json").is_file():
-                build_cache(args.data, seq, path, model.cfg.input_height, model.cfg.input_width, progress=not args.quiet)
-            cache = FrameCache.open(path)
-            desc = encode_cache(model, cache, modes=tuple(dict.fromkeys(modes + ("lidar", "fused"))), progress=not args.quiet)
-            top1: dict = {}
-            res = evaluate_descriptors(desc, cache.xy, cache.times, protocols, modes, top1=top1)
-            for p, by_mode in res.items():
-                for m, r in by_mode.items():
-                    if r["queries"]:
-                        print(f"{seq} {p:10s} {m:6s} recall@1 {r['recall@1']:.3f}  recall@1% {r['recall@1%']:.3f}  ({r['queries']} queries)")
-                    else:
-                        print(f"{seq} {p:10s} {m:6s} no queries")
-            res["fusion_analysis"] = fusion_analysis(desc["attention"], desc["brightness"])
-            if args.robustness:
-                res["robustness"] = robustness_study(model, cache, "revisit" if "revisit" in protocols else protocols[0], progress=not args.quiet)
-            if args.plots:
-                out = Path(args.plots)
-                for p in protocols:
-                    curves = {m: res[p][m]["recall@N"] for m in modes if res[p][m]["queries"]}
-                    if curves:
-                        plot_recall_curves(curves, out / f"recall_{seq}_{p}.png", f"{seq} {p}: query mode vs LiDAR map")
-                    for m in modes:
-                        if (p, m) in top1 and res[p][m]["queries"]:
-                            q, t1 = top1[(p, m)]
-                            ok = (t1 >= 0) & (np.linalg.norm(cache.xy[np.maximum(t1, 0)] - cache.xy[q], axis=1) <= SUCCESS_RADIUS)
-                            plot_matches(cache.xy, q, t1, ok, out / f"matches_{seq}_{p}_{m}.png",
-                                         f"{seq} {p} {m}: recall@1 {res[p][m]['recall@1']:.3f}")
-            result[seq] = res
+            result[seq] = evaluate_sequence(model, args.data, seq, protocols, modes, Path(args.cache or tmp),
+                                            plots=args.plots, robustness=args.robustness, progress=not args.quiet)
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
     return result
 
@@ -391,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--frames", type=int, default=600, help="frames of the synthetic drive (default 600)")
     sp.add_argument("--seed", type=int, default=7, help="seed of the synthetic town (default 7)")
     sp.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    sp.add_argument("--model", help="model artifact; default: the shipped model")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -83,3 +83,48 @@ def evaluate_descriptors(desc: dict[str, np.ndarray], xy: np.ndarray, times: np.
             if top1 is not None:
                 top1[(p, m)] = (proto.queries, ranked[:, 0])
     return result
+
+
+def evaluate_sequence(model: AttnLink, root, sequence: str, protocols=PROTOCOLS, modes=("image", "lidar", "fused"),
+                      cache_dir=None, plots=None, robustness: bool = False, progress: bool = False, echo=print) -> dict:
+    """What ``attnlink eval`` does for one sequence: cache, encode, recall per protocol and mode,
+    fusion analysis, optional robustness study and PNG plots (Recall@N curves, top-1 match maps)."""
+    import tempfile
+    from pathlib import Path
+
+    from ..data.cache import build_cache
+    from .plots import plot_matches, plot_recall_curves
+    from .protocols import SUCCESS_RADIUS
+    from .robustness import fusion_analysis, robustness_study
+
+    cache_dir = Path(cache_dir or tempfile.mkdtemp())
+    path = cache_dir / f"{Path(root).resolve().name}_{sequence}_{model.cfg.input_height}x{model.cfg.input_width}"
+    if not (path / "manifest.json").is_file():
+        build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
+    cache = FrameCache.open(path)
+    desc = encode_cache(model, cache, modes=tuple(dict.fromkeys(tuple(modes) + ("lidar", "fused"))), progress=progress)
+    top1: dict = {}
+    res = evaluate_descriptors(desc, cache.xy, cache.times, protocols, modes, top1=top1)
+    for p, by_mode in res.items():
+        for m, r in by_mode.items():
+            if r["queries"]:
+                echo(f"{sequence} {p:10s} {m:6s} recall@1 {r['recall@1']:.3f}  recall@1% {r['recall@1%']:.3f}  ({r['queries']} queries)")
+            else:
+                echo(f"{sequence} {p:10s} {m:6s} no queries")
+    res["fusion_analysis"] = fusion_analysis(desc["attention"], desc["brightness"])
+    if robustness:
+        res["robustness"] = robustness_study(model, cache, "revisit" if "revisit" in protocols else protocols[0], progress=progress)
+    if plots:
+        out = Path(plots)
+        res["plots"] = []
+        for p in protocols:
+            curves = {m: res[p][m]["recall@N"] for m in modes if res[p][m]["queries"]}
+            if curves:
+                res["plots"].append(str(plot_recall_curves(curves, out / f"recall_{sequence}_{p}.png", f"{sequence} {p}: query mode vs LiDAR map")))
+            for m in modes:
+                if (p, m) in top1 and res[p][m]["queries"]:
+                    q, t1 = top1[(p, m)]
+                    ok = (t1 >= 0) & (np.linalg.norm(cache.xy[np.maximum(t1, 0)] - cache.xy[q], axis=1) <= SUCCESS_RADIUS)
+                    res["plots"].append(str(plot_matches(cache.xy, q, t1, ok, out / f"matches_{sequence}_{p}_{m}.png",
+                                                         f"{sequence} {p} {m}: recall@1 {res[p][m]['recall@1']:.3f}")))
+    return res
