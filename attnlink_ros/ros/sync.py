@@ -1,0 +1,63 @@
+"""Approximate time synchronisation of camera and LiDAR (message_filters is not installable here).
+
+Newest-only, no backlog: each stream keeps only its latest unmatched message; a newer message of
+the same stream replaces (and counts as dropped) an older one that found no partner. A pair is
+emitted when an image and a cloud lie within ``slop`` seconds of each other. When a required
+stream goes silent for ``timeout`` seconds, messages of the other stream pass alone (the node
+then queries with the modality it has).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SyncStats:
+    pairs: int = 0
+    singles: int = 0
+    dropped: dict = field(default_factory=lambda: {"image": 0, "points": 0})
+
+
+class ApproximateSync:
+    STREAMS = ("image", "points")
+
+    def __init__(self, slop: float = 0.05, timeout: float = 1.0) -> None:
+        self.slop = slop
+        self.timeout = timeout
+        self.pending: dict[str, tuple[float, Any] | None] = {s: None for s in self.STREAMS}
+        self.last_seen: dict[str, float | None] = {s: None for s in self.STREAMS}
+        self.stats = SyncStats()
+
+    def silent(self, stream: str, now: float) -> bool:
+        seen = self.last_seen[stream]
+        return seen is None or now - seen > self.timeout
+
+    def add(self, stream: str, stamp: float, msg: Any, now: float | None = None) -> dict | None:
+        """Feeds one message; returns ``{"image": (stamp, msg) | None, "points": ...}`` when a frame
+        is complete (a pair, or a single while the other stream is silent), else None."""
+        if stream not in self.STREAMS:
+            raise ValueError(f"unknown stream {stream!r}")
+        now = stamp if now is None else now
+        self.last_seen[stream] = now
+        other = "points" if stream == "image" else "image"
+        if self.pending[stream] is not None:
+            self.stats.dropped[stream] += 1  # superseded before it found a partner
+        self.pending[stream] = (stamp, msg)
+        partner = self.pending[other]
+        if partner is not None and abs(partner[0] - stamp) <= self.slop:
+            frame = {stream: self.pending[stream], other: partner}
+            self.pending = {s: None for s in self.STREAMS}
+            self.stats.pairs += 1
+            return frame
+        if partner is not None and partner[0] < stamp - self.slop:
+            # the partner is too old to ever match: it is stale
+            self.stats.dropped[other] += 1
+            self.pending[other] = None
+        if self.silent(other, now):
+            frame = {stream: self.pending[stream], other: None}
+            self.pending[stream] = None
+            self.stats.singles += 1
+            return frame
+        return None

@@ -1,0 +1,34 @@
+from attnlink_ros.ros.sync import ApproximateSync
+
+
+def test_pairs_within_slop_in_either_order():
+    s = ApproximateSync(slop=0.05, timeout=1.0)
+    s.last_seen = {"image": 0.0, "points": 0.0}  # both streams alive
+    assert s.add("image", 1.00, "i1", now=1.0) is None
+    f = s.add("points", 1.03, "p1", now=1.03)
+    assert f == {"image": (1.00, "i1"), "points": (1.03, "p1")}
+    assert s.add("points", 1.10, "p2", now=1.1) is None
+    f = s.add("image", 1.12, "i2", now=1.12)
+    assert f["points"] == (1.10, "p2") and s.stats.pairs == 2
+
+
+def test_newest_only_drops_and_counts():
+    s = ApproximateSync(slop=0.02, timeout=5.0)
+    s.last_seen = {"image": 0.0, "points": 0.0}
+    s.add("image", 1.0, "i1", now=1.0)
+    s.add("image", 1.1, "i2", now=1.1)  # i1 superseded
+    s.add("image", 1.2, "i3", now=1.2)  # i2 superseded
+    f = s.add("points", 1.21, "p", now=1.21)
+    assert f["image"] == (1.2, "i3") and s.stats.dropped["image"] == 2
+    s.add("points", 2.0, "p_old", now=2.0)
+    s.add("image", 2.5, "i_new", now=2.5)  # p_old can never match any more: stale
+    assert s.stats.dropped["points"] == 1 and s.pending["points"] is None
+
+
+def test_silent_stream_lets_the_other_pass():
+    s = ApproximateSync(slop=0.05, timeout=0.5)
+    f = s.add("points", 1.0, "p1", now=1.0)  # camera never seen
+    assert f == {"points": (1.0, "p1"), "image": None} and s.stats.singles == 1
+    s.add("image", 1.5, "i1", now=1.5)  # camera appears: pairs resume
+    f = s.add("points", 1.52, "p2", now=1.52)
+    assert f["image"] == (1.5, "i1")
