@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True, help="KITTI-layout root")
     sp.add_argument("--sequence", default="00")
     sp.add_argument("--out", required=True, help="map directory to write")
-    sp.add_argument("--index", choices=["flat", "ivfpq", "hnsw"], default="flat", help="FAISS index (default exact)")
+    sp.add_argument("--index", choices=["flat", "ivf", "ivfpq", "hnsw"], default="flat", help="FAISS index (default exact)")
     sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
     sp.add_argument("--batch", type=int, default=16)
     sp.add_argument("--quiet", action="store_true", help="no progress bar")

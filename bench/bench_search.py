@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--model", help="model for the structured descriptors (default: shipped)")
     ap.add_argument("--data", help="KITTI-layout root of a drive to encode (default: a synthetic drive)")
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--indexes", nargs="+", default=["flat", "ivf", "ivfpq", "hnsw"])
+    ap.add_argument("--hnsw-max", type=int, default=100000, help="largest map HNSW is built for (its build is slow on one core)")
     ap.add_argument("--json")
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
@@ -96,7 +98,9 @@ def main() -> None:
         exact = faiss.IndexFlatIP(d)
         exact.add(struct_db)
         _, truth = exact.search(struct_q, 1)
-        for kind in ("flat", "ivfpq", "hnsw"):
+        for kind in args.indexes:
+            if kind == "hnsw" and n > args.hnsw_max:
+                continue
             t = time.perf_counter()
             idx_lat = make_index(latency_db, kind)
             build = time.perf_counter() - t

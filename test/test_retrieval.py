@@ -36,7 +36,7 @@ def test_approximate_indexes_find_the_nearest_of_structured_data():
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     q = db[rng.choice(len(db), 50, replace=False)] + 0.01 * rng.normal(size=(50, 64)).astype(np.float32)
     exact = np.argmax(q @ db.T, axis=1)
-    for kind in ("ivfpq", "hnsw"):
+    for kind in ("ivf", "ivfpq", "hnsw"):
         pm = PlaceMap.build(db, _table(len(db)), "f" * 64, kind)
         _, idx = pm.search(q, 1)
         assert np.mean(idx[:, 0] == exact) > 0.8, kind
@@ -86,3 +86,13 @@ def test_refusals(tmp_path):
         PlaceMap.load(tmp_path / "m")
     with pytest.raises(DataError, match="not a place map"):
         PlaceMap.load(tmp_path)
+
+
+def test_to_gpu_reports_why_not():
+    pm = PlaceMap.build(_unit(20, 16), _table(20), "a" * 64, "flat")
+    where = pm.to_gpu()
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        assert where.startswith("cpu:")
+    assert pm.search(_unit(1, 16), 1)[1].shape == (1, 1)

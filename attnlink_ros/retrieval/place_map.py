@@ -29,7 +29,7 @@ from ..errors import DataError
 
 FORMAT_VERSION = 1
 METRIC = "inner_product"
-INDEX_TYPES = ("flat", "ivfpq", "hnsw")
+INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 
 
 @dataclass
@@ -59,7 +59,8 @@ def make_index(descriptors: np.ndarray, index_type: str = "flat", storage: str =
     """A FAISS inner-product index over ``descriptors`` (N, D).
 
     ``flat``: exact search (storage fp16: ScalarQuantizer fp16, fp32: IndexFlatIP);
-    ``ivfpq``: IVF with product quantisation (for maps beyond ~100k places; trained here);
+    ``ivf``: inverted lists over fp16 vectors (for maps beyond ~100k places; trained here);
+    ``ivfpq``: IVF with 32-byte product codes, re-ranked exactly (IndexRefineFlat) for recall;
     ``hnsw``: HNSW graph over fp16 (or fp32) vectors.
     """
     import faiss
@@ -69,12 +70,23 @@ def make_index(descriptors: np.ndarray, index_type: str = "flat", storage: str =
     ip = faiss.METRIC_INNER_PRODUCT
     if index_type == "flat":
         index = faiss.IndexFlatIP(d) if storage == "fp32" else faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, ip)
-    elif index_type == "ivfpq":
+    elif index_type in ("ivf", "ivfpq"):
         nlist = nlist or max(1, min(4096, int(4 * np.sqrt(n))))
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, ip)
-        index.train(x if n <= 256 * nlist else x[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)])
-        index.nprobe = max(1, nlist // 16)
+        if index_type == "ivf":
+            ivf = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, ip)
+        else:
+            ivf = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, ip)
+        ivf.train(x if n <= 64 * nlist else x[np.random.default_rng(0).choice(n, 64 * nlist, replace=False)])
+        ivf.nprobe = max(1, min(nlist, 32))
+        ivf.own_fields = True
+        quantizer.this.disown()
+        index = ivf
+        if index_type == "ivfpq":
+            index = faiss.IndexRefineFlat(ivf)
+            index.k_factor = 8
+            ivf.this.disown()
+            index.own_fields = True
     elif index_type == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, ip) if storage == "fp32" else faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, hnsw_m, ip)
         index.hnsw.efSearch = 64
@@ -115,6 +127,23 @@ class PlaceMap:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
         }
         return cls(index, table, manifest)
+
+    def to_gpu(self) -> str:
+        """Moves the index to the first GPU through faiss-gpu where present; returns what happened
+        (the CPU index stays when faiss has no GPU support, no GPU is visible, or the index type
+        has no GPU version)."""
+        import faiss
+
+        if not hasattr(faiss, "StandardGpuResources"):
+            return "cpu: this faiss build has no GPU support (faiss-cpu)"
+        if faiss.get_num_gpus() == 0:
+            return "cpu: no GPU visible to faiss"
+        try:
+            self._gpu_resources = faiss.StandardGpuResources()
+            self.index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.index)
+        except RuntimeError as exc:
+            return f"cpu: {self.manifest.get('index_type')} index has no GPU version ({str(exc).splitlines()[0][:60]})"
+        return "gpu 0"
 
     def search(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """(scores (B, k), indices (B, k)), best first; -1 where the map has fewer than k places."""
