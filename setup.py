@@ -33,6 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             "attnlink = attnlink_ros.cli:main",
+            "attnlink_node = attnlink_ros.ros.node:main",
         ],
     },
 )

@@ -21,6 +21,8 @@ def test_colcon_build_installs_package(tmp_path):
     inst = tmp_path / "install" / "attnlink_ros"
     exe = inst / "lib" / "attnlink_ros" / "attnlink"
     assert exe.is_file() and os.access(exe, os.X_OK)  # where `ros2 run attnlink_ros attnlink` looks
+    node_exe = inst / "lib" / "attnlink_ros" / "attnlink_node"
+    assert node_exe.is_file() and os.access(node_exe, os.X_OK)
     share = inst / "share" / "attnlink_ros"
     for sub in ("launch", "config", "models"):
         assert (share / sub).is_dir() and any((share / sub).iterdir()), sub

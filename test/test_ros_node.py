@@ -1,0 +1,130 @@
+"""The real node over real rclpy: a publisher replays synthetic KITTI-layout frames, a subscriber
+listens to ~/place and /diagnostics. Bad messages are sent in between."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+
+from attnlink_ros.data.kitti import KittiSequence
+from attnlink_ros.model import AttnLink, variant
+from attnlink_ros.model.io import save_model
+from attnlink_ros.pipeline import Frame, PlaceRecognizer
+from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
+from attnlink_ros.ros.conversions import bgr_to_image, calibration_to_camera_info, sec_to_stamp, stamp_to_sec, xyzi_to_pointcloud2
+from attnlink_ros.ros.node import AttnLinkNode, rotation_to_quaternion
+
+
+@pytest.fixture(scope="module")
+def model_and_map(synth_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("node")
+    torch.manual_seed(0)
+    save_model(AttnLink(variant("attnlink-lite")).eval(), tmp / "lite")
+    seq = KittiSequence(synth_root, "00")
+    rec = PlaceRecognizer(tmp / "lite", None, backend="torch")
+    depth = np.concatenate([rec.prepare(Frame(0.0, seq.calib, points=seq.read_scan(i)), "lidar")["depth"] for i in range(len(seq))])
+    desc = rec.backend("lidar").encode(depth=depth)
+    table = PlaceTable(seq.poses, seq.times, np.full(len(seq), "00"), np.arange(len(seq)), seq.xy)
+    PlaceMap.build(desc, table, rec.fingerprint).save(tmp / "map")
+    return tmp / "lite", tmp / "map", seq
+
+
+@pytest.fixture()
+def ros():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+
+def test_node_end_to_end(ros, model_and_map):
+    model, map_dir, seq = model_and_map
+    node = AttnLinkNode(parameter_overrides=[
+        Parameter("model", value=str(model)), Parameter("map", value=str(map_dir)), Parameter("backend", value="torch"),
+        Parameter("mode", value="fused"), Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist()),
+        Parameter("autostart", value=True),
+    ])
+    assert node._pub_place is not None, "autostart did not configure the node"
+    io = rclpy.create_node("replayer")
+    pubs = {
+        "image": io.create_publisher(Image, "image", qos_profile_sensor_data),
+        "info": io.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data),
+        "points": io.create_publisher(PointCloud2, "points", qos_profile_sensor_data),
+    }
+    places, diags = [], []
+    io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 10)
+    io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    ex = MultiThreadedExecutor(num_threads=3)
+    ex.add_node(node)
+    ex.add_node(io)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        time.sleep(1.0)  # discovery
+        sent = []
+        for i in range(12):
+            t = 1000.0 + float(seq.times[i])
+            h = Header(stamp=sec_to_stamp(t), frame_id="camera")
+            pubs["info"].publish(calibration_to_camera_info(seq.calib, h))
+            if i == 4:  # an unknown encoding and a truncated cloud: dropped, counted, survived
+                bad = bgr_to_image(seq.read_image(i), h)
+                bad.encoding = "yuv422"
+                pubs["image"].publish(bad)
+                cloud = xyzi_to_pointcloud2(seq.read_scan(i), h)
+                cloud.data = bytes(cloud.data)[:-5]
+                pubs["points"].publish(cloud)
+            else:
+                pubs["image"].publish(bgr_to_image(seq.read_image(i), h, "rgb8"))
+                pubs["points"].publish(xyzi_to_pointcloud2(seq.read_scan(i), h))
+                sent.append(t)
+            time.sleep(0.4)
+        deadline = time.time() + 5
+        while time.time() < deadline and len(diags) < 2:
+            time.sleep(0.1)
+        time.sleep(1.2)
+    finally:
+        ex.shutdown()
+        spin.join(timeout=5)
+    stamps = [stamp_to_sec(m.header.stamp) for m in places]
+    assert len(places) >= 6, f"only {len(places)} places published"
+    assert all(any(abs(s - t) < 1e-6 for t in sent) for s in stamps)  # stamped with the query's time
+    assert all(m.header.frame_id == "map" for m in places)
+    assert places[-1].pose.covariance[0] > 0
+    values = {kv.key: kv.value for kv in diags[-1].status[0].values}
+    assert int(values["dropped_bad_image_encoding"]) >= 1 and int(values["dropped_bad_cloud_size"]) >= 1
+    assert int(values["frames_processed"]) >= 6 and values["map_places"] == "24"
+    processed_after_bad = [s for s in stamps if s > 1000.0 + float(seq.times[4])]
+    assert processed_after_bad, "the node stopped after the bad messages"
+    node.destroy_node()
+    io.destroy_node()
+
+
+def test_configure_fails_cleanly_on_missing_map(ros, model_and_map, tmp_path):
+    model, _, _ = model_and_map
+    node = AttnLinkNode(parameter_overrides=[Parameter("model", value=str(model)), Parameter("map", value=str(tmp_path / "none"))])
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert node.recognizer is None
+    res = node.set_parameters([Parameter("backend", value="tpu")])
+    assert not res[0].successful and "backend must be one of" in res[0].reason
+    node.destroy_node()
+
+
+def test_rotation_to_quaternion():
+    for yaw in (0.0, 0.7, 2.5, -3.0):
+        c, s = np.cos(yaw), np.sin(yaw)
+        R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+        q = rotation_to_quaternion(R)
+        assert q == pytest.approx((0, 0, np.sin(yaw / 2) * np.sign(np.cos(yaw / 2)), abs(np.cos(yaw / 2))), abs=1e-9) or \
+            q == pytest.approx((0, 0, -np.sin(yaw / 2), -np.cos(yaw / 2)), abs=1e-9)
