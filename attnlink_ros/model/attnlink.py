@@ -126,6 +126,26 @@ class AttnLink(nn.Module):
         return AttnLinkOutput(desc, weights, tokens.dense_depth)
 
 
+@torch.no_grad()
+def init_vlad_heads(model: AttnLink, rgb: torch.Tensor, depth: torch.Tensor, per_head: int = 20000, seed: int = 0) -> None:
+    """Starts each NetVLAD head from k-means of its own local features on a sample batch."""
+    from .netvlad import init_netvlad_from_features
+
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [head.reduce.register_forward_hook(lambda mod, inp, out, n=name: captured.__setitem__(n, out))
+             for name, head in model.heads.items()]
+    try:
+        model.encode(rgb, depth)
+    finally:
+        for h in hooks:
+            h.remove()
+    g = torch.Generator().manual_seed(seed)
+    for name, feat in captured.items():
+        x = feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).float()  # (B*H*W, D)
+        x = x[torch.randperm(len(x), generator=g)[:per_head]]
+        init_netvlad_from_features(model.heads[name].vlad, x)
+
+
 class DescriptorOnly(nn.Module):
     """The network for one query mode, returning only the descriptor (what export traces).
 

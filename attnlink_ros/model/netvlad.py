@@ -39,3 +39,39 @@ class VLADHead(nn.Module):
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, token_dim)
         return self.proj(self.vlad(self.reduce(feat).flatten(2)))
+
+
+@torch.no_grad()
+def kmeans_unit(x: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
+    """Spherical k-means of unit vectors x (N, D): (k, D) unit centroids (seeded, deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    c = x[torch.randperm(len(x), generator=g)[:k]].clone()
+    for _ in range(iterations):
+        assign = (x @ c.T).argmax(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                c[j] = members.mean(0)
+        c = F.normalize(c, dim=1)
+    return c
+
+
+@torch.no_grad()
+def init_netvlad_from_features(vlad: NetVLAD, feats: torch.Tensor) -> None:
+    """Data-driven NetVLAD start (as in the NetVLAD paper's code): centroids by k-means of local
+    features, assignment ``2 alpha c_k . x - alpha |c_k|^2`` with alpha set so that the nearest
+    centroid gets ~100x the weight of the second.
+
+    Without it, random centroids make every image's residuals point the same way (-c_k after
+    intra-normalisation) and the descriptor starts, and here stayed, nearly constant.
+    feats: (N, D) local features (normalised here)."""
+    x = F.normalize(feats, dim=1)
+    k = vlad.centroids.shape[0]
+    c = kmeans_unit(x, k)
+    d = torch.cdist(x, c) ** 2
+    two = d.topk(2, dim=1, largest=False).values
+    gap = (two[:, 1] - two[:, 0]).mean().clamp_min(1e-3)
+    alpha = float(-torch.log(torch.tensor(0.01)) / gap)
+    vlad.centroids.copy_(c)
+    vlad.assign.weight.copy_((2.0 * alpha * c).unsqueeze(-1))
+    vlad.assign.bias.copy_(-alpha * (c * c).sum(1))

@@ -201,6 +201,14 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     grids = [model_grid(c, mcfg.input_height, mcfg.input_width) for c in caches]
     sampler = BatchSampler(caches, tc.batch_size, tc.pos_radius_m, tc.revisit_share, tc.seed + 1000 * rank + step)
     rng = np.random.default_rng(tc.seed + 7 + 1000 * rank + step)
+    if step == 0 and not tc.init_from:
+        # data-driven NetVLAD start on one batch per training sequence (same on every rank: seeded)
+        from ..model.attnlink import init_vlad_heads
+
+        init_rng = np.random.default_rng(tc.seed + 99)
+        items = [make_sample(c, int(k), g, None) for c, g in zip(caches, grids) for k in init_rng.choice(len(c), 8)]
+        init_vlad_heads(model, torch.from_numpy(np.stack([i[0] for i in items])).to(device),
+                        torch.from_numpy(np.stack([i[1] for i in items])).to(device), seed=tc.seed)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None) if distributed else model
     writer = None
     if main:
