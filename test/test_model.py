@@ -148,3 +148,29 @@ def test_loads_torchvision_format_state_dict(tmp_path):
     assert "fc.weight" in report["skipped"] and "layer4.2.conv2.weight" in report["loaded"]
     torch.testing.assert_close(fresh.state_dict()["layer3.1.conv1.weight"], tv["layer3.1.conv1.weight"])
     torch.testing.assert_close(fresh.conv1_depth.weight[:, :1], tv["conv1.weight"].mean(1, keepdim=True))
+
+
+def test_kmeans_and_vlad_init_spread_descriptors():
+    from attnlink_ros.model.attnlink import init_vlad_heads
+    from attnlink_ros.model.netvlad import kmeans_unit
+
+    x = torch.nn.functional.normalize(torch.cat([torch.randn(50, 8) * 0.05 + torch.eye(8)[i] for i in range(3)]), dim=1)
+    c = kmeans_unit(x, 3)
+    assert torch.equal(c, kmeans_unit(x, 3))  # deterministic
+    assert sorted((c @ torch.eye(8)[:3].T).argmax(1).tolist()) == [0, 1, 2]  # one centroid per blob
+
+    torch.manual_seed(0)
+    m = AttnLink(variant("attnlink-lite")).train()
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(6, 3, 64, 256, generator=g)
+    rgb[:3] *= torch.linspace(0, 1, 256)  # two kinds of images
+    depth = torch.rand(6, 1, 64, 256, generator=g) * 40 * (torch.rand(6, 1, 64, 256, generator=g) < 0.2)
+
+    def spread():
+        with torch.no_grad():
+            v = torch.nn.functional.normalize(m.encode(rgb, depth).values["F_rgb"], dim=1)
+        return float(((v @ v.T).sum() - 6) / 30)
+
+    before = spread()
+    init_vlad_heads(m, rgb, depth)
+    assert spread() < before  # tokens of different images are less alike
