@@ -37,6 +37,7 @@ class AttnLinkOutput:
     attention: torch.Tensor  # (B, 4) fusion weight per token (F_rgb, F_depth, S_rgb, S_depth)
     dense_depth: torch.Tensor | None = None  # (B, 1, H, W) metres, when depth was given and ADCN is on
     by_mode: dict[str, torch.Tensor] | None = None  # training: descriptor per query mode, one trunk pass
+    rgb_depth: torch.Tensor | None = None  # training aux: coarse depth predicted from the image
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Tokens:
 
     values: dict[str, torch.Tensor]  # token name -> (B, d)
     dense_depth: torch.Tensor | None = None
+    rgb_depth: torch.Tensor | None = None  # (B, 1, h/16, w/16) metres, training aux head only
 
 
 class AttnLink(nn.Module):
@@ -59,6 +61,8 @@ class AttnLink(nn.Module):
         self.heads = nn.ModuleDict({name: VLADHead(C, cfg.local_dim, cfg.vlad_clusters, cfg.token_dim) for name in TOKENS})
         fusion_cls = AttentionFusion if cfg.fusion == "attention" else ConcatFusion
         self.fusion = fusion_cls(cfg.token_dim, cfg.attention_heads, cfg.descriptor_dim)
+        # training-only: depth seen from the image, so the RGB trunk learns the LiDAR's geometry
+        self.rgb_depth_head = nn.Conv2d(C, 1, 1) if cfg.rgb_depth_aux else None
         self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.out_channels = cfg.descriptor_dim
@@ -89,10 +93,13 @@ class AttnLink(nn.Module):
         # one pass of the shared stages over both modalities (one set of BatchNorm statistics)
         feats = self.trunk.forward_stages(torch.cat(stems, 0)).chunk(len(stems), 0)
         values = {}
+        rgb_depth = None
         for name, f in zip(names, feats):
             values[f"F_{name}"] = self.heads[f"F_{name}"](f)
             values[f"S_{name}"] = self.heads[f"S_{name}"](self.semantic(f))
-        return Tokens(values, dense)
+            if name == "rgb" and self.rgb_depth_head is not None and self.training:
+                rgb_depth = torch.nn.functional.softplus(self.rgb_depth_head(f)) * self.cfg.max_depth_m
+        return Tokens(values, dense, rgb_depth)
 
     def fuse(self, tokens: Tokens, present: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Descriptor and attention weights from tokens. ``present`` (B, 2) bool masks the
@@ -121,7 +128,7 @@ class AttnLink(nn.Module):
                 pres = torch.tensor(masks[m], device=tokens.values[next(iter(tokens.values))].device).expand(B, 2)
                 by_mode[m] = self.fuse(tokens, pres)[0]
             first = by_mode[modes[0]]
-            return AttnLinkOutput(first, first.new_zeros(B, 4), tokens.dense_depth, by_mode)
+            return AttnLinkOutput(first, first.new_zeros(B, 4), tokens.dense_depth, by_mode, tokens.rgb_depth)
         desc, weights = self.fuse(tokens, present)
         return AttnLinkOutput(desc, weights, tokens.dense_depth)
 

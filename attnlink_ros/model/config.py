@@ -27,6 +27,7 @@ class ModelConfig:
     adcn: bool = True
     adcn_widths: tuple[int, int, int] = (16, 32, 64)
     max_depth_m: float = 80.0
+    rgb_depth_aux: bool = False  # training-only head: the RGB trunk predicts the LiDAR depth (coarse)
     # semantic clustering
     nmf_components: int = 16
     nmf_iterations: int = 8

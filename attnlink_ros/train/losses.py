@@ -72,3 +72,19 @@ def contrastive_loss(anchor: torch.Tensor, target: torch.Tensor, pos: torch.Tens
     log_all = torch.logsumexp(torch.where(considered, logits, torch.full_like(logits, neg_inf)), dim=1)
     log_pos = torch.logsumexp(torch.where(pos, logits, torch.full_like(logits, neg_inf)), dim=1)
     return (log_all - log_pos)[valid].mean()
+
+
+def coarse_depth_loss(pred: torch.Tensor, sparse: torch.Tensor, max_depth: float = 80.0) -> torch.Tensor:
+    """L1 (units of ``max_depth``) between a coarse depth map predicted from the image (B, 1, h, w)
+    and the mean LiDAR depth of the pixels falling in each of its cells (cells with none ignored)."""
+    import torch.nn.functional as F
+
+    mask = (sparse > 0).to(sparse.dtype)
+    k = (sparse.shape[-2] // pred.shape[-2], sparse.shape[-1] // pred.shape[-1])
+    total = F.avg_pool2d(sparse, k) * k[0] * k[1]
+    count = F.avg_pool2d(mask, k) * k[0] * k[1]
+    valid = count > 0
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    target = total[valid] / count[valid]
+    return (pred[valid] - target).abs().mean() / max_depth

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..model import AttnLink, variant
 from ..model.io import save_model
 from .augment import AugmentConfig, make_sample, model_grid
-from .losses import adaptive_triplet_loss, completion_loss, contrastive_loss, pair_masks
+from .losses import adaptive_triplet_loss, coarse_depth_loss, completion_loss, contrastive_loss, pair_masks
 
 
 @dataclass(frozen=True)
@@ -279,6 +279,10 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             lc = completion_loss(res.dense_depth, target, mcfg.max_depth_m)
             loss = loss + tc.completion_weight * lc
             stats["completion"] = float(lc.detach())
+        if res.rgb_depth is not None:
+            la = coarse_depth_loss(res.rgb_depth, depth + target, mcfg.max_depth_m)
+            loss = loss + la
+            stats["rgb_depth"] = float(la.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
