@@ -16,6 +16,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_revisits(xy: np.ndarray, queries: np.ndarray, out: str | Path, title: str = "") -> Path:
     """Trajectory (ground plane) coloured by time, revisit queries marked in red."""
     plt = _pyplot()
@@ -31,12 +40,7 @@ def plot_revisits(xy: np.ndarray, queries: np.ndarray, out: str | Path, title: s
     ax.set_title(title)
     fig.colorbar(sc, ax=ax, label="frame", shrink=0.7)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_recall_curves(curves: dict[str, list[float]], out: str | Path, title: str = "") -> Path:
@@ -52,12 +56,7 @@ def plot_recall_curves(curves: dict[str, list[float]], out: str | Path, title: s
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_matches(xy: np.ndarray, queries: np.ndarray, top1: np.ndarray, correct: np.ndarray, out: str | Path, title: str = "") -> Path:
@@ -76,9 +75,4 @@ def plot_matches(xy: np.ndarray, queries: np.ndarray, top1: np.ndarray, correct:
     ax.set_ylabel("z [m]")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
