@@ -77,7 +77,8 @@ def make_index(descriptors: np.ndarray, index_type: str = "flat", storage: str =
             ivf = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, ip)
         else:
             ivf = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, ip)
-        ivf.train(x if n <= 64 * nlist else x[np.random.default_rng(0).choice(n, 64 * nlist, replace=False)])
+        sample = min(n, 32 * nlist, 131072)  # k-means on a sample keeps a 1M-place build to minutes
+        ivf.train(x if sample == n else x[np.random.default_rng(0).choice(n, sample, replace=False)])
         ivf.nprobe = max(1, min(nlist, 32))
         ivf.own_fields = True
         quantizer.this.disown()
