@@ -55,6 +55,7 @@ class TrainConfig:
     completion_weight: float = 1.0
     contrastive_weight: float = 1.0  # InfoNCE beside the triplet loss (keeps batch-hard mining from collapsing)
     temperature: float = 0.07
+    distill_weight: float = 0.0  # 1 - cos(image descriptor, detached LiDAR descriptor of the same frame)
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,10 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             lc = completion_loss(res.dense_depth, target, mcfg.max_depth_m)
             loss = loss + tc.completion_weight * lc
             stats["completion"] = float(lc.detach())
+        if tc.distill_weight > 0 and "image" in res.by_mode:
+            ld = (1 - (res.by_mode["image"] * lidar.detach()).sum(1)).mean()
+            loss = loss + tc.distill_weight * ld
+            stats["distill_image"] = float(ld.detach())
         if res.rgb_depth is not None:
             la = coarse_depth_loss(res.rgb_depth, depth + target, mcfg.max_depth_m)
             loss = loss + la
