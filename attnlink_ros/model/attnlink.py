@@ -58,7 +58,7 @@ class AttnLink(nn.Module):
                                  last_stride=cfg.last_stride, attention=cfg.spatial_attention)
         C = self.trunk.out_channels
         self.semantic = SemanticClustering(C, cfg.nmf_components, cfg.nmf_iterations, cfg.context_gating)
-        self.heads = nn.ModuleDict({name: VLADHead(C, cfg.local_dim, cfg.vlad_clusters, cfg.token_dim) for name in TOKENS})
+        self.heads = nn.ModuleDict({name: VLADHead(C, cfg.local_dim, cfg.vlad_clusters, cfg.token_dim, cfg.token_norm) for name in TOKENS})
         fusion_cls = AttentionFusion if cfg.fusion == "attention" else ConcatFusion
         self.fusion = fusion_cls(cfg.token_dim, cfg.attention_heads, cfg.descriptor_dim)
         # training-only: depth seen from the image, so the RGB trunk learns the LiDAR's geometry

@@ -36,6 +36,7 @@ class ModelConfig:
     local_dim: int = 64  # channels entering each NetVLAD head
     vlad_clusters: int = 16
     token_dim: int = 256
+    token_norm: bool = True  # BatchNorm on each token (see VLADHead)
     # fusion
     fusion: str = "attention"  # "attention" | "concat"
     attention_heads: int = 4

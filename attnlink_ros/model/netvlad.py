@@ -34,12 +34,12 @@ class VLADHead(nn.Module):
     scenes share a large common part (cosine ~0.99 between any two), which left the differences
     too small for the losses to see (runs 1 and 3 here: image tokens stayed constant)."""
 
-    def __init__(self, in_channels: int, local_dim: int, clusters: int, token_dim: int) -> None:
+    def __init__(self, in_channels: int, local_dim: int, clusters: int, token_dim: int, norm: bool = True) -> None:
         super().__init__()
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, local_dim, 1, bias=False), nn.BatchNorm2d(local_dim), nn.ReLU(inplace=True))
         self.vlad = NetVLAD(local_dim, clusters)
         self.proj = nn.Linear(self.vlad.out_channels, token_dim)
-        self.norm = nn.BatchNorm1d(token_dim)
+        self.norm = nn.BatchNorm1d(token_dim) if norm else nn.Identity()
         self.out_channels = token_dim
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, token_dim)
