@@ -195,8 +195,12 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         model.load_state_dict(init.state_dict())
         if main:
             print(f"starting from {tc.init_from} ({init_meta['fingerprint'][:12]})")
+    if distributed and not main:
+        torch.distributed.barrier()  # rank 0 builds missing caches first
     caches = open_caches(cfg.data.train, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main)
     val = open_caches(cfg.data.val, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main) if cfg.data.val else []
+    if distributed and main:
+        torch.distributed.barrier()
     if not caches:
         raise ConfigError("data.train lists no sequence")
     grids = [model_grid(c, mcfg.input_height, mcfg.input_width) for c in caches]
