@@ -1,5 +1,6 @@
 """ament_python package attnlink_ros: `colcon build` and `pip install` both use this file."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -8,7 +9,7 @@ package_name = "attnlink_ros"
 
 
 def share(folder: str, pattern: str = "*"):
-    files = [f for f in glob(f"{folder}/{pattern}") if not f.endswith("/")]
+    files = [f for f in glob(f"{folder}/{pattern}") if os.path.isfile(f)]
     return (f"share/{package_name}/{folder}", files)
 
 
@@ -21,6 +22,7 @@ setup(
         (f"share/{package_name}", ["package.xml"]),
         share("launch"),
         share("config"),
+        share("config/ablations"),
         share("models"),
     ],
     install_requires=["setuptools"],

@@ -136,3 +136,13 @@ def test_map_from_another_model_is_refused(lite_model, synth_root, tmp_path):
     save_model(AttnLink(variant("attnlink-lite")).eval(), tmp_path / "other")
     p = run("query", "--map", tmp_path / "map", "--model", tmp_path / "other", "--data", synth_root, "--frame", "1", check=False)
     assert p.returncode == 1 and "rebuild the map with this model" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_shipped_model_finds_a_scans_own_place(synth_root, tmp_path):
+    """With the shipped (trained) model, a LiDAR query of a mapped frame returns that frame."""
+    run("build-map", "--data", synth_root, "--out", tmp_path / "map", "--backend", "onnxruntime", "--quiet")
+    for frame in (3, 17):
+        run("query", "--map", tmp_path / "map", "--data", synth_root, "--frame", frame, "--mode", "lidar", "--k", "3",
+            "--backend", "onnxruntime", "--json", tmp_path / "q.json")
+        hits = json.loads((tmp_path / "q.json").read_text())
+        assert abs(hits[0]["frame"] - frame) <= 1 and hits[0]["score"] > 0.99

@@ -48,6 +48,7 @@ def save_model(model: AttnLink, path: str | Path, extra: dict | None = None) -> 
     fd, tmp = tempfile.mkstemp(dir=weights.parent, suffix=".tmp")
     os.close(fd)
     save_file(state, tmp)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is shared
     os.replace(tmp, weights)
     info = {"format_version": FORMAT_VERSION, "config": model.cfg.to_dict(), "fingerprint": sha256_file(weights),
             "weights": weights.name, **(extra or {})}

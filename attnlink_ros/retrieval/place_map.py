@@ -89,8 +89,13 @@ def make_index(descriptors: np.ndarray, index_type: str = "flat", storage: str =
             ivf.this.disown()
             index.own_fields = True
     elif index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, ip) if storage == "fp32" else faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, hnsw_m, ip)
-        index.hnsw.efSearch = 64
+        # HNSW is built on L2 (its graph heuristics assume it; with inner product it found the
+        # exact top-1 for only 17% of queries at 100k places here); for unit vectors the L2
+        # order is the inner-product order, and search() converts back to cosine scores
+        l2 = faiss.METRIC_L2
+        index = faiss.IndexHNSWFlat(d, hnsw_m, l2) if storage == "fp32" else faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, hnsw_m, l2)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
         if storage != "fp32":
             index.train(x)
     else:
@@ -99,6 +104,12 @@ def make_index(descriptors: np.ndarray, index_type: str = "flat", storage: str =
         index.train(x)
     index.add(x)
     return index
+
+
+def faiss_metric_l2() -> int:
+    import faiss
+
+    return faiss.METRIC_L2
 
 
 class PlaceMap:
@@ -154,6 +165,8 @@ class PlaceMap:
         if q.shape[1] != self.dim:
             raise DataError(None, f"query descriptor dimension {q.shape[1]} does not match the map's {self.dim}")
         scores, idx = self.index.search(q, int(k))
+        if self.index.metric_type == faiss_metric_l2():
+            scores = 1.0 - scores / 2.0  # squared L2 between unit vectors = 2 - 2 cos
         return scores, idx
 
     def hits(self, queries: np.ndarray, k: int = 5) -> list[list[dict]]:
