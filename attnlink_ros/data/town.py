@@ -307,7 +307,7 @@ def parked_cars_at(town: Town, t: float) -> Solids:
     present = hash01(c.key, window, 1) < c.occupancy
     idx = np.flatnonzero(present)
     if len(idx) == 0:
-        return Solids.concat([_SolidBuilder_empty()])
+        return _empty_solids()
     key, win = c.key[idx], window[idx]
     length = 3.8 + 1.0 * hash01(key, win, 2)
     width = 1.65 + 0.3 * hash01(key, win, 3)
@@ -332,7 +332,7 @@ def parked_cars_at(town: Town, t: float) -> Solids:
     )
 
 
-def _SolidBuilder_empty() -> Solids:
+def _empty_solids() -> Solids:
     z = np.zeros(0, np.float32)
     return Solids(np.zeros(0, np.int8), z, z, z, z, z, z, np.zeros(0, np.int8), np.zeros((0, 3), np.float32),
                   np.zeros((0, 4), np.float32), z)
