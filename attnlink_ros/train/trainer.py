@@ -267,7 +267,8 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         pos, neg = pair_masks(xy, torch.zeros(len(idx), device=device), tc.pos_radius_m, tc.neg_radius_m)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        res = net(rgb=rgb, depth=depth, modes=tuple(tc.modes))
+        fwd_modes = tuple(dict.fromkeys(tuple(tc.modes) + (("image", "lidar") if tc.distill_weight > 0 else ("lidar",))))
+        res = net(rgb=rgb, depth=depth, modes=fwd_modes)
         lidar = res.by_mode["lidar"]
         loss = torch.zeros((), device=device)
         stats = {}
