@@ -214,24 +214,21 @@ class AttnLinkNode(LifecycleNode):
             self._bad(getattr(exc, "kind", "camera_info"), str(exc))
 
     def _on_image(self, msg: Image) -> None:
-        stamp = stamp_to_sec(msg.header.stamp)
-        self._note_arrival("image", stamp)
-        try:
-            bgr = image_to_bgr(msg)
-        except MessageError as exc:
-            self._bad(exc.kind, str(exc))
-            return
-        self._feed("image", stamp, (bgr, msg.header))
+        self._take("image", msg, image_to_bgr)
 
     def _on_points(self, msg: PointCloud2) -> None:
+        self._take("points", msg, pointcloud2_to_xyzi)
+
+    def _take(self, stream: str, msg, convert) -> None:
+        """Thin callback: convert (a bad message is counted and dropped), then synchronise."""
         stamp = stamp_to_sec(msg.header.stamp)
-        self._note_arrival("points", stamp)
+        self._note_arrival(stream, stamp)
         try:
-            pts = pointcloud2_to_xyzi(msg)
+            data = convert(msg)
         except MessageError as exc:
             self._bad(exc.kind, str(exc))
             return
-        self._feed("points", stamp, (pts, msg.header))
+        self._feed(stream, stamp, (data, msg.header))
 
     def _feed(self, stream: str, stamp: float, payload) -> None:
         frame = self.sync.add(stream, stamp, payload, now=time.monotonic())
