@@ -54,7 +54,8 @@ def main() -> None:
             feeds = dict(zip(("rgb", "depth") if mode == "fused" else (("rgb",) if mode == "image" else ("depth",)), x))
             backends = [TorchBackend(path, mode, device="cpu"), OnnxRuntimeBackend(path, mode, threads=args.threads)]
             if torch.cuda.is_available():
-                backends += [TorchBackend(path, mode, device="cuda"), TorchBackend(path, mode, device="cuda", fp16=True)]
+                backends += [TorchBackend(path, mode, device="cuda"), TorchBackend(path, mode, device="cuda", fp16=True),
+                             TorchBackend(path, mode, device="cuda", fp16=True, cuda_graph=True)]
             for b in backends:
                 ms = timed(lambda: b.encode(**feeds), args.repeats)
                 rows.append({"variant": name, "input": f"{model.cfg.input_height}x{model.cfg.input_width}", "params_M": round(params, 2),

@@ -61,24 +61,49 @@ class Backend(ABC):
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model_path, mode: str, device: str | None = None, fp16: bool = False) -> None:
+    def __init__(self, model_path, mode: str, device: str | None = None, fp16: bool = False, cuda_graph: bool = False) -> None:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, self.meta = load_model(model_path, dev)
         super().__init__(mode, model.cfg.descriptor_dim, (model.cfg.input_height, model.cfg.input_width))
         self.device = dev
         self.fp16 = fp16 and dev.type == "cuda"
+        self.cuda_graph = cuda_graph and dev.type == "cuda"  # one captured graph per batch size: no launch gaps
         self.net = DescriptorOnly(model, mode).eval()
         if self.fp16:
             self.net.half()
+        self._graphs: dict[int, tuple] = {}
+
+    def _graph_for(self, xs: list) -> tuple:
+        """(graph, static inputs, static output) for this batch size, captured on first use."""
+        n = xs[0].shape[0]
+        if n not in self._graphs:
+            static = [x.clone() for x in xs]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up on a side stream, as capture requires
+                    self.net(*static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.net(*static)
+            self._graphs[n] = (graph, static, out)
+        return self._graphs[n]
 
     @torch.inference_mode()
     def encode(self, rgb=None, depth=None) -> np.ndarray:
         dtype = torch.float16 if self.fp16 else torch.float32
-        xs = [torch.from_numpy(a).to(self.device, dtype) for a in self._inputs(rgb, depth)]
-        return self.net(*xs).float().cpu().numpy()
+        xs = [torch.from_numpy(a).to(self.device, dtype, non_blocking=True) for a in self._inputs(rgb, depth)]
+        if not self.cuda_graph:
+            return self.net(*xs).float().cpu().numpy()
+        graph, static, out = self._graph_for(xs)
+        for s, x in zip(static, xs):
+            s.copy_(x)
+        graph.replay()
+        return out.float().cpu().numpy()
 
     def describe(self) -> str:
-        return f"torch ({self.device}{', fp16' if self.fp16 else ''})"
+        return f"torch ({self.device}{', fp16' if self.fp16 else ''}{', cuda graph' if self.cuda_graph else ''})"
 
 
 class OnnxRuntimeBackend(Backend):

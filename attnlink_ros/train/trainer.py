@@ -46,6 +46,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    workers: int = 0  # data-loading processes (0 = in the training loop; a GPU run needs several)
     revisit_share: float = 0.7  # share of anchor positives taken from a revisit (>= 30 s apart)
     modes: tuple[str, ...] = ("image", "lidar", "fused")
     pos_radius_m: float = 5.0
@@ -56,6 +57,7 @@ class TrainConfig:
     contrastive_weight: float = 1.0  # InfoNCE beside the triplet loss (keeps batch-hard mining from collapsing)
     temperature: float = 0.07
     distill_weight: float = 0.0  # 1 - cos(image descriptor, detached LiDAR descriptor of the same frame)
+    image_losses_from: int = 0  # step from which the image mode's triplet/InfoNCE terms count (before: distillation only)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,24 @@ class BatchSampler:
         return ci, np.asarray(anchors)
 
 
+class _BatchStream(torch.utils.data.IterableDataset):
+    """Endless training batches (cache index, frame indices, rgb, depth, hidden target); each
+    loader worker draws from its own seeded sampler."""
+
+    def __init__(self, caches, grids, sampler_args: tuple, seed: int, aug) -> None:
+        self.caches, self.grids, self.sampler_args, self.seed, self.aug = caches, grids, sampler_args, seed, aug
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        sampler = BatchSampler(self.caches, *self.sampler_args, self.seed + 7919 * wid)
+        rng = np.random.default_rng(self.seed + 7 + 7919 * wid)
+        while True:
+            ci, idx = sampler()
+            items = [make_sample(self.caches[ci], int(k), self.grids[ci], rng, self.aug) for k in idx]
+            yield (ci, idx) + tuple(np.stack([i[j] for i in items]) for j in range(3))
+
+
 def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
@@ -204,8 +224,12 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     if not caches:
         raise ConfigError("data.train lists no sequence")
     grids = [model_grid(c, mcfg.input_height, mcfg.input_width) for c in caches]
-    sampler = BatchSampler(caches, tc.batch_size, tc.pos_radius_m, tc.revisit_share, tc.seed + 1000 * rank + step)
-    rng = np.random.default_rng(tc.seed + 7 + 1000 * rank + step)
+    stream = _BatchStream(caches, grids, (tc.batch_size, tc.pos_radius_m, tc.revisit_share), tc.seed + 1000 * rank + step, cfg.augment)
+    if tc.workers > 0:
+        batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers, prefetch_factor=4,
+                                                   persistent_workers=True, pin_memory=device.type == "cuda"))
+    else:
+        batches = iter(stream)
     if step == 0 and not tc.init_from:
         # data-driven NetVLAD start on one batch per training sequence (same on every rank: seeded)
         from ..model.attnlink import init_vlad_heads
@@ -257,13 +281,10 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     model.train()
     t_start = time.time()
     while step < tc.steps:
-        ci, idx = sampler()
-        cache, grid = caches[ci], grids[ci]
-        items = [make_sample(cache, int(k), grid, rng, cfg.augment) for k in idx]
-        rgb = torch.from_numpy(np.stack([i[0] for i in items])).to(device)
-        depth = torch.from_numpy(np.stack([i[1] for i in items])).to(device)
-        target = torch.from_numpy(np.stack([i[2] for i in items])).to(device)
-        xy = torch.from_numpy(cache.xy[idx]).float().to(device)
+        ci, idx, rgb, depth, target = next(batches)
+        ci, idx = int(ci), np.asarray(idx)
+        rgb, depth, target = (torch.as_tensor(a).to(device, non_blocking=True) for a in (rgb, depth, target))
+        xy = torch.from_numpy(caches[ci].xy[idx]).float().to(device)
         pos, neg = pair_masks(xy, torch.zeros(len(idx), device=device), tc.pos_radius_m, tc.neg_radius_m)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -273,6 +294,8 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         loss = torch.zeros((), device=device)
         stats = {}
         for m in tc.modes:
+            if m == "image" and step < tc.image_losses_from:
+                continue
             l, st = adaptive_triplet_loss(res.by_mode[m], lidar, pos, neg, tc.margin_min, tc.margin_max)
             loss = loss + l
             stats[f"triplet_{m}"] = float(l.detach())
