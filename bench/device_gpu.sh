@@ -20,12 +20,18 @@ checks)
 towns)
   for s in 101 102 103; do test -f out/towns/s$s/done || { python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames 1500 --workers 16 --quiet && touch out/towns/s$s/done; }; done
   for s in 201 301; do test -f out/towns/s$s/done || { python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames 900 --workers 16 --quiet && touch out/towns/s$s/done; }; done
+  # the training caches (128x512), one process per town
+  for s in 101 102 103 201; do
+    python3 -c "from attnlink_ros.data.cache import build_cache as b; import os; p='out/cache/s$s''_00_128x512'; os.path.isfile(p + '/manifest.json') or b('out/towns/s$s', '00', p, 128, 512, progress=False)" &
+  done
+  wait
   ;;
 train)
   cfg=$2
   run=$(python3 -c "import yaml,sys; print(yaml.safe_load(open('$cfg'))['train']['out'])")
   test -d "$OUT/last" && { mkdir -p "$run"; cp -r "$OUT/last" "$run/"; }
-  python3 -m attnlink_ros train --config "$cfg" ${3:+--steps $3} --quiet
+  timeout "${TRAIN_SECONDS:-100000}" python3 -m attnlink_ros train --config "$cfg" ${3:+--steps $3} --quiet
+  mkdir -p "$OUT/last" && cp "$run"/last/* "$OUT/last/"
   cp "$run/log.jsonl" "$OUT/"
   for f in best final; do test -f "$run/$f.json" && cp "$run/$f.json" "$run/$f.safetensors" "$OUT/" 2>/dev/null; done
   ;;

@@ -9,6 +9,13 @@ from torch import nn
 TOKENS = ("F_rgb", "F_depth", "S_rgb", "S_depth")
 
 
+def _scatter_tokens(values: torch.Tensor, which: list[int]) -> torch.Tensor:
+    """(B, T) values of token types ``which`` -> (B, 4), zeros for the absent types."""
+    cols = {i: j for j, i in enumerate(which)}
+    zero = values.new_zeros(values.shape[0])
+    return torch.stack([values[:, cols[i]] if i in cols else zero for i in range(len(TOKENS))], 1)
+
+
 class AttentionFusion(nn.Module):
     """A learned query attends over the present tokens (multi-head attention with a key mask
     for absent modalities); its per-token attention weights are returned for evaluation."""
@@ -27,14 +34,13 @@ class AttentionFusion(nn.Module):
         """tokens (B, T, d) for token types ``which`` (indices into TOKENS); mask (B, T) True =
         absent. Returns (descriptor (B, out_dim) L2-normalised, weights (B, 4))."""
         B = tokens.shape[0]
-        x = self.norm_in(tokens + self.type_embed[which].unsqueeze(0))
+        # rows picked by Python ints (views): a list index would be a host tensor, which CUDA graph capture refuses
+        x = self.norm_in(tokens + torch.stack([self.type_embed[i] for i in which]).unsqueeze(0))
         q = self.query.expand(B, -1, -1)
         out, w = self.attn(q, x, x, key_padding_mask=mask, need_weights=True)  # (B, 1, d), (B, 1, T)
         out = out + self.ffn(out)
         desc = F.normalize(self.out(out.squeeze(1)), dim=1)
-        weights = tokens.new_zeros(B, len(TOKENS))
-        weights[:, which] = w.squeeze(1)
-        return desc, weights
+        return desc, _scatter_tokens(w.squeeze(1), which)
 
 
 class ConcatFusion(nn.Module):
@@ -50,10 +56,10 @@ class ConcatFusion(nn.Module):
         B = tokens.shape[0]
         if mask is not None:
             tokens = tokens.masked_fill(mask.unsqueeze(-1), 0.0)
-        full = tokens.new_zeros(B, len(TOKENS), self.token_dim)
-        full[:, which] = tokens
+        cols = {i: j for j, i in enumerate(which)}
+        zero = tokens.new_zeros(B, self.token_dim)
+        full = torch.stack([tokens[:, cols[i]] if i in cols else zero for i in range(len(TOKENS))], 1)
         desc = F.normalize(self.out(full.flatten(1)), dim=1)
-        weights = tokens.new_zeros(B, len(TOKENS))
         present = (~mask).to(tokens.dtype) if mask is not None else tokens.new_ones(B, len(which))
-        weights[:, which] = present / present.sum(1, keepdim=True)
+        weights = _scatter_tokens(present / present.sum(1, keepdim=True), which)
         return desc, weights
