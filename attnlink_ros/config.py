@@ -110,3 +110,75 @@ def save_resolved(path: str | Path, **sections: Any) -> Path:
     data = {k: (to_dict(v) if dataclasses.is_dataclass(v) else v) for k, v in sections.items()}
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Parameters of the ROS nodes (``config/attnlink.yaml``, ``ros__parameters``). The nodes declare
+    exactly these, with :data:`NODE_PARAM_DOCS`' descriptions and ranges; strings that are empty mean
+    'not set' (ROS parameters cannot be null)."""
+
+    model: str = ""  # model artifact; empty: the shipped default
+    map: str = ""  # place map directory
+    backend: str = "auto"
+    mode: str = "fused"
+    calib_file: str = ""
+    lidar_to_camera: tuple[float, ...] = ()  # 16 floats row-major, or empty
+    crop_top: int = -1  # first image row of the network crop; -1: from the calibration
+    k: int = 5
+    slop: float = 0.05
+    sensor_timeout: float = 1.0
+    reliability: str = "best_effort"
+    map_frame: str = "map"
+    loops: bool = True
+    loop_min_score: float = 0.8
+    loop_min_gap: float = 30.0
+    markers: bool = True
+    autostart: bool = True
+
+    def __post_init__(self) -> None:
+        for name, (_, choices, rng) in NODE_PARAM_DOCS.items():
+            v = getattr(self, name)
+            if choices and v not in choices:
+                raise ConfigError(f"parameter {name}: {v!r} is not one of {', '.join(choices)}")
+            if rng and not (rng[0] <= v <= rng[1]):
+                raise ConfigError(f"parameter {name}: {v} is outside [{rng[0]}, {rng[1]}]")
+        if len(self.lidar_to_camera) not in (0, 16):
+            raise ConfigError(f"parameter lidar_to_camera: needs 16 floats (row-major 4x4), got {len(self.lidar_to_camera)}")
+
+
+# name: (description, allowed values or None, (min, max) or None)
+NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
+    "model": ("model artifact (NAME.json); empty: the shipped default model", None, None),
+    "map": ("place map directory (attnlink build-map); the retrieval needs one", None, None),
+    "backend": ("inference backend", ("auto", "torch", "onnxruntime", "tensorrt"), None),
+    "mode": ("query mode (fused falls back to the modality present when a sensor goes silent)", ("image", "lidar", "fused"), None),
+    "calib_file": ("KITTI calib.txt giving P2 and Tr (used until a CameraInfo arrives, and for Tr)", None, None),
+    "lidar_to_camera": ("LiDAR -> camera 4x4 transform, 16 floats row-major (overrides calib_file's Tr); empty: unset", None, None),
+    "crop_top": ("first image row of the network crop; -1: from the calibration (the LiDAR's top beam)", None, (-1, 100000)),
+    "k": ("places returned per query (~/match)", None, (1, 100)),
+    "slop": ("max stamp difference of a camera/LiDAR pair, s", None, (0.0, 1.0)),
+    "sensor_timeout": ("a stream silent this long (s) counts as lost: query with the other", None, (0.05, 60.0)),
+    "reliability": ("sensor subscription reliability", ("best_effort", "reliable"), None),
+    "map_frame": ("frame_id of ~/place and ~/markers", None, None),
+    "loops": ("publish LIO-SAM loop pairs [t_query, t_match] on lio_loop/loop_closure_detection", None, None),
+    "loop_min_score": ("smallest top-1 score (cosine) published as a loop", None, (-1.0, 1.0)),
+    "loop_min_gap": ("smallest |t_query - t_match| (s) published as a loop", None, (0.0, 1e9)),
+    "markers": ("publish ~/markers (map places once, then the current match)", None, None),
+    "autostart": ("configure and activate at start-up (false: drive the lifecycle from outside)", None, None),
+}
+
+
+def node_params_from_yaml(path: str | Path, node_name: str = "attnlink") -> dict[str, Any]:
+    """The ``ros__parameters`` a ROS 2 params file gives node ``node_name`` (``/**`` first, then
+    the node's own entry, which wins), as ROS would apply them."""
+    data = load_yaml(path)
+    params: dict[str, Any] = {}
+    for key in ("/**", node_name, f"/{node_name}"):
+        entry = data.get(key)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or "ros__parameters" not in entry:
+            raise ConfigError(f"{path}: entry {key!r} has no ros__parameters")
+        params.update(entry["ros__parameters"] or {})
+    return params

@@ -22,7 +22,11 @@ from attnlink_ros.model.io import save_model
 from attnlink_ros.pipeline import Frame, PlaceRecognizer
 from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
 from attnlink_ros.ros.conversions import bgr_to_image, calibration_to_camera_info, sec_to_stamp, stamp_to_sec, xyzi_to_pointcloud2
-from attnlink_ros.ros.node import AttnLinkNode, rotation_to_quaternion
+from std_msgs.msg import Float64MultiArray
+from visualization_msgs.msg import MarkerArray
+
+from attnlink_ros.ros.node import (LOOP_TOPIC, MATCH_FIELDS, AttnLinkNode, FrontEndNode, RetrievalNode, descriptor_to_image,
+                                   parse_match, rotation_to_quaternion)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +56,9 @@ def test_node_end_to_end(ros, model_and_map):
     node = AttnLinkNode(parameter_overrides=[
         Parameter("model", value=str(model)), Parameter("map", value=str(map_dir)), Parameter("backend", value="torch"),
         Parameter("mode", value="fused"), Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist()),
-        Parameter("autostart", value=True),
+        Parameter("autostart", value=True), Parameter("loop_min_gap", value=0.0), Parameter("loop_min_score", value=-1.0),
     ])
-    assert node._pub_place is not None, "autostart did not configure the node"
+    assert node.outputs is not None, "autostart did not configure the node"
     io = rclpy.create_node("replayer")
     pubs = {
         "image": io.create_publisher(Image, "image", qos_profile_sensor_data),
@@ -64,6 +68,12 @@ def test_node_end_to_end(ros, model_and_map):
     places, diags = [], []
     io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 10)
     io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    matches, loops, markers = [], [], []
+    io.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 10)
+    io.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, loops.append, 10)
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+
+    io.create_subscription(MarkerArray, "/attnlink/markers", markers.append, QoSProfile(depth=5, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     ex = MultiThreadedExecutor(num_threads=3)
     ex.add_node(node)
     ex.add_node(io)
@@ -105,6 +115,19 @@ def test_node_end_to_end(ros, model_and_map):
     assert int(values["frames_processed"]) >= 6 and values["map_places"] == "24"
     processed_after_bad = [s for s in stamps if s > 1000.0 + float(seq.times[4])]
     assert processed_after_bad, "the node stopped after the bad messages"
+    # ~/match: k rows of the documented fields, best first, the same place as ~/place
+    assert len(matches) == len(places)
+    hits = parse_match(matches[-1])
+    assert len(hits) == 5 and list(hits[0]) == list(MATCH_FIELDS)
+    assert hits[0]["query_stamp"] == pytest.approx(stamps[-1]) and hits[0]["verified"] == 0.0
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert hits[0]["place_x"] == pytest.approx(places[-1].pose.pose.position.x)
+    assert hits[0]["place_stamp"] == pytest.approx(float(seq.times[int(hits[0]["map_index"])]))
+    # LIO-SAM pairs [t_query, t_match] (thresholds opened in this test), markers: map places + match
+    assert len(loops) == len(places) and list(loops[-1].data) == pytest.approx([hits[0]["query_stamp"], hits[0]["place_stamp"]])
+    assert markers and len(markers[0].markers[0].points) == 24
+    assert any(m.ns == "match" for m in markers[-1].markers)
+    assert int(values["loops_published"]) >= 6
     node.destroy_node()
     io.destroy_node()
 
@@ -117,7 +140,10 @@ def test_configure_fails_cleanly_on_missing_map(ros, model_and_map, tmp_path):
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert node.recognizer is None
     res = node.set_parameters([Parameter("backend", value="tpu")])
-    assert not res[0].successful and "backend must be one of" in res[0].reason
+    assert not res[0].successful and "backend" in res[0].reason and "tpu" in res[0].reason
+    for name, bad in (("k", 0), ("mode", "sonar"), ("lidar_to_camera", [1.0, 2.0])):
+        assert not node.set_parameters([Parameter(name, value=bad)])[0].successful, name
+    assert node.set_parameters([Parameter("k", value=3)])[0].successful
     node.destroy_node()
 
 
@@ -128,3 +154,51 @@ def test_rotation_to_quaternion():
         q = rotation_to_quaternion(R)
         assert q == pytest.approx((0, 0, np.sin(yaw / 2) * np.sign(np.cos(yaw / 2)), abs(np.cos(yaw / 2))), abs=1e-9) or \
             q == pytest.approx((0, 0, -np.sin(yaw / 2), -np.cos(yaw / 2)), abs=1e-9)
+
+
+def test_split_nodes_descriptor_topic(ros, model_and_map):
+    """Front end (sensors -> ~/descriptor) and retrieval (descriptor -> ~/place, ~/match) as two
+    nodes give the single node's result; a descriptor of another model is counted and dropped."""
+    model, map_dir, seq = model_and_map
+    common = [Parameter("model", value=str(model)), Parameter("backend", value="torch"), Parameter("mode", value="lidar")]
+    front = FrontEndNode(parameter_overrides=common + [Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist())])
+    retr = RetrievalNode(parameter_overrides=common + [Parameter("map", value=str(map_dir))],
+                         cli_args=["--ros-args", "-r", "descriptor:=/attnlink_frontend/descriptor"])
+    io = rclpy.create_node("replayer2")
+    info = io.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
+    pts = io.create_publisher(PointCloud2, "points", qos_profile_sensor_data)
+    fake = io.create_publisher(Image, "/attnlink_frontend/descriptor", 10)
+    matches = []
+    io.create_subscription(Float64MultiArray, "/attnlink_retrieval/match", matches.append, 10)
+    ex = MultiThreadedExecutor(num_threads=4)
+    for n in (front, retr, io):
+        ex.add_node(n)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    rec = PlaceRecognizer(model, map_dir, backend="torch")
+    want = {}
+    try:
+        time.sleep(1.0)
+        for i in (3, 9, 15):
+            t = 2000.0 + float(seq.times[i])
+            h = Header(stamp=sec_to_stamp(t), frame_id="velodyne")
+            info.publish(calibration_to_camera_info(seq.calib, h))
+            time.sleep(0.05)
+            pts.publish(xyzi_to_pointcloud2(seq.read_scan(i), h))
+            want[t] = [hit["index"] for hit in rec.query(Frame(t, seq.calib, points=seq.read_scan(i)), 5, "lidar").hits]
+            time.sleep(0.5)
+        fake.publish(descriptor_to_image(np.ones(256, np.float32) / 16, Header(stamp=sec_to_stamp(1.0)), "lidar:000000000000"))
+        time.sleep(1.0)
+    finally:
+        ex.shutdown()
+        spin.join(timeout=5)
+    got = {}
+    for m in matches:
+        hits = parse_match(m)
+        got[round(hits[0]["query_stamp"], 6)] = [int(h["map_index"]) for h in hits]
+    assert len(got) == 3
+    for t, idx in want.items():
+        assert got[round(t, 6)] == idx
+    assert retr.counters["dropped_bad_descriptor_model"] == 1
+    for n in (front, retr, io):
+        n.destroy_node()
