@@ -124,18 +124,12 @@ def cmd_revisits(args: argparse.Namespace) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
-    """The main job on the embedded default: a synthetic drive, its FoV conversion and revisits,
-    and, with the shipped model, image / LiDAR / fused queries against its LiDAR map."""
-    import numpy as np
-
+    """The main job on the embedded default: a synthetic drive (or --data), its first half as a
+    LiDAR map (shipped model), the second half replayed over ROS 2 through the real node."""
     from .data.kitti import KittiSequence
     from .data.synth import SynthConfig, write_synthetic_sequence
-    from .errors import DataError
     from .evaluation.plots import plot_revisits
     from .evaluation.protocols import revisit_queries
-    from .evaluation.recall import evaluate_sequence
-    from .geometry.projection import network_grid, sparse_depth
-    from .model.io import load_model
 
     out = Path(args.out)
     if args.data:
@@ -143,35 +137,70 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     else:
         write_synthetic_sequence(out / "town", SynthConfig(frames=args.frames, seed=args.seed), workers=args.workers, progress=not args.quiet)
         seq = KittiSequence(out / "town", "00")
-    frames = seq.available_frames()
-    if len(frames) == 0:
-        raise AttnLinkError(f"{seq.dir}: no frame has both a scan and an image")
-    W, H = seq.image_size
-    grid = network_grid(seq.calib, W, H)
-    t0 = time.perf_counter()
-    filled = [int((sparse_depth(seq.read_scan(i), seq.calib, grid) > 0).sum()) for i in frames[:100]]
-    fov_ms = 1000 * (time.perf_counter() - t0) / len(filled)
-    result: dict[str, Any] = {"sequence_dir": str(seq.dir), "frames": int(len(seq)), "frames_with_data": int(len(frames)),
-                              "network_input": [grid.out_h, grid.out_w], "crop_top_row": grid.top,
-                              "mean_filled_cells": float(np.mean(filled)), "fov_ms_per_frame_incl_read": round(fov_ms, 2)}
-    print(f"{seq.dir}: {len(frames)} frames; FoV conversion {fov_ms:.1f} ms a frame (read included), "
-          f"{np.mean(filled):.0f} filled cells of {grid.out_h}x{grid.out_w}")
-    if seq.has_poses:
-        proto = revisit_queries(seq.xy, seq.times)
-        result["revisit_queries"] = int(len(proto.queries))
-        result["plot"] = str(plot_revisits(seq.xy, proto.queries, out / "trajectory.png", title=f"{seq.dir}"))
-        print(f"{len(proto.queries)} revisit queries (a frame with a place >= 30 s older within 10 m); {result['plot']}")
-    try:
-        model, meta = load_model(args.model)
-    except DataError as exc:
-        print(f"no model to query with ({exc}); the recognition part of the demo needs one")
-        return result
-    if seq.has_poses and len(frames) == len(seq):
-        print(f"querying with {meta['config']['variant']} ({meta['fingerprint'][:12]}): image, LiDAR and fused queries vs the LiDAR map")
-        res = evaluate_sequence(model, seq.dataset.parent, seq.name, ("revisit",), ("image", "lidar", "fused"), out / "cache",
-                                plots=out, progress=not args.quiet)
-        result["recognition"] = res
+    frames = [int(i) for i in seq.available_frames()]
+    if len(frames) < 2:
+        raise AttnLinkError(f"{seq.dir}: fewer than two frames with both a scan and an image")
+    if not seq.has_poses:
+        raise AttnLinkError(f"{seq.dir}: the demo needs ground-truth poses (dataset/poses/{seq.name}.txt) to score the hits")
+    result: dict[str, Any] = {"sequence_dir": str(seq.dir), "frames": len(frames)}
+    proto = revisit_queries(seq.xy, seq.times)
+    result["trajectory_plot"] = str(plot_revisits(seq.xy, proto.queries, out / "trajectory.png", title=f"{seq.dir}"))
+    split = len(frames) // 2
+    from .ros.demo import run_demo
+
+    result.update(run_demo(seq, out, args.model, args.mode, args.backend, frames[:split], frames[split:], rate=args.rate,
+                           progress=not args.quiet, print_every=args.print_every))
     return result
+
+
+def cmd_replay(args: argparse.Namespace) -> dict:
+    from .data.bags import bag_records, kitti_records
+    from .ros.replay import Replayer
+
+    if bool(args.bag) == bool(args.data):
+        raise AttnLinkError("give either --data ROOT (with --sequence) or --bag PATH")
+    topics = {k: v for k, v in (("image", args.image_topic), ("camera_info", args.camera_info_topic), ("points", args.points_topic)) if v}
+    if args.data:
+        from .data.kitti import KittiSequence
+
+        seq = KittiSequence(args.data, args.sequence)
+        frames = [int(i) for i in seq.available_frames()]
+        if args.frames:
+            frames = [i for i in frames if args.frames[0] <= i < args.frames[1]]
+        records = list(kitti_records(args.data, args.sequence, frames))
+        total = len(frames)
+    else:
+        records = list(bag_records(args.bag, {k: v for k, v in (("image", args.bag_image_topic), ("camera_info", args.bag_camera_info_topic),
+                                                                 ("points", args.bag_points_topic)) if v}))
+        total = len({round(r.stamp, 6) for r in records})
+    rp = Replayer(topics, clock=args.clock, lockstep=args.lockstep, reliable=not args.best_effort)
+    try:
+        if args.wait_subscribers > 0 and not rp.wait_for_subscribers(args.wait_subscribers):
+            print(f"no subscriber on the points topic after {args.wait_subscribers:g} s: publishing anyway")
+        stats = rp.run(records, rate=args.rate, loop=args.loop, progress=not args.quiet, total=total)
+    finally:
+        rp.close()
+    d = stats.as_dict()
+    print(f"published {d['frames']} frames ({d['published']}) in {d['wall_s']:.1f} s ({d['rate_hz']:.1f} Hz; data span {d['data_s']:.1f} s)")
+    return d
+
+
+def cmd_to_bag(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    from .data.bags import DEFAULT_TOPICS, kitti_records, write_bag
+    from .data.kitti import KittiSequence
+
+    seq = KittiSequence(args.data, args.sequence)
+    frames = [int(i) for i in seq.available_frames()]
+    if args.frames:
+        frames = [i for i in frames if args.frames[0] <= i < args.frames[1]]
+    if not frames:
+        raise AttnLinkError(f"{seq.dir}: no frame with both a scan and an image")
+    recs = tqdm(kitti_records(args.data, args.sequence, frames), total=3 * len(frames), desc="to-bag", unit="msg", disable=args.quiet)
+    counts = write_bag(recs, args.out, storage=args.storage)
+    print(f"{args.out}: {len(frames)} frames, {sum(counts.values())} messages ({args.storage}): " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return {"out": str(args.out), "frames": len(frames), "messages": counts, "topics": DEFAULT_TOPICS, "storage": args.storage}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,38 +269,19 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
 
 def cmd_build_map(args: argparse.Namespace) -> dict:
-    import numpy as np
-    from tqdm import tqdm
-
     from .data.kitti import KittiSequence
-    from .pipeline import Frame, PlaceRecognizer
-    from .retrieval.place_map import PlaceMap, PlaceTable
+    from .pipeline import PlaceRecognizer
+    from .retrieval.build import build_map_from_sequence
 
     rec = PlaceRecognizer(args.model, None, backend=args.backend)
     seq = KittiSequence(args.data, args.sequence)
-    frames = np.asarray([i for i in range(len(seq)) if seq.scan_path(i).is_file()], dtype=np.int64)
-    if len(frames) == 0:
-        raise AttnLinkError(f"{seq.velodyne_dir}: no scans to map")
-    calib = seq.calib
-    if calib.image_size is None:
-        raise AttnLinkError(f"{seq.dir}: no image to take the image size from")
-    backend = rec.backend("lidar")
-    t0 = time.perf_counter()
-    descs = []
-    for s in tqdm(range(0, len(frames), args.batch), desc=f"map {seq.name}", unit="batch", disable=args.quiet):
-        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=seq.read_scan(i)), "lidar")["depth"]
-                                for i in frames[s : s + args.batch]])
-        descs.append(backend.encode(depth=depth))
-    elapsed = time.perf_counter() - t0
-    poses = seq.poses[frames] if seq.has_poses else np.tile(np.eye(4), (len(frames), 1, 1))
-    table = PlaceTable(poses, seq.times[frames], np.full(len(frames), seq.name), frames,
-                       poses[:, [0, 2], 3] if seq.has_poses else np.zeros((len(frames), 2)))
-    pm = PlaceMap.build(np.concatenate(descs), table, rec.fingerprint, args.index,
-                        extra={"source": str(seq.dir), "backend": backend.describe()})
+    frames = None
+    if args.frames:
+        frames = [i for i in range(args.frames[0], min(args.frames[1], len(seq))) if seq.scan_path(i).is_file()]
+    pm, stats = build_map_from_sequence(rec, seq, frames, args.index, args.batch, progress=not args.quiet)
     out = pm.save(args.out)
-    fps = len(frames) / elapsed
-    print(f"{out}: {len(frames)} places, {pm.dim}-D, {args.index} index; {fps:.1f} frames/s with {backend.describe()}")
-    return {"out": str(out), "places": len(frames), "frames_per_second": round(fps, 2), "backend": backend.describe(), **pm.manifest}
+    print(f"{out}: {stats['places']} places, {pm.dim}-D, {args.index} index; {stats['frames_per_second']:.1f} frames/s with {stats['backend']}")
+    return {"out": str(out), **stats, **pm.manifest}
 
 
 def cmd_query(args: argparse.Namespace) -> list:
@@ -351,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True, help="KITTI-layout root")
     sp.add_argument("--sequence", default="00")
     sp.add_argument("--out", required=True, help="map directory to write")
+    sp.add_argument("--frames", type=int, nargs=2, metavar=("START", "END"), help="map frames START <= i < END only")
     sp.add_argument("--index", choices=["flat", "ivf", "ivfpq", "hnsw"], default="flat", help="FAISS index (default exact)")
     sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
     sp.add_argument("--batch", type=int, default=16)
@@ -366,7 +377,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", choices=["image", "lidar", "fused"], default="image")
     sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
 
-    sp = add("demo", cmd_demo, "the main job on the embedded default: synthetic drive, revisits, FoV conversion")
+    sp = add("replay", cmd_replay, "publish a KITTI-layout sequence or a ROS 1 / ROS 2 bag on ROS 2 topics (image, camera_info, points)")
+    sp.add_argument("--data", help="KITTI-layout root (holds dataset/)")
+    sp.add_argument("--sequence", default="00", help="sequence of --data (default 00)")
+    sp.add_argument("--frames", type=int, nargs=2, metavar=("START", "END"), help="frames START <= i < END of --data only")
+    sp.add_argument("--bag", help="ROS 1 .bag, or ROS 2 bag folder / .mcap / .db3")
+    sp.add_argument("--bag-image-topic", help="image topic in the bag (default: kitti2bag's, else the only Image topic)")
+    sp.add_argument("--bag-camera-info-topic", help="camera_info topic in the bag (default as above)")
+    sp.add_argument("--bag-points-topic", help="point-cloud topic in the bag (default: kitti2bag's, else the only PointCloud2 topic)")
+    sp.add_argument("--image-topic", help="published image topic (default image)")
+    sp.add_argument("--camera-info-topic", help="published camera_info topic (default camera_info)")
+    sp.add_argument("--points-topic", help="published point-cloud topic (default points)")
+    sp.add_argument("--rate", type=float, default=1.0, help="times real time (default 1; 0 = no pacing)")
+    sp.add_argument("--lockstep", metavar="TOPIC", help="publish the next frame when TOPIC (e.g. /attnlink/match) answers: as fast as the node consumes")
+    sp.add_argument("--loop", action="store_true", help="start over at the end (Ctrl-C stops)")
+    sp.add_argument("--clock", action="store_true", help="publish /clock with the data's time (for use_sim_time)")
+    sp.add_argument("--best-effort", action="store_true", help="best-effort publishers (default reliable, which best-effort subscribers accept)")
+    sp.add_argument("--wait-subscribers", type=float, default=5.0, help="wait up to this many seconds for a points subscriber (default 5)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("to-bag", cmd_to_bag, "write a KITTI odometry sequence as a ROS 2 bag (image, camera_info, points)")
+    sp.add_argument("--data", required=True, help="KITTI-layout root")
+    sp.add_argument("--sequence", default="00")
+    sp.add_argument("--frames", type=int, nargs=2, metavar=("START", "END"), help="frames START <= i < END only")
+    sp.add_argument("--out", required=True, help="bag folder to write (must not exist)")
+    sp.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("demo", cmd_demo, "the main job on the embedded default: a drive's first half as a map, its second half replayed through the ROS 2 node")
     sp.add_argument("--out", default="out/demo", help="working folder (default out/demo)")
     sp.add_argument("--data", help="use this KITTI folder instead of a synthetic drive")
     sp.add_argument("--sequence", default="00", help="sequence of --data (default 00)")
@@ -374,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=7, help="seed of the synthetic town (default 7)")
     sp.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
     sp.add_argument("--model", help="model artifact; default: the shipped model")
+    sp.add_argument("--mode", choices=["image", "lidar", "fused"], default="fused", help="query mode of the node (default fused)")
+    sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
+    sp.add_argument("--rate", type=float, default=0.0, help="replay at this multiple of real time (default 0: as fast as the node answers)")
+    sp.add_argument("--print-every", type=int, default=10, help="print every Nth live hit (default 10)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -1,6 +1,6 @@
 """Configuration: frozen dataclasses, read from YAML, one precedence rule.
 
-``CLI flag > file > dataclass default``. A section of ``config/attnlink.yaml`` maps onto one
+``CLI flag > file > dataclass default``. A section of ``config/offline.yaml`` maps onto one
 dataclass; an unknown key or a value of the wrong type is a :class:`ConfigError`, so a typo never
 silently falls back to a default. The resolved configuration is saved beside every artifact.
 """

@@ -396,7 +396,7 @@ class _AttnLinkLifecycle(LifecycleNode):
         rec = self.recognizer
         values = {
             "rate_hz": f"{rate:.2f}", "latency_ms_p50": f"{np.percentile(lat, 50):.1f}", "latency_ms_p99": f"{np.percentile(lat, 99):.1f}",
-            "backend": ", ".join(b.describe() for b in rec._backends.values()) if rec else "",
+            "backend": ", ".join(dict.fromkeys(b.describe() for b in rec._backends.values())) if rec else "",
             "map_places": str(len(rec.map)) if rec and rec.map else "0", "mode": self.cfg.mode,
             **extra, **{k: str(v) for k, v in sorted(self.counters.items())},
         }
@@ -423,6 +423,11 @@ class _SensorNodeMixin:
                 self._process(*out)
         except Exception as exc:  # noqa: BLE001 - a bug in one frame must not stop the node: count, log once, go on
             self._bad("internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _warm_up(self) -> None:
+        """Loads the backend of the configured mode and of its fallbacks now, not on the first frame."""
+        for m in (("image", "lidar", "fused") if self.cfg.mode == "fused" else (self.cfg.mode,)):
+            self.recognizer.backend(m)
 
     def _mode_for(self, frame: Frame) -> str:
         mode = resolve_mode(self.cfg.mode, frame.image is not None, frame.points is not None)
@@ -457,6 +462,7 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
         self.recognizer = PlaceRecognizer(c.model or None, c.map or None, backend=c.backend, crop_top=None if c.crop_top < 0 else c.crop_top)
         if self.recognizer.map is None:
             raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map`")
+        self._warm_up()
         self.outputs = Outputs(self, c)
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, map {len(self.recognizer.map)} places, "
                                f"mode {c.mode}, backend {c.backend}")
@@ -494,6 +500,7 @@ class FrontEndNode(_SensorNodeMixin, _AttnLinkLifecycle):
         c = self.cfg
         self.front = SensorFrontEnd(c, self.counters, self._bad)
         self.recognizer = PlaceRecognizer(c.model or None, None, backend=c.backend, crop_top=None if c.crop_top < 0 else c.crop_top)
+        self._warm_up()
         self._pub_desc = self.create_lifecycle_publisher(Image, "~/descriptor", 10)
 
     def _subscribe(self, qos):

@@ -1,0 +1,126 @@
+"""``attnlink demo``: a drive's first part becomes a LiDAR place map (shipped model); its later part
+is replayed over ROS 2 through the real ``attnlink`` node; a listener prints the live hits and
+measures recall, frame rate and latency; a PNG shows the trajectory with the matches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "auto", map_frames=None, query_frames=None,
+             rate: float = 0.0, radius_m: float = 10.0, progress: bool = True, print_every: int = 10) -> dict:
+    from ..data.bags import kitti_records
+    from ..evaluation.plots import plot_matches
+    from ..pipeline import PlaceRecognizer
+    from ..retrieval.build import build_map_from_sequence
+    from .transport import apply_transport_profile
+
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(seq)
+    map_frames = list(range(n // 2)) if map_frames is None else list(map_frames)
+    query_frames = list(range(n // 2, n)) if query_frames is None else list(query_frames)
+    rec = PlaceRecognizer(model, None, backend=backend)
+    pm, stats = build_map_from_sequence(rec, seq, map_frames, progress=progress)
+    map_dir = pm.save(out / "map")
+    print(f"map: {stats['places']} places of frames {map_frames[0]}-{map_frames[-1]} ({stats['frames_per_second']:.0f} frames/s, {stats['backend']})")
+    del rec
+    # ground truth: a query counts when a map place lies within radius_m
+    xy = seq.xy
+    mxy = xy[map_frames]
+    nearest = np.array([np.min(np.linalg.norm(mxy - xy[q], axis=1)) for q in query_frames])
+    answerable = {float(seq.times[q]): bool(d <= radius_m) for q, d in zip(query_frames, nearest)}
+    truth_xy = {float(seq.times[q]): xy[q] for q in query_frames}
+
+    apply_transport_profile()
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Float64MultiArray
+
+    from .node import AttnLinkNode, parse_match
+    from .replay import Replayer
+
+    rclpy.init()
+    try:
+        node = AttnLinkNode(parameter_overrides=[
+            Parameter("model", value=str(model) if model else ""), Parameter("map", value=str(map_dir)),
+            Parameter("backend", value=backend), Parameter("mode", value=mode),
+            Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist()),
+            Parameter("autostart", value=True), Parameter("reliability", value="reliable")])
+        if node.outputs is None:
+            raise RuntimeError("the node did not configure (see its log)")
+        listener = rclpy.create_node("attnlink_demo_listener")
+        results: dict[float, tuple[dict, float]] = {}
+        replayer = Replayer(lockstep="/attnlink/match" if rate <= 0 else None)
+        lines = []
+
+        def on_match(msg) -> None:
+            hits = parse_match(msg)
+            t = round(hits[0]["query_stamp"], 6)
+            results[t] = (hits[0], time.monotonic())
+            top = hits[0]
+            d = float(np.hypot(top["place_x"] - truth_xy[t][0], top["place_z"] - truth_xy[t][1])) if t in truth_xy else float("nan")
+            if len(results) % print_every == 1 or print_every == 1:
+                ok = "ok" if d <= radius_m else ("--" if not answerable.get(t, False) else "WRONG")
+                lines.append(f"  t={t:7.1f} s  top-1 place {int(top['map_index']):4d} (t={top['place_stamp']:6.1f} s)  "
+                             f"score {top['score']:.3f}  {d:6.1f} m from truth  {ok}")
+                print(lines[-1], flush=True)
+
+        listener.create_subscription(Float64MultiArray, "/attnlink/match", on_match, 50)
+        ex = MultiThreadedExecutor(num_threads=2)
+        ex.add_node(node)
+        ex.add_node(listener)
+        spin = threading.Thread(target=ex.spin, daemon=True)
+        spin.start()
+        replayer.wait_for_subscribers(10.0, ("image", "points", "camera_info"))
+        time.sleep(0.5)
+
+        records = list(kitti_records(seq.dataset.parent, seq.name, query_frames, with_image=mode != "lidar", with_points=mode != "image"))
+        print(f"replaying {len(query_frames)} frames through the attnlink node ({mode} queries, "
+              f"{'as fast as the node answers' if rate <= 0 else f'{rate}x real time'}); every {print_every}th hit:")
+        rstats = replayer.run(records, rate=rate, progress=False, total=len(query_frames))
+        sent_at = replayer.sent_at
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and len(results) < len(query_frames):
+            time.sleep(0.05)
+        node_latency = np.asarray(node._latency) if node._latency else np.zeros(1)
+        counters = dict(node.counters)
+        backend_desc = ", ".join(dict.fromkeys(b.describe() for b in node.recognizer._backends.values()))
+        ex.shutdown()
+        spin.join(timeout=5)
+        replayer.close()
+        listener.destroy_node()
+        node.destroy_node()
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+    e2e = np.asarray([results[t][1] - sent_at[t] for t in results if t in sent_at]) * 1e3
+    qs = [t for t in results if answerable.get(t)]
+    correct = [float(np.hypot(results[t][0]["place_x"] - truth_xy[t][0], results[t][0]["place_z"] - truth_xy[t][1])) <= radius_m for t in qs]
+    r1 = float(np.mean(correct)) if qs else float("nan")
+    # plot: query positions, their top-1 places, green when right
+    tq = np.array(sorted(qs))
+    qi = np.array([int(np.argmin(np.abs(seq.times - t))) for t in tq], dtype=int)
+    top_frame = np.array([map_frames[int(results[t][0]["map_index"])] for t in tq], dtype=int)
+    plot = plot_matches(xy, qi, top_frame, np.asarray(correct, bool), out / "matches.png",
+                        title=f"{seq.dir.name}: live {mode} queries through the node, recall@1 {r1:.3f}") if len(qi) else None
+    result = {
+        "mode": mode, "map_places": int(len(map_frames)), "frames_replayed": int(rstats.frames), "answers": len(results),
+        "queries_with_a_place_within_%gm" % radius_m: len(qs), "recall@1": round(r1, 4) if qs else None,
+        "frame_rate_hz": round(rstats.frames / rstats.wall_s, 2) if rstats.wall_s else 0.0,
+        "latency_ms_end_to_end_p50": round(float(np.percentile(e2e, 50)), 2) if len(e2e) else None,
+        "latency_ms_end_to_end_p99": round(float(np.percentile(e2e, 99)), 2) if len(e2e) else None,
+        "latency_ms_node_p50": round(float(np.percentile(node_latency, 50)), 2),
+        "backend": backend_desc, "node_counters": counters, "plot": str(plot) if plot else None,
+    }
+    print(f"{len(results)}/{rstats.frames} frames answered at {result['frame_rate_hz']:.1f} Hz; "
+          f"recall@1 {r1:.3f} over {len(qs)} queries with a map place within {radius_m:g} m; "
+          f"latency (publish -> ~/match) p50 {result['latency_ms_end_to_end_p50']} ms, p99 {result['latency_ms_end_to_end_p99']} ms "
+          f"(node {result['latency_ms_node_p50']} ms); {backend_desc}")
+    if plot:
+        print(f"trajectory with matches: {plot}")
+    return result
