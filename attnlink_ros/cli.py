@@ -175,8 +175,9 @@ def cmd_replay(args: argparse.Namespace) -> dict:
         total = len({round(r.stamp, 6) for r in records})
     rp = Replayer(topics, clock=args.clock, lockstep=args.lockstep, reliable=not args.best_effort)
     try:
-        if args.wait_subscribers > 0 and not rp.wait_for_subscribers(args.wait_subscribers):
-            print(f"no subscriber on the points topic after {args.wait_subscribers:g} s: publishing anyway")
+        kinds = tuple(sorted({r.kind for r in records[:6]} - {"camera_info"}))  # the large ones; camera_info repeats each frame
+        if args.wait_subscribers > 0 and not rp.wait_for_subscribers(args.wait_subscribers, kinds):
+            print(f"not every topic ({', '.join(kinds)}) has a subscriber after {args.wait_subscribers:g} s: publishing anyway")
         stats = rp.run(records, rate=args.rate, loop=args.loop, progress=not args.quiet, total=total)
     finally:
         rp.close()

@@ -11,6 +11,10 @@ import pytest
 # One random DDS domain per test session, discovery kept on this host.
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 101)))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# The shipped Fast DDS transport profile, as launch files, replay and demo apply it (before any rclpy.init).
+from attnlink_ros.ros.transport import apply_transport_profile  # noqa: E402
+
+apply_transport_profile()
 
 REPO = Path(__file__).resolve().parents[1]
 KITTI_ROOT = Path(os.environ.get("ATTNLINK_KITTI", REPO.parent / "shared" / "data" / "kitti"))

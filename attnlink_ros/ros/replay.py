@@ -60,6 +60,7 @@ class Replayer:
         else:
             self._owns_context = False
         self.node = rclpy.create_node(node_name)
+        self.reliable = reliable
         names = {"image": "image", "camera_info": "camera_info", "points": "points", **(topics or {})}
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
@@ -166,9 +167,16 @@ class Replayer:
         stats.wall_s = time.monotonic() - t_wall0
         return stats
 
-    def close(self) -> None:
+    def close(self, ack_timeout: float = 3.0) -> None:
+        """Waits (up to ``ack_timeout`` s) until reliable subscribers acknowledged the last frames
+        (a process that exits at once would take a large last frame with it), then shuts down."""
         import rclpy
+        from rclpy.duration import Duration
 
+        if self.reliable:
+            for pub in self.pubs.values():
+                if pub.get_subscription_count() > 0:
+                    pub.wait_for_all_acked(Duration(seconds=ack_timeout))
         if self._executor is not None:
             self._executor.shutdown()
         self.node.destroy_node()
