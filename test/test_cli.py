@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ATTNLINK = str(Path(sys.executable).parent / "attnlink")
-SUBCOMMANDS = ["synth", "project", "revisits", "train", "eval", "export", "build-map", "query", "demo"]
+SUBCOMMANDS = ["synth", "project", "revisits", "train", "eval", "export", "build-map", "query", "replay", "to-bag", "demo"]
 
 
 def run(*args, check=True):
@@ -83,16 +83,19 @@ def test_synth_and_demo_on_it(tmp_path):
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["frames"] == 12 and s["seed"] == 11
     assert len(list((tmp_path / "t/dataset/sequences/00/velodyne").glob("*.bin"))) == 12
-    run("demo", "--data", tmp_path / "t", "--out", tmp_path / "demo", "--json", tmp_path / "d.json")
+    p = run("demo", "--data", tmp_path / "t", "--out", tmp_path / "demo", "--mode", "lidar", "--print-every", "1", "--json", tmp_path / "d.json")
     d = json.loads((tmp_path / "d.json").read_text())
-    assert d["frames_with_data"] == 12 and d["network_input"] == [128, 512] and d["mean_filled_cells"] > 8000
-    assert (tmp_path / "demo/trajectory.png").exists()
+    # 6 map places, 6 frames replayed through the node, every one answered (lockstep) and printed live
+    assert d["frames"] == 12 and d["map_places"] == 6 and d["frames_replayed"] == 6 and d["answers"] == 6
+    assert p.stdout.count("top-1 place") == 6 and "recall@1" in p.stdout
+    assert d["node_counters"]["frames_processed"] == 6 and d["latency_ms_end_to_end_p50"] > 0
+    assert (tmp_path / "demo/trajectory.png").exists() and (tmp_path / "demo/matches.png").exists()
 
 
 def test_demo_default_path_small(tmp_path):
     run("demo", "--out", tmp_path / "demo", "--frames", "20", "--workers", "1", "--quiet", "--json", tmp_path / "d.json")
     d = json.loads((tmp_path / "d.json").read_text())
-    assert d["frames"] == 20 and d["crop_top_row"] == 120
+    assert d["frames"] == 20 and d["answers"] == d["frames_replayed"] == 10 and d["mode"] == "fused"
 
 
 @pytest.fixture(scope="module")
