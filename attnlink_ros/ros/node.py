@@ -28,7 +28,7 @@ the retrieval node drops (and counts) descriptors of another model than its map'
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 
 import numpy as np
 import rclpy
@@ -142,6 +142,7 @@ class SensorFrontEnd:
             self.T = np.asarray(cfg.lidar_to_camera, dtype=np.float64).reshape(4, 4)
         self._last_stamp: dict[str, float] = {}
         self._period: dict[str, float] = {}
+        self.stage_ms: dict[str, deque] = defaultdict(lambda: deque(maxlen=500))
 
     def on_info(self, msg: CameraInfo) -> None:
         if self.T is None:
@@ -157,11 +158,13 @@ class SensorFrontEnd:
         (frame, header) when a frame is complete."""
         stamp = stamp_to_sec(msg.header.stamp)
         self._note_arrival(stream, stamp)
+        t0 = time.perf_counter()
         try:
             data = (image_to_bgr if stream == "image" else pointcloud2_to_xyzi)(msg)
         except MessageError as exc:
             self.bad(exc.kind, str(exc))
             return None
+        self.stage_ms[f"convert_{stream}"].append(1e3 * (time.perf_counter() - t0))
         pair = self.sync.add(stream, stamp, (data, msg.header), now=time.monotonic())
         return None if pair is None else self._frame(pair)
 
@@ -285,6 +288,7 @@ class _AttnLinkLifecycle(LifecycleNode):
         self._logged_kinds: set[str] = set()
         self._latency = deque(maxlen=500)
         self._processed_times = deque(maxlen=50)
+        self.stage_ms: dict[str, deque] = defaultdict(lambda: deque(maxlen=500))  # per stage, ms
 
     def _autostart(self) -> None:
         if self.get_parameter("autostart").value:
@@ -377,7 +381,9 @@ class _AttnLinkLifecycle(LifecycleNode):
             self._logged_kinds.add(kind)
             self.get_logger().warning(f"dropping bad message ({kind}): {message} (logged once per kind, counted in /diagnostics)")
 
-    def _processed(self, t0: float) -> None:
+    def _processed(self, t0: float, timings: dict | None = None) -> None:
+        for k, v in (timings or {}).items():
+            self.stage_ms[k].append(v)
         self.counters["frames_processed"] += 1
         self._latency.append(1e3 * (time.perf_counter() - t0))
         self._processed_times.append(time.monotonic())
@@ -399,6 +405,7 @@ class _AttnLinkLifecycle(LifecycleNode):
             "backend": ", ".join(dict.fromkeys(b.describe() for b in rec._backends.values())) if rec else "",
             "map_places": str(len(rec.map)) if rec and rec.map else "0", "mode": self.cfg.mode,
             **extra, **{k: str(v) for k, v in sorted(self.counters.items())},
+            **{f"stage_ms_{k}_p50": f"{np.percentile(v, 50):.2f}" for k, v in sorted(self.stage_ms.items()) if v},
         }
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[st])
@@ -459,6 +466,7 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
     def _configure(self) -> None:
         c = self.cfg
         self.front = SensorFrontEnd(c, self.counters, self._bad)
+        self.front.stage_ms = self.stage_ms  # conversion times beside the pipeline's, in /diagnostics
         self.recognizer = PlaceRecognizer(c.model or None, c.map or None, backend=c.backend, crop_top=None if c.crop_top < 0 else c.crop_top)
         if self.recognizer.map is None:
             raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map`")
@@ -481,8 +489,9 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
         except (AttnLinkError, ValueError) as exc:
             self._bad("query", str(exc))
             return
+        t1 = time.perf_counter()
         self.outputs.publish(header, frame.stamp, res.hits, self.counters)
-        self._processed(t0)
+        self._processed(t0, {**res.timings_ms, "publish": 1e3 * (time.perf_counter() - t1)})
 
 
 class FrontEndNode(_SensorNodeMixin, _AttnLinkLifecycle):
@@ -499,6 +508,7 @@ class FrontEndNode(_SensorNodeMixin, _AttnLinkLifecycle):
     def _configure(self) -> None:
         c = self.cfg
         self.front = SensorFrontEnd(c, self.counters, self._bad)
+        self.front.stage_ms = self.stage_ms  # conversion times beside the pipeline's, in /diagnostics
         self.recognizer = PlaceRecognizer(c.model or None, None, backend=c.backend, crop_top=None if c.crop_top < 0 else c.crop_top)
         self._warm_up()
         self._pub_desc = self.create_lifecycle_publisher(Image, "~/descriptor", 10)

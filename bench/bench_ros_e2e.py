@@ -1,0 +1,193 @@
+"""End-to-end latency through real ROS 2, across processes: camera image + LiDAR cloud published
+here -> the attnlink node (its own process) -> ~/place received here; against the floor of
+transporting the same messages, measured in the same run with a relay process that answers as
+soon as it holds both (no model).
+
+Per stage (the node's /diagnostics medians): message conversion, network-input preparation,
+encoder forward, search, publishing. Overhead = end-to-end - encoder forward; target <= 2x the
+transport floor.
+
+    .venv/bin/python bench/bench_ros_e2e.py [--data ROOT] [--frames 100] [--mode fused] [--backend onnxruntime] [--json FILE]
+
+Default data: real KITTI frames of ../shared/data/kitti (sequence 00), looped to --frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def relay() -> None:
+    """The floor: answers [stamp] on /bench/pair as soon as an image and a cloud of one stamp arrived."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, PointCloud2
+    from std_msgs.msg import Float64MultiArray
+
+    from attnlink_ros.ros.conversions import stamp_to_sec
+    from attnlink_ros.ros.transport import apply_transport_profile
+
+    apply_transport_profile()
+    rclpy.init()
+    node = rclpy.create_node("bench_relay")
+    pub = node.create_publisher(Float64MultiArray, "/bench/pair", 10)
+    seen: dict[float, int] = {}
+
+    def got(msg) -> None:
+        t = round(stamp_to_sec(msg.header.stamp), 6)
+        seen[t] = seen.get(t, 0) + 1
+        if seen[t] == 2:
+            pub.publish(Float64MultiArray(data=[t]))
+            del seen[t]
+
+    node.create_subscription(Image, "image", got, qos_profile_sensor_data)
+    node.create_subscription(PointCloud2, "points", got, qos_profile_sensor_data)
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+
+
+def measure(pubs, answers: dict, frames: list, topic_ready, n: int, timeout: float = 5.0) -> np.ndarray:
+    """Publishes n frames one at a time (next after the answer); returns latencies in ms."""
+    from std_msgs.msg import Header
+
+    from attnlink_ros.ros.conversions import bgr_to_image, calibration_to_camera_info, sec_to_stamp, xyzi_to_pointcloud2
+
+    lat = []
+    for k in range(n):
+        calib, img, pts = frames[k % len(frames)]
+        t = 1000.0 + 0.1 * k
+        h = Header(stamp=sec_to_stamp(t), frame_id="sensor")
+        key = round(t, 6)
+        info = calibration_to_camera_info(calib, h)
+        im, cl = bgr_to_image(img, h), xyzi_to_pointcloud2(pts, h)  # messages built before the clock starts
+        pubs["info"].publish(info)
+        t0 = time.monotonic()
+        pubs["image"].publish(im)
+        pubs["points"].publish(cl)
+        end = time.monotonic() + timeout
+        while key not in answers and time.monotonic() < end:
+            time.sleep(0.0002)
+        if key in answers:
+            lat.append(1e3 * (answers[key] - t0))
+        time.sleep(0.02)
+    return np.asarray(lat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--relay", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "kitti"))
+    ap.add_argument("--sequence", default="00")
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--mode", default="fused", choices=["image", "lidar", "fused"])
+    ap.add_argument("--backend", default="onnxruntime")
+    ap.add_argument("--model", default="")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.relay:
+        relay()
+        return
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from std_msgs.msg import Float64MultiArray
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from attnlink_ros.data.kitti import KittiSequence
+    from attnlink_ros.launch_logic import attnlink_nodes
+    from attnlink_ros.pipeline import PlaceRecognizer
+    from attnlink_ros.retrieval.build import build_map_from_sequence
+    from attnlink_ros.ros.conversions import stamp_to_sec
+    from attnlink_ros.ros.transport import apply_transport_profile
+
+    apply_transport_profile()
+    seq = KittiSequence(args.data, args.sequence)
+    idx = [int(i) for i in seq.available_frames()]
+    calib = seq.calib.with_image_size(*seq.image_size)
+    frames = [(calib, seq.read_image(i), seq.read_scan(i)) for i in idx]
+    tmp = Path(tempfile.mkdtemp())
+    pm, _ = build_map_from_sequence(PlaceRecognizer(args.model or None, None, backend=args.backend), seq, idx, progress=False)
+    pm.save(tmp / "map")
+    (spec,) = attnlink_nodes(map=str(tmp / "map"), backend=args.backend, mode=args.mode, model=args.model,
+                             calib_file=str(seq.dir / "calib.txt"))
+    spec.parameters["markers"] = False
+    rclpy.init()
+    io = rclpy.create_node("bench_e2e")
+    pubs = {"image": io.create_publisher(Image, "image", qos_profile_sensor_data),
+            "points": io.create_publisher(PointCloud2, "points", qos_profile_sensor_data),
+            "info": io.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)}
+    place, pair, diags = {}, {}, []
+    io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place",
+                           lambda m: place.__setitem__(round(stamp_to_sec(m.header.stamp), 6), time.monotonic()), 50)
+    io.create_subscription(Float64MultiArray, "/bench/pair", lambda m: pair.__setitem__(round(m.data[0], 6), time.monotonic()), 50)
+    io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    ex = SingleThreadedExecutor()
+    ex.add_node(io)
+    threading.Thread(target=ex.spin, daemon=True).start()
+    rows = {}
+    # 1. transport floor (relay process)
+    rel = subprocess.Popen([sys.executable, __file__, "--relay"])
+    try:
+        while io.count_subscribers("points") == 0:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        floor = measure(pubs, pair, frames, None, args.frames)
+    finally:
+        rel.terminate()
+        rel.wait()
+    while io.count_subscribers("points") > 0:
+        time.sleep(0.1)
+    # 2. the node
+    node = subprocess.Popen(spec.command())
+    try:
+        while io.count_publishers("/attnlink/place") == 0:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        measure(pubs, place, frames, None, 10)  # warm-up
+        e2e = measure(pubs, place, frames, None, args.frames)
+        time.sleep(1.5)
+    finally:
+        node.terminate()
+        node.wait()
+    values = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
+    stages = {k[len("stage_ms_"):-len("_p50")]: float(v) for k, v in values.items() if k.startswith("stage_ms_")}
+    fwd = stages.get("encode", float("nan"))
+    overhead = float(np.percentile(e2e, 50)) - fwd
+    fl50 = float(np.percentile(floor, 50))
+    rows = {"data": f"{seq.dir} ({len(frames)} frames looped, image {seq.image_size[0]}x{seq.image_size[1]}, "
+                    f"{int(np.mean([len(f[2]) for f in frames]))} points)",
+            "mode": args.mode, "backend": values.get("backend", args.backend),
+            "transport_floor_ms": {"p50": round(fl50, 2), "p99": round(float(np.percentile(floor, 99)), 2), "n": int(len(floor))},
+            "end_to_end_ms": {"p50": round(float(np.percentile(e2e, 50)), 2), "p99": round(float(np.percentile(e2e, 99)), 2), "n": int(len(e2e))},
+            "node_stage_ms_p50": stages, "overhead_beyond_forward_ms_p50": round(overhead, 2),
+            "overhead_over_floor": round(overhead / fl50, 2), "target_overhead_over_floor": 2.0}
+    print(f"end-to-end through ROS 2 across processes, {rows['data']}, {args.mode} queries, {rows['backend']}")
+    print(f"{'stage':28s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(f"{'transport floor (relay)':28s} {fl50:8.2f} {np.percentile(floor, 99):8.2f}")
+    for k, v in stages.items():
+        print(f"{'node: ' + k:28s} {v:8.2f}")
+    print(f"{'end to end (in -> ~/place)':28s} {np.percentile(e2e, 50):8.2f} {np.percentile(e2e, 99):8.2f}")
+    print(f"overhead beyond the forward pass: {overhead:.2f} ms = {overhead / fl50:.2f}x the transport floor (target <= 2x)")
+    io.destroy_node()
+    rclpy.shutdown()
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
