@@ -53,9 +53,11 @@ def relay() -> None:
 
     node.create_subscription(Image, "image", got, qos_profile_sensor_data)
     node.create_subscription(PointCloud2, "points", got, qos_profile_sensor_data)
+    from rclpy.executors import ExternalShutdownException
+
     try:
         rclpy.spin(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
 
 
@@ -138,7 +140,8 @@ def main() -> None:
     io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     ex = SingleThreadedExecutor()
     ex.add_node(io)
-    threading.Thread(target=ex.spin, daemon=True).start()
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
     rows = {}
     # 1. transport floor (relay process)
     rel = subprocess.Popen([sys.executable, __file__, "--relay"])
@@ -183,6 +186,8 @@ def main() -> None:
         print(f"{'node: ' + k:28s} {v:8.2f}")
     print(f"{'end to end (in -> ~/place)':28s} {np.percentile(e2e, 50):8.2f} {np.percentile(e2e, 99):8.2f}")
     print(f"overhead beyond the forward pass: {overhead:.2f} ms = {overhead / fl50:.2f}x the transport floor (target <= 2x)")
+    ex.shutdown()
+    spin.join(timeout=5)
     io.destroy_node()
     rclpy.shutdown()
     if args.json:

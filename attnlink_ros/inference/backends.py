@@ -124,6 +124,9 @@ class OnnxRuntimeBackend(Backend):
         available = ort.get_available_providers()
         self.providers = [p for p in (providers or self.PREFERRED) if p in available]
         opts = ort.SessionOptions()
+        # no busy-waiting of the intra-op threads between runs: the node shares its cores with DDS,
+        # message conversion and search (spinning cost those stages several ms on 2 cores)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)

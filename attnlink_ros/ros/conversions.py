@@ -40,9 +40,28 @@ def cloud_dtype(fields, point_step: int, big_endian: bool) -> np.dtype:
         raise MessageError("cloud_layout", f"PointCloud2 fields do not fit point_step {point_step} ({exc})") from None
 
 
+def _packed_xyzi(msg) -> np.ndarray | None:
+    """The common layout (float32 x, y, z, intensity|i at 0, 4, 8, 12; 16-byte points, unpadded
+    rows, little-endian) read as one float32 view; None for any other layout."""
+    f = msg.fields
+    if (msg.point_step != 16 or msg.is_bigendian or len(f) != 4 or msg.row_step != 16 * msg.width
+            or [(x.name, x.offset, x.datatype, x.count) for x in f[:3]] != [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1)]
+            or (f[3].name, f[3].offset, f[3].datatype, f[3].count) not in (("intensity", 12, 7, 1), ("i", 12, 7, 1))):
+        return None
+    raw = np.frombuffer(memoryview(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data, dtype=np.uint8)
+    if raw.size != msg.height * msg.row_step:
+        raise MessageError("cloud_size", f"PointCloud2 data has {raw.size} bytes, height x row_step = {msg.height * msg.row_step}")
+    out = raw.view(np.float32).reshape(-1, 4)
+    finite = np.isfinite(out[:, :3]).all(1)
+    return out if finite.all() else out[finite]
+
+
 def pointcloud2_to_xyzi(msg) -> np.ndarray:
     """(N, 4) float32 x, y, z, intensity (field ``intensity`` or ``i``; 0 when absent); points
     with a non-finite coordinate are dropped."""
+    fast = _packed_xyzi(msg)
+    if fast is not None:
+        return fast
     dtype = cloud_dtype(msg.fields, msg.point_step, msg.is_bigendian)
     names = set(dtype.names or ())
     if not {"x", "y", "z"} <= names:
