@@ -32,8 +32,8 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     xy = seq.xy
     mxy = xy[map_frames]
     nearest = np.array([np.min(np.linalg.norm(mxy - xy[q], axis=1)) for q in query_frames])
-    answerable = {float(seq.times[q]): bool(d <= radius_m) for q, d in zip(query_frames, nearest)}
-    truth_xy = {float(seq.times[q]): xy[q] for q in query_frames}
+    answerable = {round(float(seq.times[q]), 6): bool(d <= radius_m) for q, d in zip(query_frames, nearest)}
+    truth_xy = {round(float(seq.times[q]), 6): xy[q] for q in query_frames}
 
     apply_transport_profile()
     import rclpy
