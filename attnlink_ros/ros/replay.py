@@ -179,6 +179,7 @@ class Replayer:
                     pub.wait_for_all_acked(Duration(seconds=ack_timeout))
         if self._executor is not None:
             self._executor.shutdown()
+            self._spin.join(timeout=5)  # a spin thread still inside rclpy at exit aborts the process
         self.node.destroy_node()
         if self._owns_context and rclpy.ok():
             rclpy.shutdown()
