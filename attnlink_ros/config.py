@@ -130,9 +130,15 @@ class NodeConfig:
     sensor_timeout: float = 1.0
     reliability: str = "best_effort"
     map_frame: str = "map"
+    map_mode: str = "relocalize"  # relocalize: the prebuilt map, fixed | online: the map grows from the drive
     loops: bool = True
-    loop_min_score: float = 0.8
+    loop_min_score: float = 0.5
     loop_min_gap: float = 30.0
+    keyframe_interval: float = 1.0
+    verify: bool = True
+    verify_candidates: int = 3
+    min_inlier_ratio: float = 0.7
+    consistency: int = 1
     markers: bool = True
     autostart: bool = True
 
@@ -161,9 +167,15 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "sensor_timeout": ("a stream silent this long (s) counts as lost: query with the other", None, (0.05, 60.0)),
     "reliability": ("sensor subscription reliability", ("best_effort", "reliable"), None),
     "map_frame": ("frame_id of ~/place and ~/markers", None, None),
+    "map_mode": ("relocalize: match the prebuilt map | online: the map grows from the drive (SLAM loop closure)", ("relocalize", "online"), None),
     "loops": ("publish LIO-SAM loop pairs [t_query, t_match] on lio_loop/loop_closure_detection", None, None),
-    "loop_min_score": ("smallest top-1 score (cosine) published as a loop", None, (-1.0, 1.0)),
-    "loop_min_gap": ("smallest |t_query - t_match| (s) published as a loop", None, (0.0, 1e9)),
+    "loop_min_score": ("smallest descriptor score (cosine) of a loop candidate", None, (-1.0, 1.0)),
+    "loop_min_gap": ("smallest |t_query - t_match| (s) of a loop; online: the exclusion window of recent frames", None, (0.0, 1e9)),
+    "keyframe_interval": ("online: one keyframe (descriptor + downsampled scan) per this many seconds", None, (0.0, 3600.0)),
+    "verify": ("online: GICP-verify loop candidates against the place's scan (needs the LiDAR)", None, None),
+    "verify_candidates": ("online: candidates verified per query, best score first", None, (1, 20)),
+    "min_inlier_ratio": ("online: share of the live scan's voxels matched after GICP to accept a loop", None, (0.0, 1.0)),
+    "consistency": ("online: consecutive agreeing detections before a loop is published (1 = off)", None, (1, 20)),
     "markers": ("publish ~/markers (map places once, then the current match)", None, None),
     "autostart": ("configure and activate at start-up (false: drive the lifecycle from outside)", None, None),
 }

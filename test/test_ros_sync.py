@@ -27,8 +27,9 @@ def test_newest_only_drops_and_counts():
 
 def test_silent_stream_lets_the_other_pass():
     s = ApproximateSync(slop=0.05, timeout=0.5)
-    f = s.add("points", 1.0, "p1", now=1.0)  # camera never seen
-    assert f == {"points": (1.0, "p1"), "image": None} and s.stats.singles == 1
-    s.add("image", 1.5, "i1", now=1.5)  # camera appears: pairs resume
-    f = s.add("points", 1.52, "p2", now=1.52)
-    assert f["image"] == (1.5, "i1")
+    assert s.add("points", 1.0, "p1", now=1.0) is None  # start-up: the camera gets `timeout` to appear
+    f = s.add("points", 1.6, "p2", now=1.6)  # camera still never seen after the timeout: points alone
+    assert f == {"points": (1.6, "p2"), "image": None} and s.stats.singles == 1 and s.stats.dropped["points"] == 1
+    s.add("image", 2.0, "i1", now=2.0)  # camera appears: pairs resume
+    f = s.add("points", 2.02, "p3", now=2.02)
+    assert f["image"] == (2.0, "i1")

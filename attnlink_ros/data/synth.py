@@ -411,11 +411,13 @@ def write_synthetic_sequence(
     sequence: str = "00",
     workers: int = 1,
     progress: bool = True,
+    only=None,
 ) -> Path:
     """Renders a drive into ``out/dataset/sequences/<sequence>`` (+ ``poses/<sequence>.txt``).
 
     Returns the sequence folder. Frames are rendered by ``workers`` processes; the result does
-    not depend on their number.
+    not depend on their number. ``only``: render just these frame indices (times and poses are
+    written for the whole drive; readers see the others as missing frames).
     """
     from tqdm import tqdm
 
@@ -430,9 +432,10 @@ def write_synthetic_sequence(
     (seq_dir / "calib.txt").write_text(format_kitti_odometry_calib({k: calib.extra[k] for k in ("P0", "P1", "P2", "P3")}, calib.extra["Tr"]))
     (seq_dir / "times.txt").write_text(format_kitti_times(drive.drive.t))
     (out / "dataset" / "poses" / f"{sequence}.txt").write_text(format_kitti_poses(drive.kitti_poses()))
-    chunks = [list(range(s, min(s + 8, config.frames))) for s in range(0, config.frames, 8)]
+    todo = sorted({int(i) for i in only if 0 <= int(i) < config.frames}) if only is not None else list(range(config.frames))
+    chunks = [todo[s : s + 8] for s in range(0, len(todo), 8)]
     jobs = [(ch, str(image_dir), str(velo_dir)) for ch in chunks]
-    bar = tqdm(total=config.frames, desc=f"synth seed {config.seed}", unit="frame", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"synth seed {config.seed}", unit="frame", disable=not progress)
     if workers <= 1:
         global _WORKER
         _WORKER = drive

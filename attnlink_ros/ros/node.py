@@ -58,11 +58,14 @@ MODES = NODE_PARAM_DOCS["mode"][1]
 # is "hit" (size = hits), dim[1] is "field" (size = len(MATCH_FIELDS)), its label the column names
 # joined by ",". place_*: the matched place's pose in the map frame (quaternion x, y, z, w);
 # rel_*: the query's pose relative to the place from geometric verification, NaN when the hit is
-# not verified (verified 0).
+# not verified (verified 0). Online mode answers a query without any candidate with one row whose
+# map_index is -1.
 MATCH_FIELDS = ("query_stamp", "map_index", "place_stamp", "score", "verified",
                 "place_x", "place_y", "place_z", "place_qx", "place_qy", "place_qz", "place_qw",
                 "rel_x", "rel_y", "rel_z", "rel_qx", "rel_qy", "rel_qz", "rel_qw")
 LOOP_TOPIC = "lio_loop/loop_closure_detection"
+# online mode, a query without any candidate: one ~/match row with map_index -1 (score NaN)
+NO_CANDIDATE = {"index": -1, "stamp": float("nan"), "score": float("nan"), "pose": None, "verified": False}
 
 
 def rotation_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
@@ -101,10 +104,11 @@ def match_rows(query_stamp: float, hits: list[dict]) -> np.ndarray:
     """The ~/match table (len(hits), len(MATCH_FIELDS)) of a query's hits."""
     rows = np.full((len(hits), len(MATCH_FIELDS)), np.nan)
     for r, h in enumerate(hits):
-        T = np.asarray(h["pose"])
         rows[r, :5] = (query_stamp, h["index"], h["stamp"], h["score"], float(bool(h.get("verified", False))))
-        rows[r, 5:8] = T[:3, 3]
-        rows[r, 8:12] = rotation_to_quaternion(T[:3, :3])
+        if h.get("pose") is not None:  # online mode: the drive's own keyframes have no map pose
+            T = np.asarray(h["pose"])
+            rows[r, 5:8] = T[:3, 3]
+            rows[r, 8:12] = rotation_to_quaternion(T[:3, :3])
         rel = h.get("relative_pose")
         if rel is not None:
             rel = np.asarray(rel)
@@ -211,30 +215,38 @@ class Outputs:
         self.markers = node.create_lifecycle_publisher(MarkerArray, "~/markers", latched) if cfg.markers else None
         self._places: Marker | None = None
 
-    def publish(self, header, query_stamp: float, hits: list[dict], counters: Counter) -> None:
+    def publish(self, header, query_stamp: float, hits: list[dict], counters: Counter, loop: bool | None = None) -> None:
+        """``loop``: None = relocalize (a loop when the top-1 passes loop_min_score and loop_min_gap);
+        True/False = the online detector's decision for the top-1."""
         if not hits:
             return
         top = hits[0]
-        T = np.asarray(top["pose"])
-        msg = PoseWithCovarianceStamped()
-        msg.header.stamp = header.stamp
-        msg.header.frame_id = self.cfg.map_frame
-        p = msg.pose.pose
-        p.position.x, p.position.y, p.position.z = (float(v) for v in T[:3, 3])
-        p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = rotation_to_quaternion(T[:3, :3])
-        msg.pose.covariance = place_covariance(top["score"])
-        self.place.publish(msg)
+        if top.get("pose") is not None:
+            T = np.asarray(top["pose"])
+            msg = PoseWithCovarianceStamped()
+            msg.header.stamp = header.stamp
+            msg.header.frame_id = self.cfg.map_frame
+            p = msg.pose.pose
+            p.position.x, p.position.y, p.position.z = (float(v) for v in T[:3, 3])
+            p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = rotation_to_quaternion(T[:3, :3])
+            msg.pose.covariance = place_covariance(top["score"])
+            self.place.publish(msg)
+        self.publish_match(query_stamp, hits)
+        if loop is None:
+            loop = top["score"] >= self.cfg.loop_min_score and abs(query_stamp - top["stamp"]) >= self.cfg.loop_min_gap
+        if self.loop is not None and loop:
+            self.loop.publish(Float64MultiArray(data=[float(query_stamp), float(top["stamp"])]))
+            counters["loops_published"] += 1
+        if self.markers is not None and top.get("pose") is not None:
+            self.markers.publish(MarkerArray(markers=self._marker_list(header, top)))
+
+    def publish_match(self, query_stamp: float, hits: list[dict]) -> None:
         rows = match_rows(query_stamp, hits)
         m = Float64MultiArray()
         m.layout.dim = [MultiArrayDimension(label="hit", size=rows.shape[0], stride=rows.size),
                         MultiArrayDimension(label=",".join(MATCH_FIELDS), size=rows.shape[1], stride=rows.shape[1])]
         m.data = rows.reshape(-1).tolist()
         self.match.publish(m)
-        if self.loop is not None and top["score"] >= self.cfg.loop_min_score and abs(query_stamp - top["stamp"]) >= self.cfg.loop_min_gap:
-            self.loop.publish(Float64MultiArray(data=[float(query_stamp), float(top["stamp"])]))
-            counters["loops_published"] += 1
-        if self.markers is not None:
-            self.markers.publish(MarkerArray(markers=self._marker_list(header, top)))
 
     def map_markers(self, xy: np.ndarray, z: np.ndarray | None = None) -> None:
         """The map's places as one POINTS marker (latched, so RViz gets it when it joins)."""
@@ -468,22 +480,34 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
         c = self.cfg
         self.front = SensorFrontEnd(c, self.counters, self._bad)
         self.front.stage_ms = self.stage_ms  # conversion times beside the pipeline's, in /diagnostics
-        self.recognizer = PlaceRecognizer(c.model or None, c.map or None, backend=c.backend, crop_top=None if c.crop_top < 0 else c.crop_top)
-        if self.recognizer.map is None:
-            raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map`")
+        online = c.map_mode == "online"
+        self.recognizer = PlaceRecognizer(c.model or None, None if online else (c.map or None), backend=c.backend,
+                                          crop_top=None if c.crop_top < 0 else c.crop_top)
+        self.detector = None
+        if online:
+            from ..retrieval.loops import LoopConfig, LoopDetector
+
+            self.detector = LoopDetector(self.recognizer.cfg.descriptor_dim, LoopConfig(
+                exclusion_s=c.loop_min_gap, keyframe_interval_s=c.keyframe_interval, min_score=c.loop_min_score,
+                candidates=c.verify_candidates, verify=c.verify, min_inlier_ratio=c.min_inlier_ratio, consistency=c.consistency))
+        elif self.recognizer.map is None:
+            raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map` (or set map_mode: online)")
         self._warm_up()
         self.outputs = Outputs(self, c)
-        self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, map {len(self.recognizer.map)} places, "
-                               f"mode {c.mode}, backend {c.backend}")
+        where = "online map (grows from the drive)" if online else f"map {len(self.recognizer.map)} places"
+        self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}")
 
     def _subscribe(self, qos):
         return self._sensor_subscriptions(qos)
 
     def _activated(self) -> None:
-        t = self.recognizer.map.table
-        self.outputs.map_markers(t.xy, t.poses[:, 2, 3])
+        if self.recognizer.map is not None:
+            t = self.recognizer.map.table
+            self.outputs.map_markers(t.xy, t.poses[:, 2, 3])
 
     def _process(self, frame: Frame, header) -> None:
+        if self.detector is not None:
+            return self._process_online(frame, header)
         t0 = time.perf_counter()
         try:
             res = self.recognizer.query(frame, self.cfg.k, self._mode_for(frame))
@@ -493,6 +517,35 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
         t1 = time.perf_counter()
         self.outputs.publish(header, frame.stamp, res.hits, self.counters)
         self._processed(t0, {**res.timings_ms, "publish": 1e3 * (time.perf_counter() - t1)})
+
+
+    def _process_online(self, frame: Frame, header) -> None:
+        """Online: query the drive's older keyframes (verify, check consistency), then offer this
+        frame as a keyframe (its LiDAR descriptor: maps are LiDAR)."""
+        t0 = time.perf_counter()
+        det = self.detector
+        try:
+            mode = self._mode_for(frame)
+            res = self.recognizer.encode(frame, mode)
+            t1 = time.perf_counter()
+            loop = det.query(frame.stamp, res.descriptor, frame.points if self.cfg.verify else None)
+            t2 = time.perf_counter()
+            if frame.points is not None and det.map.due(frame.stamp):
+                key = res.descriptor if mode == "lidar" else self.recognizer.encode(Frame(frame.stamp, frame.calib, points=frame.points), "lidar").descriptor
+                det.map.maybe_add(frame.stamp, key, frame.points)
+        except (AttnLinkError, ValueError) as exc:
+            self._bad("query", str(exc))
+            return
+        self.counters["keyframes"] = len(det.map)
+        if loop.index >= 0:
+            if not loop.published:
+                self.counters["loop_candidates_rejected"] += 1
+            hit = {"index": loop.index, "stamp": loop.t_match, "score": loop.score, "pose": None, "verified": loop.verified,
+                   "relative_pose": loop.T}
+            self.outputs.publish(header, frame.stamp, [hit], self.counters, loop=loop.published)
+        else:
+            self.outputs.publish_match(frame.stamp, [NO_CANDIDATE])  # answered: one row, map_index -1
+        self._processed(t0, {**res.timings_ms, "loop_search_verify": 1e3 * (t2 - t1)})
 
 
 class FrontEndNode(_SensorNodeMixin, _AttnLinkLifecycle):

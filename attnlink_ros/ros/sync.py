@@ -29,10 +29,15 @@ class ApproximateSync:
         self.pending: dict[str, tuple[float, Any] | None] = {s: None for s in self.STREAMS}
         self.last_seen: dict[str, float | None] = {s: None for s in self.STREAMS}
         self.stats = SyncStats()
+        self.started: float | None = None  # time of the first message of any stream
 
     def silent(self, stream: str, now: float) -> bool:
+        """Silent: nothing for ``timeout`` s (a stream never seen gets ``timeout`` s from the first
+        message of the other, so that start-up does not count as a lost sensor)."""
         seen = self.last_seen[stream]
-        return seen is None or now - seen > self.timeout
+        if seen is None:
+            return self.started is None or now - self.started > self.timeout
+        return now - seen > self.timeout
 
     def add(self, stream: str, stamp: float, msg: Any, now: float | None = None) -> dict | None:
         """Feeds one message; returns ``{"image": (stamp, msg) | None, "points": ...}`` when a frame
@@ -40,6 +45,8 @@ class ApproximateSync:
         if stream not in self.STREAMS:
             raise ValueError(f"unknown stream {stream!r}")
         now = stamp if now is None else now
+        if self.started is None:
+            self.started = now
         self.last_seen[stream] = now
         other = "points" if stream == "image" else "image"
         if self.pending[stream] is not None:

@@ -1,0 +1,128 @@
+"""``attnlink eval --loop-closure``: a drive replayed frame by frame in online mode; the loops the
+detector publishes are scored against ground truth (true when the two places lie within 10 m).
+
+precision = true published loops / published loops; recall = revisit queries (a place >= 30 s
+older within 10 m, the revisit protocol) that got a true published loop / revisit queries. Run
+with and without GICP verification; the precision-recall curve sweeps the descriptor-score
+threshold; verified loops also get their relative-pose error against ground truth."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ..retrieval.loops import Loop, LoopConfig, LoopDetector
+from .protocols import SUCCESS_RADIUS, revisit_queries
+
+
+def _gt_relative(seq, place: int, query: int) -> np.ndarray:
+    """Ground-truth pose of the query's LiDAR in the place's LiDAR frame."""
+    Tr = seq.calib.T_cam_lidar
+    return np.linalg.inv(Tr) @ np.linalg.inv(seq.poses[place]) @ seq.poses[query] @ Tr
+
+
+def run_online(seq, desc: np.ndarray, frames: np.ndarray, cfg: LoopConfig, progress: bool = False) -> tuple[list[tuple[int, Loop]], list[int]]:
+    """(frame, loop) per frame of the drive, in time order, through one :class:`LoopDetector`;
+    and the frame of each keyframe index."""
+    from tqdm import tqdm
+
+    det = LoopDetector(desc.shape[1], cfg)
+    out = []
+    for j, f in enumerate(tqdm(frames, desc=f"loops {'verified' if cfg.verify else 'descriptor'}", disable=not progress)):
+        scan = seq.read_scan(int(f))
+        out.append((int(f), det.step(float(seq.times[f]), desc[j], scan, frame=int(f))))
+    return out, list(det.map.frames)
+
+
+def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits: set, thresholds: np.ndarray) -> dict:
+    """Precision / recall / pose error of published loops, and the curve over score thresholds."""
+    published, true_pub, errors, rot_errors = 0, 0, [], []
+    rows = []  # (score, is_true, is_revisit) of published loops
+    recalled = set()
+    for f, loop in results:
+        if not loop.published:
+            continue
+        place = keyframes[loop.index]
+        ok = float(np.linalg.norm(seq.xy[place] - seq.xy[f])) <= SUCCESS_RADIUS
+        published += 1
+        true_pub += ok
+        rows.append((loop.score, ok, f in revisits))
+        if ok and f in revisits:
+            recalled.add(f)
+        if loop.verified and loop.T is not None and seq.has_poses:
+            gt = _gt_relative(seq, place, f)
+            errors.append(float(np.linalg.norm(loop.T[:3, 3] - gt[:3, 3])))
+            dR = loop.T[:3, :3].T @ gt[:3, :3]
+            rot_errors.append(float(np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1)))))
+    curve = []
+    for th in thresholds:
+        sel = [r for r in rows if r[0] >= th]
+        p = float(np.mean([r[1] for r in sel])) if sel else 1.0
+        rec = len({f for (f, loop) in results if loop.published and loop.score >= th and f in revisits
+                   and np.linalg.norm(seq.xy[keyframes[loop.index]] - seq.xy[f]) <= SUCCESS_RADIUS}) / max(1, len(revisits))
+        curve.append({"threshold": float(th), "precision": p, "recall": rec, "published": len(sel)})
+    return {"precision": true_pub / published if published else 1.0, "recall": len(recalled) / max(1, len(revisits)),
+            "loops_published": published, "true_loops_published": int(true_pub), "revisit_queries": len(revisits),
+            "pose_error_median_m": float(np.median(errors)) if errors else None,
+            "pose_error_p90_m": float(np.percentile(errors, 90)) if errors else None,
+            "rotation_error_median_deg": float(np.median(rot_errors)) if rot_errors else None, "curve": curve}
+
+
+def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar", cfg: LoopConfig = LoopConfig(), cache_dir=None,
+                          plot: str | Path | None = None, progress: bool = False, echo=print) -> dict:
+    import tempfile
+
+    from ..data.cache import FrameCache, build_cache
+    from ..data.kitti import KittiSequence
+    from .recall import encode_cache
+
+    seq = KittiSequence(root, sequence)
+    if not seq.has_poses:
+        raise ValueError(f"{seq.dir}: loop-closure evaluation needs ground-truth poses")
+    cache_dir = Path(cache_dir or tempfile.mkdtemp())
+    path = cache_dir / f"{Path(root).resolve().name}_{sequence}_{model.cfg.input_height}x{model.cfg.input_width}"
+    if not (path / "manifest.json").is_file():
+        build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
+    cache = FrameCache.open(path)
+    desc = encode_cache(model, cache, modes=(mode,), progress=progress)[mode]
+    frames = np.asarray(cache.frames) if hasattr(cache, "frames") else np.arange(len(cache))
+    proto = revisit_queries(seq.xy[frames], seq.times[frames])
+    revisits = {int(frames[q]) for q in proto.queries}
+    thresholds = np.round(np.linspace(0.0, 1.0, 41), 3)
+    out = {"sequence": sequence, "mode": mode, "config": dataclasses.asdict(cfg)}
+    for name, verify in (("verified", True), ("unverified", False)):
+        c = dataclasses.replace(cfg, verify=verify)
+        det_results, keyframes = run_online(seq, desc, frames, c, progress)
+        out[name] = score_loops(seq, det_results, keyframes, revisits, thresholds)
+        r = out[name]
+        echo(f"{sequence} {mode} {name}: precision {r['precision']:.3f}, recall {r['recall']:.3f} of {r['revisit_queries']} revisit "
+             f"queries, {r['loops_published']} loops published"
+             + (f", pose error median {r['pose_error_median_m']:.3f} m" if r["pose_error_median_m"] is not None else ""))
+    top = out["verified"]
+    out.update({k: top[k] for k in ("precision", "recall", "loops_published", "pose_error_median_m")})
+    if plot:
+        out["plot"] = str(plot_pr(out, plot, f"{seq.dir.parent.parent.name} {sequence}: loop closures ({mode})"))
+    return out
+
+
+def plot_pr(result: dict, out, title: str = "") -> Path:
+    from .plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, style in (("unverified", "--"), ("verified", "-")):
+        c = result[name]["curve"]
+        ax.plot([p["recall"] for p in c], [p["precision"] for p in c], style, marker=".", label=f"{name} (threshold sweep)")
+        ax.scatter([result[name]["recall"]], [result[name]["precision"]], s=60, zorder=3,
+                   label=f"{name} at min_score {result['config']['min_score']}: P {result[name]['precision']:.3f} R {result[name]['recall']:.3f}")
+    ax.axhline(0.99, color="0.6", lw=0.8, ls=":")
+    ax.axvline(0.8, color="0.6", lw=0.8, ls=":")
+    ax.set_xlabel("recall (of revisit queries)")
+    ax.set_ylabel("precision (of published loops)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(plt, fig, out)

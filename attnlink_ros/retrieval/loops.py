@@ -1,0 +1,245 @@
+"""Loop closures for SLAM: an online map that grows from the drive, geometric verification of
+candidates by GICP against the place's stored scan, temporal consistency (no rclpy here).
+
+* :class:`OnlineMap`: a keyframe's descriptor (and its downsampled scan) is added every
+  ``keyframe_interval_s``; a query matches only keyframes older than ``exclusion_s``.
+* :func:`verify`: GICP (small_gicp) of the live scan against the place's scan, from a few yaw
+  guesses (coarse, 1 m voxels) then refined; accepted on convergence, inlier ratio and a registered
+  offset within ``max_distance_m`` (the loop radius SLAM and the ground truth use); the
+  relative pose comes with a covariance from the registration's Hessian.
+* :class:`LoopDetector`: candidates in score order -> first verified one (or the top-1 when
+  verification is off) -> optional consistency over consecutive queries -> a :class:`Loop`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    exclusion_s: float = 30.0  # a query matches only places at least this much older
+    keyframe_interval_s: float = 1.0  # online map: one keyframe per this many seconds
+    min_score: float = 0.5  # smallest descriptor score (cosine) of a candidate
+    candidates: int = 3  # candidates verified per query, best score first
+    verify: bool = True  # GICP verification (needs the live scan and the place's stored scan)
+    voxel_m: float = 0.5  # stored-scan and fine-registration voxel
+    min_inlier_ratio: float = 0.7  # share of the live scan's voxels with a correspondence after refinement
+    max_correspondence_m: float = 1.0  # fine registration
+    yaw_guesses_deg: tuple = (0.0, 30.0, -30.0, 90.0, -90.0)  # coarse starts (revisits in another lane, at a turn)
+    max_distance_m: float = 10.0  # a verified loop whose registered offset is farther is refused (SLAM's loop radius)
+    consistency: int = 1  # consecutive detections that must agree before a loop is published (1 = off)
+    consistency_window_s: float = 3.0  # agreeing: matched stamps within this of the previous detection's
+
+
+def downsample(points: np.ndarray, voxel: float) -> np.ndarray:
+    """One point (the centroid) per occupied voxel, float32 (N, 3)."""
+    p = np.asarray(points, dtype=np.float64)[:, :3]
+    p = p[np.isfinite(p).all(1)]
+    if len(p) == 0:
+        return np.zeros((0, 3), np.float32)
+    key = np.floor(p / voxel).astype(np.int64)
+    _, inv, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(counts), 3))
+    np.add.at(sums, inv.reshape(-1), p)
+    return (sums / counts[:, None]).astype(np.float32)
+
+
+class ScanStore:
+    """Downsampled scans of places, saved as one ``scans.npz`` (points + offsets; no pickle)."""
+
+    def __init__(self, scans: list[np.ndarray] | None = None, voxel: float = 0.5) -> None:
+        self.scans = list(scans or [])
+        self.voxel = voxel
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def add(self, points: np.ndarray) -> None:
+        self.scans.append(downsample(points, self.voxel))
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.scans[i]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        offsets = np.cumsum([0] + [len(s) for s in self.scans]).astype(np.int64)
+        pts = np.concatenate(self.scans) if self.scans else np.zeros((0, 3), np.float32)
+        np.savez(path, points=pts.astype(np.float32), offsets=offsets, voxel=np.float64(self.voxel))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScanStore":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                pts, off, voxel = z["points"], z["offsets"], float(z["voxel"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(path, f"stored scans unreadable ({exc})") from None
+        if pts.ndim != 2 or pts.shape[1] != 3 or off[0] != 0 or off[-1] != len(pts) or np.any(np.diff(off) < 0):
+            raise DataError(path, "stored scans: points and offsets disagree")
+        return cls([pts[a:b] for a, b in zip(off[:-1], off[1:])], voxel)
+
+
+class OnlineMap:
+    """The drive's own keyframes: descriptors, stamps, downsampled scans (and poses when known)."""
+
+    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig()) -> None:
+        self.cfg = cfg
+        self.desc = np.zeros((0, dim), np.float32)
+        self.stamps = np.zeros(0)
+        self.scans = ScanStore(voxel=cfg.voxel_m)
+        self.frames: list = []  # caller's frame ids (e.g. frame index), for evaluation
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    def due(self, stamp: float) -> bool:
+        """Whether a frame at ``stamp`` would become a keyframe (1 ms tolerance on the interval)."""
+        return not len(self.stamps) or stamp - self.stamps[-1] >= self.cfg.keyframe_interval_s - 1e-3
+
+    def maybe_add(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None, frame=None) -> bool:
+        """Adds a keyframe when ``keyframe_interval_s`` has passed since the last one."""
+        if not self.due(stamp):
+            return False
+        self.desc = np.concatenate([self.desc, np.asarray(desc, np.float32).reshape(1, -1)])
+        self.stamps = np.append(self.stamps, stamp)
+        self.scans.scans.append(downsample(scan, self.cfg.voxel_m) if scan is not None else np.zeros((0, 3), np.float32))
+        self.frames.append(frame)
+        return True
+
+    def search(self, desc: np.ndarray, stamp: float, k: int) -> list[tuple[int, float]]:
+        """(keyframe index, score) of the k best keyframes older than the exclusion window."""
+        m = int(np.searchsorted(self.stamps, stamp - self.cfg.exclusion_s, side="right"))  # stamps ascend
+        if m == 0:
+            return []
+        scores = self.desc[:m] @ np.asarray(desc, np.float32).reshape(-1)
+        top = np.argsort(-scores)[:k]
+        return [(int(i), float(scores[i])) for i in top]
+
+
+@dataclass
+class Verification:
+    ok: bool
+    T: np.ndarray  # 4x4: live scan's frame in the place scan's frame (T_place_query)
+    covariance: np.ndarray  # 6x6, ROS order (x, y, z, rx, ry, rz)
+    inlier_ratio: float
+    error_per_inlier: float
+
+
+def _yaw(deg: float) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    T = np.eye(4)
+    T[:2, :2] = [[c, -s], [s, c]]
+    return T
+
+
+def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = LoopConfig()) -> Verification:
+    """GICP of the live scan (source) onto the place's scan (target)."""
+    import small_gicp
+
+    fail = Verification(False, np.eye(4), np.full((6, 6), np.nan), 0.0, float("inf"))
+    if len(query_scan) < 50 or len(place_scan) < 50:
+        return fail
+    q = np.asarray(query_scan, np.float64)[:, :3]
+    p = np.asarray(place_scan, np.float64)[:, :3]
+    tgt_c, tree_c = small_gicp.preprocess_points(p, downsampling_resolution=2 * cfg.voxel_m)
+    src_c, _ = small_gicp.preprocess_points(q, downsampling_resolution=2 * cfg.voxel_m)
+    best = None
+    for yaw in cfg.yaw_guesses_deg:
+        r = small_gicp.align(tgt_c, src_c, tree_c, _yaw(yaw), max_correspondence_distance=5 * cfg.max_correspondence_m, max_iterations=30)
+        if best is None or r.num_inliers > best.num_inliers:
+            best = r
+    tgt, tree = small_gicp.preprocess_points(p, downsampling_resolution=cfg.voxel_m)
+    src, _ = small_gicp.preprocess_points(q, downsampling_resolution=cfg.voxel_m)
+    r = small_gicp.align(tgt, src, tree, best.T_target_source, max_correspondence_distance=cfg.max_correspondence_m, max_iterations=30)
+    ratio = r.num_inliers / max(1, src.size())
+    per = r.error / max(1, r.num_inliers)
+    try:
+        cov_rt = np.linalg.inv(np.asarray(r.H))  # small_gicp orders (rx, ry, rz, tx, ty, tz)
+        cov = np.zeros((6, 6))
+        order = [3, 4, 5, 0, 1, 2]
+        cov[:] = cov_rt[np.ix_(order, order)]
+    except np.linalg.LinAlgError:
+        cov = np.full((6, 6), np.nan)
+    T = np.asarray(r.T_target_source)
+    ok = (bool(r.converged) and ratio >= cfg.min_inlier_ratio and bool(np.all(np.isfinite(cov)))
+          and float(np.linalg.norm(T[:3, 3])) <= cfg.max_distance_m)
+    return Verification(ok, T, cov, float(ratio), float(per))
+
+
+@dataclass
+class Loop:
+    """One query's outcome. ``published``: the loop passed every check and goes to SLAM."""
+
+    t_query: float
+    index: int = -1  # keyframe / place index of the match
+    t_match: float = float("nan")
+    score: float = float("nan")
+    verified: bool = False
+    T: np.ndarray | None = None
+    covariance: np.ndarray | None = None
+    published: bool = False
+    reason: str = ""
+    checked: list = field(default_factory=list)  # (index, score, verification ok, inlier ratio)
+
+
+class LoopDetector:
+    """Online loop detection over an :class:`OnlineMap` (or any ``search``/``scans``/``stamps`` holder)."""
+
+    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig(), online_map: OnlineMap | None = None) -> None:
+        self.cfg = cfg
+        self.map = online_map if online_map is not None else OnlineMap(dim, cfg)
+        self._streak: list[Loop] = []
+
+    def step(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None = None, frame=None, add: bool = True) -> Loop:
+        """Queries the map with this frame, then (``add``) offers it as a keyframe."""
+        loop = self.query(stamp, desc, scan)
+        if add:
+            self.map.maybe_add(stamp, desc, scan, frame)
+        return loop
+
+    def query(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None) -> Loop:
+        cfg = self.cfg
+        loop = Loop(stamp)
+        cands = [c for c in self.map.search(desc, stamp, cfg.candidates if cfg.verify else 1) if c[1] >= cfg.min_score]
+        if not cands:
+            loop.reason = "no candidate above min_score"
+            self._streak = []
+            return loop
+        chosen = None
+        if cfg.verify and scan is not None:
+            qs = downsample(scan, cfg.voxel_m)
+            for i, s in cands:
+                v = verify(qs, self.map.scans[i], cfg)
+                loop.checked.append((i, s, v.ok, v.inlier_ratio))
+                if v.ok:
+                    chosen = (i, s, v)
+                    break
+            if chosen is None:
+                i, s = cands[0]
+                loop.index, loop.t_match, loop.score = i, float(self.map.stamps[i]), s
+                loop.reason = "no candidate verified"
+                self._streak = []
+                return loop
+        else:
+            chosen = (cands[0][0], cands[0][1], None)
+        i, s, v = chosen
+        loop.index, loop.t_match, loop.score = i, float(self.map.stamps[i]), s
+        if v is not None:
+            loop.verified, loop.T, loop.covariance = True, v.T, v.covariance
+        # temporal consistency: the previous detections matched nearby places
+        if self._streak and abs(self._streak[-1].t_match - loop.t_match) > cfg.consistency_window_s:
+            self._streak = []
+        self._streak.append(loop)
+        if len(self._streak) < cfg.consistency:
+            loop.reason = f"waiting for consistency ({len(self._streak)}/{cfg.consistency})"
+            return loop
+        loop.published = True
+        loop.reason = "verified" if loop.verified else "score"
+        return loop

@@ -1,0 +1,153 @@
+"""Loop closures: the online map, GICP verification and consistency (real small_gicp on synthetic
+scans), and the node in online mode with a LIO-SAM-like subscriber."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from attnlink_ros.data.kitti import KittiSequence
+from attnlink_ros.data.synth import SynthConfig, write_synthetic_sequence
+from attnlink_ros.errors import DataError
+from attnlink_ros.retrieval.loops import LoopConfig, LoopDetector, OnlineMap, ScanStore, downsample, verify
+
+# town 301: the drive passes its start again ~41 s later (frame 436 is 3.5 m from frame 23)
+MAP_FRAMES = list(range(0, 205, 5))
+QUERY_FRAMES = [436, 456, 476, 496, 516, 536, 556]
+
+
+@pytest.fixture(scope="module")
+def loop_drive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loops")
+    write_synthetic_sequence(root, SynthConfig(frames=560, seed=301), workers=2, progress=False, only=MAP_FRAMES + QUERY_FRAMES)
+    return KittiSequence(root, "00")
+
+
+def gt_rel(seq, place, query):
+    Tr = seq.calib.T_cam_lidar
+    return np.linalg.inv(Tr) @ np.linalg.inv(seq.poses[place]) @ seq.poses[query] @ Tr
+
+
+def test_verify_accepts_the_revisit_and_rejects_another_place(loop_drive):
+    seq = loop_drive
+    q, p, wrong = 436, 25, 150
+    assert np.linalg.norm(seq.xy[q] - seq.xy[p]) < 10 and np.linalg.norm(seq.xy[q] - seq.xy[wrong]) > 50
+    qs, ps, ws = (downsample(seq.read_scan(i), 0.5) for i in (q, p, wrong))
+    v = verify(qs, ps)
+    assert v.ok and v.inlier_ratio >= 0.7
+    assert np.linalg.norm(v.T[:3, 3] - gt_rel(seq, p, q)[:3, 3]) < 0.2
+    assert np.all(np.isfinite(v.covariance)) and np.all(np.diag(v.covariance) > 0)
+    assert not verify(qs, ws).ok
+    assert not verify(qs[:10], ps).ok  # too few points: refused, not guessed
+
+
+def test_online_map_exclusion_and_keyframes():
+    m = OnlineMap(4, LoopConfig(exclusion_s=30.0, keyframe_interval_s=1.0))
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(80, 4)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    added = [m.maybe_add(0.5 * i, d[i], None, frame=i) for i in range(80)]
+    assert sum(added) == 40 and m.frames[:3] == [0, 2, 4]
+    assert m.search(d[0], 29.0, 3) == []  # nothing is 30 s older yet
+    hits = m.search(d[0], 39.0, 3)
+    assert hits[0][0] == 0 and all(m.stamps[i] <= 9.0 for i, _ in hits)  # only keyframes <= t - 30 s
+
+
+def test_scan_store_round_trip_and_corruption(tmp_path):
+    s = ScanStore([np.ones((5, 3), np.float32), np.zeros((0, 3), np.float32), np.arange(9, dtype=np.float32).reshape(3, 3)])
+    s.save(tmp_path / "scans.npz")
+    t = ScanStore.load(tmp_path / "scans.npz")
+    assert [len(x) for x in t.scans] == [5, 0, 3] and np.array_equal(t[2], s[2])
+    np.savez(tmp_path / "bad.npz", points=np.zeros((4, 3), np.float32), offsets=np.array([0, 9]), voxel=0.5)
+    with pytest.raises(DataError, match="disagree"):
+        ScanStore.load(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(DataError, match="unreadable"):
+        ScanStore.load(tmp_path / "junk.npz")
+
+
+def test_detector_with_real_descriptors(loop_drive):
+    """Shipped model's LiDAR descriptors: the revisit frames find verified loops to the start,
+    with relative poses near the truth; consistency 2 holds the first detection back."""
+    from attnlink_ros.pipeline import Frame, PlaceRecognizer
+
+    seq = loop_drive
+    rec = PlaceRecognizer(None, None, backend="onnxruntime")
+    desc = {i: rec.encode(Frame(float(seq.times[i]), seq.calib, points=seq.read_scan(i)), "lidar").descriptor for i in MAP_FRAMES + QUERY_FRAMES}
+    for consistency in (1, 2):
+        det = LoopDetector(256, LoopConfig(keyframe_interval_s=0.5, consistency=consistency))
+        for i in MAP_FRAMES:
+            assert not det.step(float(seq.times[i]), desc[i], seq.read_scan(i), frame=i).published  # < 30 s: never a loop
+        loops = [(q, det.step(float(seq.times[q]), desc[q], seq.read_scan(q), frame=q)) for q in QUERY_FRAMES]
+        published = [(q, lp) for q, lp in loops if lp.published]
+        assert len(published) >= (5 if consistency == 1 else 4)
+        for q, lp in published:
+            place = det.map.frames[lp.index]
+            assert lp.verified and np.linalg.norm(seq.xy[place] - seq.xy[q]) <= 10.0
+            assert np.linalg.norm(lp.T[:3, 3] - gt_rel(seq, place, q)[:3, 3]) < 0.3
+        if consistency == 2:
+            first = next(lp for q, lp in loops if lp.index >= 0)
+            assert not first.published and "consistency" in first.reason
+
+
+def test_node_online_mode_feeds_lio_sam(loop_drive):
+    """The node in online mode over real rclpy; a subscriber listening like LIO-SAM receives
+    [t_query, t_match] pairs for the revisit frames, each a true loop (<= 10 m), >= 30 s apart."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Float64MultiArray
+
+    from attnlink_ros.data.bags import kitti_records
+    from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode, parse_match
+    from attnlink_ros.ros.replay import Replayer
+
+    seq = loop_drive
+    rclpy.init()
+    try:
+        node = AttnLinkNode(parameter_overrides=[
+            Parameter("map_mode", value="online"), Parameter("backend", value="onnxruntime"), Parameter("mode", value="fused"),
+            Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("keyframe_interval", value=0.5),
+            Parameter("reliability", value="reliable")])  # every frame whole: the test counts keyframes
+        assert node.detector is not None
+        lio = rclpy.create_node("lio_sam_like")
+        pairs, matches = [], []
+        lio.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, pairs.append, 20)
+        lio.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 100)
+        ex = MultiThreadedExecutor(num_threads=2)
+        ex.add_node(node)
+        ex.add_node(lio)
+        spin = threading.Thread(target=ex.spin, daemon=True)
+        spin.start()
+        rp = Replayer(lockstep="/attnlink/match", lockstep_timeout=20.0)
+        assert rp.wait_for_subscribers(10.0, ("image", "points"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (node.outputs.match.get_subscription_count() < 2 or node.outputs.loop.get_subscription_count() < 1):
+            time.sleep(0.05)  # the listener and the replayer both matched ~/match
+        time.sleep(1.0)  # and the node's readers matched the replayer's writers (discovery is not symmetric)
+        stats = rp.run(list(kitti_records(seq.dataset.parent, "00", MAP_FRAMES + QUERY_FRAMES)), rate=0, progress=False)
+        time.sleep(0.5)
+        rp.close()
+        ex.shutdown()
+        spin.join(timeout=5)
+        counters = dict(node.counters)
+        node.destroy_node()
+        lio.destroy_node()
+    finally:
+        rclpy.shutdown()
+    got_t = sorted(round(parse_match(m)[0]["query_stamp"], 3) if parse_match(m) else -1 for m in matches)
+    n = len(MAP_FRAMES) + len(QUERY_FRAMES)
+    assert stats.lockstep_timeouts == 0 and len(matches) == n, (got_t, counters)
+    # every frame answered; a keyframe needs the frame's scan, and a sensor-QoS node may lose one
+    # of 48 clouds to newest-only delivery (seen here once in a few runs)
+    assert counters["keyframes"] >= n - 2, counters
+    assert len(pairs) >= 4, f"{len(pairs)} loops; counters {counters}"
+    t2f = {round(float(seq.times[i]), 6): i for i in MAP_FRAMES + QUERY_FRAMES}
+    for m in pairs:
+        tq, tm = m.data
+        assert tq - tm >= 30.0
+        q, p = t2f[round(tq, 6)], t2f[round(tm, 6)]
+        assert q in QUERY_FRAMES and np.linalg.norm(seq.xy[q] - seq.xy[p]) <= 10.0
+    verified = [h for m in matches for h in parse_match(m) if h["verified"] == 1.0]
+    assert len(verified) >= len(pairs) and all(np.isfinite(h["rel_x"]) for h in verified)
