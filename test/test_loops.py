@@ -151,3 +151,24 @@ def test_node_online_mode_feeds_lio_sam(loop_drive):
         assert q in QUERY_FRAMES and np.linalg.norm(seq.xy[q] - seq.xy[p]) <= 10.0
     verified = [h for m in matches for h in parse_match(m) if h["verified"] == 1.0]
     assert len(verified) >= len(pairs) and all(np.isfinite(h["rel_x"]) for h in verified)
+
+
+def test_eval_loop_closure_cli(loop_drive, tmp_path):
+    """`attnlink eval --loop-closure` over the drive: the JSON keys of the issue, both variants,
+    the PR curve, the PNG; verified loops are all true here and their poses near the truth."""
+    import json
+
+    from attnlink_ros.cli import main
+
+    root = loop_drive.dataset.parent
+    assert main(["eval", "--loop-closure", "--data", str(root), "--sequences", "00", "--plots", str(tmp_path),
+                 "--json", str(tmp_path / "l.json"), "--quiet"]) == 0
+    r = json.loads((tmp_path / "l.json").read_text())
+    for k in ("precision", "recall", "loops_published", "pose_error_median_m"):
+        assert k in r and k in r["00"]
+    v, u = r["00"]["verified"], r["00"]["unverified"]
+    assert v["revisit_queries"] == len(QUERY_FRAMES) and v["loops_published"] >= 5
+    assert v["precision"] == 1.0 and v["recall"] >= 0.7 and v["pose_error_median_m"] < 0.2
+    assert u["pose_error_median_m"] is None and len(v["curve"]) == 41
+    assert (tmp_path / f"loops_{root.name}_00_lidar.png").stat().st_size > 10_000
+    assert main(["eval", "--loop-closure", "--data", str(root), "--mode", "image", "--mode", "lidar", "--quiet"]) == 1
