@@ -172,3 +172,11 @@ def test_eval_loop_closure_cli(loop_drive, tmp_path):
     assert u["pose_error_median_m"] is None and len(v["curve"]) == 41
     assert (tmp_path / f"loops_{root.name}_00_lidar.png").stat().st_size > 10_000
     assert main(["eval", "--loop-closure", "--data", str(root), "--mode", "image", "--mode", "lidar", "--quiet"]) == 1
+
+
+def test_no_unverified_loop_without_a_scan():
+    det = LoopDetector(2, LoopConfig(exclusion_s=1.0, keyframe_interval_s=0.0))
+    det.step(0.0, np.array([1.0, 0.0]), np.random.default_rng(0).normal(size=(500, 3)) * 10)
+    loop = det.step(5.0, np.array([1.0, 0.0]), None)  # an image-only frame: a candidate, nothing to verify it with
+    assert loop.index == 0 and not loop.published and "no live scan" in loop.reason
+    assert LoopDetector(2, LoopConfig(exclusion_s=1.0, verify=False), det.map).step(6.0, np.array([1.0, 0.0]), None, add=False).published

@@ -33,3 +33,10 @@ def test_silent_stream_lets_the_other_pass():
     s.add("image", 2.0, "i1", now=2.0)  # camera appears: pairs resume
     f = s.add("points", 2.02, "p3", now=2.02)
     assert f["image"] == (2.0, "i1")
+
+
+def test_single_stream_node_passes_every_message():
+    s = ApproximateSync(slop=0.05, timeout=0.5, streams=("points",))
+    assert s.add("points", 1.0, "p1", now=1.0) == {"points": (1.0, "p1"), "image": None}
+    assert s.add("points", 1.1, "p2", now=1.1) == {"points": (1.1, "p2"), "image": None}
+    assert s.stats.singles == 2 and s.stats.dropped["points"] == 0

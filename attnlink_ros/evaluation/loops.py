@@ -103,7 +103,7 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
     top = out["verified"]
     out.update({k: top[k] for k in ("precision", "recall", "loops_published", "pose_error_median_m")})
     if plot:
-        out["plot"] = str(plot_pr(out, plot, f"{seq.dir.parent.parent.name} {sequence}: loop closures ({mode})"))
+        out["plot"] = str(plot_pr(out, plot, f"{Path(root).resolve().name} {sequence}: loop closures ({mode})"))
     return out
 
 

@@ -213,7 +213,13 @@ class LoopDetector:
             self._streak = []
             return loop
         chosen = None
-        if cfg.verify and scan is not None:
+        if cfg.verify and scan is None:
+            i, s = cands[0]
+            loop.index, loop.t_match, loop.score = i, float(self.map.stamps[i]), s
+            loop.reason = "no live scan to verify with"  # never published unverified when verification is on
+            self._streak = []
+            return loop
+        if cfg.verify:
             qs = downsample(scan, cfg.voxel_m)
             for i, s in cands:
                 v = verify(qs, self.map.scans[i], cfg)

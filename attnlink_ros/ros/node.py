@@ -139,7 +139,8 @@ class SensorFrontEnd:
         self.cfg = cfg
         self.counters = counters
         self.bad = bad
-        self.sync = ApproximateSync(slop=cfg.slop, timeout=cfg.sensor_timeout)
+        self.needed = {"image": ("image",), "lidar": ("points",), "fused": ("image", "points")}[cfg.mode]
+        self.sync = ApproximateSync(slop=cfg.slop, timeout=cfg.sensor_timeout, streams=self.needed)
         self.calib_info: Calibration | None = None
         self.calib_file = Calibration.from_kitti_odometry(cfg.calib_file) if cfg.calib_file else None
         self.T = self.calib_file.T_cam_lidar if self.calib_file is not None else None
@@ -162,6 +163,9 @@ class SensorFrontEnd:
         """Converts one image or cloud (a bad one is counted and dropped) and synchronises; returns
         (frame, header) when a frame is complete."""
         stamp = stamp_to_sec(msg.header.stamp)
+        if stream not in self.needed:  # e.g. images reaching a LiDAR-only node: not converted
+            self.counters[f"{stream}_ignored"] += 1
+            return None
         self._note_arrival(stream, stamp)
         t0 = time.perf_counter()
         try:
@@ -199,7 +203,7 @@ class SensorFrontEnd:
         return Frame(first[0], calib, img, pts), first[1][1]
 
     def lost(self, now: float) -> list[str]:
-        return [s for s in ("image", "points") if self.sync.silent(s, now)]
+        return [s for s in self.needed if self.sync.silent(s, now)]
 
 
 class Outputs:

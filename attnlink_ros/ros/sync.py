@@ -20,12 +20,16 @@ class SyncStats:
     dropped: dict = field(default_factory=lambda: {"image": 0, "points": 0})
 
 
-class ApproximateSync:
-    STREAMS = ("image", "points")
+STREAMS = ("image", "points")
 
-    def __init__(self, slop: float = 0.05, timeout: float = 1.0) -> None:
+
+class ApproximateSync:
+    STREAMS = STREAMS
+
+    def __init__(self, slop: float = 0.05, timeout: float = 1.0, streams: tuple[str, ...] = STREAMS) -> None:
         self.slop = slop
         self.timeout = timeout
+        self.required = tuple(streams)  # one stream (an image-only or LiDAR-only node): every message is a frame
         self.pending: dict[str, tuple[float, Any] | None] = {s: None for s in self.STREAMS}
         self.last_seen: dict[str, float | None] = {s: None for s in self.STREAMS}
         self.stats = SyncStats()
@@ -49,6 +53,9 @@ class ApproximateSync:
             self.started = now
         self.last_seen[stream] = now
         other = "points" if stream == "image" else "image"
+        if other not in self.required:
+            self.stats.singles += 1
+            return {stream: (stamp, msg), other: None}
         if self.pending[stream] is not None:
             self.stats.dropped[stream] += 1  # superseded before it found a partner
         self.pending[stream] = (stamp, msg)
