@@ -35,3 +35,36 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     write_synthetic_sequence(root, SynthConfig(frames=24, seed=3), workers=1, progress=False)
     return root
+
+
+def replay_through_node(node, listener, records, lockstep_timeout: float = 10.0, settle=None):
+    """Spins ``node`` and ``listener`` (real rclpy), replays ``records`` to the node in lockstep on
+    its ~/match (the replay tool), then tears both down; returns (replay stats, node counters).
+    ``settle()`` runs after discovery, before the first frame."""
+    import threading
+    import time
+
+    from rclpy.executors import MultiThreadedExecutor
+
+    from attnlink_ros.ros.replay import Replayer
+
+    ex = MultiThreadedExecutor(num_threads=2)
+    ex.add_node(node)
+    ex.add_node(listener)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        rp = Replayer(lockstep="/attnlink/match", lockstep_timeout=lockstep_timeout)
+        assert rp.wait_for_subscribers(10.0, ("image", "points"))
+        if settle is not None:
+            settle()
+        stats = rp.run(list(records), rate=0, progress=False)
+        time.sleep(0.5)
+        rp.close()
+    finally:
+        ex.shutdown()
+        spin.join(timeout=5)
+    counters = dict(node.counters)
+    node.destroy_node()
+    listener.destroy_node()
+    return stats, counters

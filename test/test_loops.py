@@ -1,7 +1,6 @@
 """Loop closures: the online map, GICP verification and consistency (real small_gicp on synthetic
 scans), and the node in online mode with a LIO-SAM-like subscriber."""
 
-import threading
 import time
 
 import numpy as np
@@ -95,13 +94,13 @@ def test_node_online_mode_feeds_lio_sam(loop_drive):
     """The node in online mode over real rclpy; a subscriber listening like LIO-SAM receives
     [t_query, t_match] pairs for the revisit frames, each a true loop (<= 10 m), >= 30 s apart."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
     from std_msgs.msg import Float64MultiArray
 
     from attnlink_ros.data.bags import kitti_records
     from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode, parse_match
-    from attnlink_ros.ros.replay import Replayer
+
+    from .conftest import replay_through_node
 
     seq = loop_drive
     rclpy.init()
@@ -115,25 +114,14 @@ def test_node_online_mode_feeds_lio_sam(loop_drive):
         pairs, matches = [], []
         lio.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, pairs.append, 20)
         lio.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 100)
-        ex = MultiThreadedExecutor(num_threads=2)
-        ex.add_node(node)
-        ex.add_node(lio)
-        spin = threading.Thread(target=ex.spin, daemon=True)
-        spin.start()
-        rp = Replayer(lockstep="/attnlink/match", lockstep_timeout=20.0)
-        assert rp.wait_for_subscribers(10.0, ("image", "points"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (node.outputs.match.get_subscription_count() < 2 or node.outputs.loop.get_subscription_count() < 1):
-            time.sleep(0.05)  # the listener and the replayer both matched ~/match
-        time.sleep(1.0)  # and the node's readers matched the replayer's writers (discovery is not symmetric)
-        stats = rp.run(list(kitti_records(seq.dataset.parent, "00", MAP_FRAMES + QUERY_FRAMES)), rate=0, progress=False)
-        time.sleep(0.5)
-        rp.close()
-        ex.shutdown()
-        spin.join(timeout=5)
-        counters = dict(node.counters)
-        node.destroy_node()
-        lio.destroy_node()
+        def settle():
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (node.outputs.match.get_subscription_count() < 2 or node.outputs.loop.get_subscription_count() < 1):
+                time.sleep(0.05)  # the listener and the replayer both matched ~/match
+            time.sleep(1.0)  # and the node's readers matched the replayer's writers (discovery is not symmetric)
+
+        stats, counters = replay_through_node(node, lio, kitti_records(seq.dataset.parent, "00", MAP_FRAMES + QUERY_FRAMES),
+                                              lockstep_timeout=20.0, settle=settle)
     finally:
         rclpy.shutdown()
     got_t = sorted(round(parse_match(m)[0]["query_stamp"], 3) if parse_match(m) else -1 for m in matches)

@@ -209,7 +209,8 @@ def test_node_on_real_kitti_frames_with_calib_file(kitti_root, tmp_path):
     configured from calib_file; every frame is answered, stamped with its own time."""
     from attnlink_ros.data.bags import kitti_records
     from attnlink_ros.retrieval.build import build_map_from_sequence
-    from attnlink_ros.ros.replay import Replayer
+
+    from .conftest import replay_through_node
 
     seq = KittiSequence(kitti_root, "00")
     pm, _ = build_map_from_sequence(PlaceRecognizer(None, None, backend="onnxruntime"), seq, progress=False)
@@ -222,21 +223,7 @@ def test_node_on_real_kitti_frames_with_calib_file(kitti_root, tmp_path):
         io = rclpy.create_node("kitti_listener")
         matches = []
         io.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 20)
-        ex = MultiThreadedExecutor(num_threads=2)
-        ex.add_node(node)
-        ex.add_node(io)
-        spin = threading.Thread(target=ex.spin, daemon=True)
-        spin.start()
-        rp = Replayer(lockstep="/attnlink/match", lockstep_timeout=10.0)
-        assert rp.wait_for_subscribers(10.0, ("image", "points"))
-        stats = rp.run(list(kitti_records(kitti_root, "00")), rate=0, progress=False)
-        time.sleep(0.5)
-        rp.close()
-        ex.shutdown()
-        spin.join(timeout=5)
-        counters = dict(node.counters)
-        node.destroy_node()
-        io.destroy_node()
+        stats, counters = replay_through_node(node, io, kitti_records(kitti_root, "00"))
     finally:
         rclpy.shutdown()
     frames = seq.available_frames()
