@@ -182,6 +182,7 @@ def cmd_replay(args: argparse.Namespace) -> dict:
     finally:
         rp.close()
     d = stats.as_dict()
+    d["sent_at"] = {f"{k:.6f}": v for k, v in rp.sent_at.items()}  # frame stamp -> time.monotonic() when published
     print(f"published {d['frames']} frames ({d['published']}) in {d['wall_s']:.1f} s ({d['rate_hz']:.1f} Hz; data span {d['data_s']:.1f} s)")
     return d
 

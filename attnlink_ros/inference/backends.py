@@ -124,9 +124,10 @@ class OnnxRuntimeBackend(Backend):
         available = ort.get_available_providers()
         self.providers = [p for p in (providers or self.PREFERRED) if p in available]
         opts = ort.SessionOptions()
-        # no busy-waiting of the intra-op threads between runs: the node shares its cores with DDS,
-        # message conversion and search (spinning cost those stages several ms on 2 cores)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Intra-op threads keep ORT's default (they spin briefly between runs). Measured on 2 cores:
+        # turning spinning off halved the node's overhead against a busy-polling harness, but with
+        # publishers that block (drivers, `attnlink replay`), the realistic case, it cut the demo
+        # from 23 Hz to 8.5 Hz (idle cores wake slowly): docs/deployment.md.
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)

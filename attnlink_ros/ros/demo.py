@@ -4,6 +4,9 @@ measures recall, frame rate and latency; a PNG shows the trajectory with the mat
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +16,6 @@ import numpy as np
 
 def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "auto", map_frames=None, query_frames=None,
              rate: float = 0.0, radius_m: float = 10.0, progress: bool = True, print_every: int = 10) -> dict:
-    from ..data.bags import kitti_records
     from ..evaluation.plots import plot_matches
     from ..pipeline import PlaceRecognizer
     from ..retrieval.build import build_map_from_sequence
@@ -42,7 +44,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     from std_msgs.msg import Float64MultiArray
 
     from .node import AttnLinkNode, parse_match
-    from .replay import Replayer
+    from .replay import ReplayStats
 
     rclpy.init()
     try:
@@ -55,7 +57,6 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
             raise RuntimeError("the node did not configure (see its log)")
         listener = rclpy.create_node("attnlink_demo_listener")
         results: dict[float, tuple[dict, float]] = {}
-        replayer = Replayer(lockstep="/attnlink/match" if rate <= 0 else None)
         lines = []
 
         def on_match(msg) -> None:
@@ -76,14 +77,19 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         ex.add_node(listener)
         spin = threading.Thread(target=ex.spin, daemon=True)
         spin.start()
-        replayer.wait_for_subscribers(10.0, ("image", "points", "camera_info"))
-        time.sleep(0.5)
-
-        records = list(kitti_records(seq.dataset.parent, seq.name, query_frames, with_image=mode != "lidar", with_points=mode != "image"))
         print(f"replaying {len(query_frames)} frames through the attnlink node ({mode} queries, "
-              f"{'as fast as the node answers' if rate <= 0 else f'{rate}x real time'}); every {print_every}th hit:")
-        rstats = replayer.run(records, rate=rate, progress=False, total=len(query_frames))
-        sent_at = replayer.sent_at
+              f"{'as fast as the node answers' if rate <= 0 else f'{rate}x real time'}) from an `attnlink replay` process; "
+              f"every {print_every}th hit:", flush=True)
+        # the replay runs in its own process, as a driver or a bag player does on a robot
+        cmd = [sys.executable, "-m", "attnlink_ros", "replay", "--data", str(seq.dataset.parent), "--sequence", seq.name,
+               "--frames", str(query_frames[0]), str(query_frames[-1] + 1), "--rate", str(rate), "--wait-subscribers", "15",
+               "--quiet", "--json", str(out / "replay.json")] + (["--lockstep", "/attnlink/match"] if rate <= 0 else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"attnlink replay failed: {proc.stderr.strip()[-500:]}")
+        rep = json.loads((out / "replay.json").read_text())
+        rstats = ReplayStats(published=rep["published"], frames=rep["frames"], wall_s=rep["wall_s"], data_s=rep["data_s"])
+        sent_at = {round(float(k), 6): v for k, v in rep["sent_at"].items()}  # CLOCK_MONOTONIC: one clock for every process
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and len(results) < len(query_frames):
             time.sleep(0.05)
@@ -92,7 +98,6 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         backend_desc = ", ".join(dict.fromkeys(b.describe() for b in node.recognizer._backends.values()))
         ex.shutdown()
         spin.join(timeout=5)
-        replayer.close()
         listener.destroy_node()
         node.destroy_node()
     finally:

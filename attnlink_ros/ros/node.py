@@ -349,6 +349,14 @@ class _AttnLinkLifecycle(LifecycleNode):
     # -- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
+            import faiss
+
+            # one query at a time: an OpenMP team only contends with the encoder's threads
+            # (search of 10 places: 10 ms with the default team beside ORT on 2 cores)
+            faiss.omp_set_num_threads(1)
+        except ImportError:
+            pass
+        try:
             self.cfg = NodeConfig(**self._values())
             self._configure()
         except AttnLinkError as exc:
