@@ -57,7 +57,6 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
             raise RuntimeError("the node did not configure (see its log)")
         listener = rclpy.create_node("attnlink_demo_listener")
         results: dict[float, tuple[dict, float]] = {}
-        lines = []
 
         def on_match(msg) -> None:
             hits = parse_match(msg)
@@ -67,9 +66,8 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
             d = float(np.hypot(top["place_x"] - truth_xy[t][0], top["place_z"] - truth_xy[t][1])) if t in truth_xy else float("nan")
             if len(results) % print_every == 1 or print_every == 1:
                 ok = "ok" if d <= radius_m else ("--" if not answerable.get(t, False) else "WRONG")
-                lines.append(f"  t={t:7.1f} s  top-1 place {int(top['map_index']):4d} (t={top['place_stamp']:6.1f} s)  "
-                             f"score {top['score']:.3f}  {d:6.1f} m from truth  {ok}")
-                print(lines[-1], flush=True)
+                print(f"  t={t:7.1f} s  top-1 place {int(top['map_index']):4d} (t={top['place_stamp']:6.1f} s)  "
+                      f"score {top['score']:.3f}  {d:6.1f} m from truth  {ok}", flush=True)
 
         listener.create_subscription(Float64MultiArray, "/attnlink/match", on_match, 50)
         ex = MultiThreadedExecutor(num_threads=2)

@@ -133,7 +133,7 @@ class Replayer:
             stats.lockstep_timeouts += 1
 
     def run(self, records: Iterable[Record], rate: float = 1.0, loop: bool = False, progress: bool = True,
-            total: int | None = None, on_frame=None) -> ReplayStats:
+            total: int | None = None) -> ReplayStats:
         """Publishes every frame; ``rate`` 0 (or lockstep) = no pacing. ``records`` must be
         re-iterable (a list) for ``loop``."""
         from tqdm import tqdm
@@ -156,8 +156,6 @@ class Replayer:
                     self.publish_frame(group, stats)
                     stats.data_s = max(stats.data_s, t - t_data0)
                     bar.update(1)
-                    if on_frame is not None:
-                        on_frame(group)
                 if not loop:
                     break
         except KeyboardInterrupt:
