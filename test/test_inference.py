@@ -131,3 +131,20 @@ def test_torch_cuda_fp16_graph_parity(model_path):
         assert np.abs(got_graph - got_eager).max() <= 1e-3
         assert (got_eager * want).sum(1).min() >= 0.98  # cosine of FP16 to the float32 descriptor
     assert sorted(graph._graphs) == [1, 4]
+
+
+def test_onnx_parity_pseudo_lidar_image_mode(tmp_path):
+    """An image_depth model's image-only query (U-Net + depth branch) exports and runs in ONNX
+    Runtime with the same descriptor."""
+    from attnlink_ros.model.io import load_model
+
+    torch.manual_seed(0)
+    p = save_model(AttnLink(variant("attnlink-lite", image_depth=True)).eval(), tmp_path / "mono")
+    model, meta = load_model(p)
+    path = export_onnx(model, onnx_path(tmp_path / "mono", "image"), "image", meta["fingerprint"])
+    assert parity(model, path, "image", batch=2) <= 1e-4
+    backend = make_backend("onnxruntime", tmp_path / "mono", "image")
+    rgb = np.random.default_rng(0).random((1, 3, 64, 256), dtype=np.float32)
+    with torch.no_grad():
+        want = model(rgb=torch.from_numpy(rgb)).descriptor.numpy()
+    assert np.abs(backend.encode(rgb=rgb) - want).max() <= 1e-4

@@ -178,3 +178,35 @@ def test_kmeans_and_vlad_init_spread_descriptors():
     before = spread()
     init_vlad_heads(m, rgb, depth)
     assert spread() < before - 0.05  # VLAD vectors of different images are less alike
+
+
+def test_image_depth_queries_go_through_the_depth_branch(lite):
+    """With image_depth, an image-only query is the depth branch applied to the image's predicted
+    depth and returns; LiDAR and fused queries are exactly those of the same model without it."""
+    torch.manual_seed(3)
+    m = AttnLink(variant("attnlink-lite", image_depth=True)).eval()
+    missing, unexpected = m.load_state_dict(lite.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("mono.") for k in missing)
+    rgb, depth = _inputs(m.cfg, b=3)
+    with torch.no_grad():
+        for kw in ({"depth": depth}, {"rgb": rgb, "depth": depth}):
+            assert torch.equal(m(**kw).descriptor, lite(**kw).descriptor)
+        out = m(rgb=rgb)
+        assert out.descriptor.shape == (3, 256)
+        assert torch.allclose(out.descriptor.norm(dim=1), torch.ones(3), atol=1e-5)
+        assert out.dense_depth.shape == (3, 1, 64, 256) and out.return_logit.shape == (3, 1, 64, 256)
+        assert float(out.attention[:, [0, 2]].abs().sum()) == 0  # no RGB token: the image became pseudo-LiDAR
+        # the same as feeding the predicted depth and return probability to the depth branch by hand
+        x = torch.cat([out.dense_depth / m.cfg.max_depth_m, torch.sigmoid(out.return_logit)], 1)
+        f = m.trunk.forward_stages(m.trunk.forward_stem(x, depth=True))
+        tok = torch.stack([m.heads["F_depth"](f), m.heads["S_depth"](m.semantic(f))], 1)
+        assert torch.allclose(m.fusion(tok, [1, 3])[0], out.descriptor, atol=1e-6)
+        # batched training forward: the image mode is the same function
+        by_mode = m(rgb=rgb, depth=depth, modes=("image", "lidar", "fused")).by_mode
+        assert torch.allclose(by_mode["image"], out.descriptor, atol=1e-6)
+        assert torch.allclose(by_mode["lidar"], lite(depth=depth).descriptor, atol=1e-6)
+    # gradients of an image-only query reach the pseudo-LiDAR network, not the RGB stem
+    m.train()
+    m(rgb=rgb).descriptor[:, :5].sum().backward()
+    assert all(p.grad is not None and torch.any(p.grad != 0) for p in m.mono.parameters())
+    assert m.trunk.conv1.weight.grad is None

@@ -125,3 +125,39 @@ train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, checkpoint_every: 1, 
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("trained 2 steps") == 1  # only rank 0 reports
     assert json.loads((tmp_path / "run" / "last" / "state.json").read_text())["step"] == 2
+
+
+def test_mono_stage_trains_only_the_pseudo_lidar_network(synth_root, tmp_path):
+    """train.stage mono from a model without image_depth: the new network starts fresh and
+    learns; every other weight (so every LiDAR map built with the model) stays bit-identical."""
+    torch.manual_seed(0)
+    init = save_model(AttnLink(variant("attnlink-lite")).eval(), tmp_path / "init")
+    (tmp_path / "c.yaml").write_text(f"""
+model: {{variant: attnlink-lite, image_depth: true}}
+data:
+  train: [{{root: {synth_root}, sequence: "00"}}]
+  val: [{{root: {synth_root}, sequence: "00"}}]
+  cache_dir: {tmp_path / 'cache'}
+  cache_size: [64, 256]
+train: {{out: {tmp_path / 'run'}, init_from: {init}, stage: mono, modes: [image], steps: 3, batch_size: 4, eval_every: 3,
+        log_every: 1, warmup_steps: 1, lr: 0.01, distill_weight: 1.0}}
+augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
+""")
+    res = train(RunConfig.load(tmp_path / "c.yaml"), progress=False)
+    assert res["steps"] == 3 and len(res["history"]) == 1  # validated (the tiny drive has no revisit: nan)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(k in lines[0] for k in ("pseudo_depth", "pseudo_return", "distill_image"))
+    before, _ = load_model(init)
+    after, _ = load_model(tmp_path / "run" / "final")
+    assert after.cfg.image_depth
+    old = before.state_dict()
+    for k, v in after.state_dict().items():
+        if k.startswith("mono."):
+            continue
+        assert torch.equal(v, old[k]), k  # frozen weights and BatchNorm statistics alike
+    fresh = AttnLink(variant("attnlink-lite", image_depth=True)).mono.state_dict()
+    assert any(not torch.equal(v, fresh[k]) for k, v in after.mono.state_dict().items())
+    # a joint-stage config refuses a mono stage without the network
+    (tmp_path / "bad.yaml").write_text((tmp_path / "c.yaml").read_text().replace("image_depth: true", "image_depth: false"))
+    with pytest.raises(Exception, match="image_depth"):
+        train(RunConfig.load(tmp_path / "bad.yaml"), fresh=True, progress=False)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .depth_completion import DepthCompletion
+from .depth_completion import DepthCompletion, MonoDepth
 from .fusion import TOKENS, AttentionFusion, ConcatFusion
 from .netvlad import VLADHead
 from .nmf import SemanticClustering
@@ -38,6 +38,8 @@ class AttnLinkOutput:
     dense_depth: torch.Tensor | None = None  # (B, 1, H, W) metres, when depth was given and ADCN is on
     by_mode: dict[str, torch.Tensor] | None = None  # training: descriptor per query mode, one trunk pass
     rgb_depth: torch.Tensor | None = None  # training aux: coarse depth predicted from the image
+    return_logit: torch.Tensor | None = None  # image-only with image_depth: predicted LiDAR-return logit
+    pseudo_depth: torch.Tensor | None = None  # training with image_depth: the image's predicted dense depth
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Tokens:
     values: dict[str, torch.Tensor]  # token name -> (B, d)
     dense_depth: torch.Tensor | None = None
     rgb_depth: torch.Tensor | None = None  # (B, 1, h/16, w/16) metres, training aux head only
+    return_logit: torch.Tensor | None = None  # (B, 1, H, W) pseudo-LiDAR return logit (image_depth)
 
 
 class AttnLink(nn.Module):
@@ -63,6 +66,7 @@ class AttnLink(nn.Module):
         self.fusion = fusion_cls(cfg.token_dim, cfg.attention_heads, cfg.descriptor_dim)
         # training-only: depth seen from the image, so the RGB trunk learns the LiDAR's geometry
         self.rgb_depth_head = nn.Conv2d(C, 1, 1) if cfg.rgb_depth_aux else None
+        self.mono = MonoDepth(cfg.mono_widths, cfg.max_depth_m) if cfg.image_depth else None
         self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.out_channels = cfg.descriptor_dim
@@ -76,11 +80,23 @@ class AttnLink(nn.Module):
         dense = self.adcn(sparse)
         return torch.cat([dense / self.cfg.max_depth_m, mask], 1), dense
 
+    def encode_pseudo_lidar(self, rgb: torch.Tensor) -> Tokens:
+        """Image-only tokens with ``image_depth``: the image's predicted depth-branch input
+        (dense depth, LiDAR-return probability) through the depth branch; F_depth and S_depth."""
+        dense, logit = self.mono((rgb - self.rgb_mean) / self.rgb_std)
+        x = torch.cat([dense / self.cfg.max_depth_m, torch.sigmoid(logit)], 1)
+        f = self.trunk.forward_stages(self.trunk.forward_stem(x, depth=True))
+        values = {"F_depth": self.heads["F_depth"](f), "S_depth": self.heads["S_depth"](self.semantic(f))}
+        return Tokens(values, dense, return_logit=logit)
+
     def encode(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None) -> Tokens:
         """Tokens of the given modalities. rgb: (B, 3, H, W) RGB in [0, 1]; depth: (B, 1, H, W)
-        sparse metres, 0 = no return."""
+        sparse metres, 0 = no return. An image alone goes through ``encode_pseudo_lidar`` when
+        the model has ``image_depth``."""
         if rgb is None and depth is None:
             raise ValueError("AttnLink needs an image, a depth map, or both")
+        if depth is None and self.mono is not None:
+            return self.encode_pseudo_lidar(rgb)
         stems, names = [], []
         dense = None
         if rgb is not None:
@@ -119,18 +135,28 @@ class AttnLink(nn.Module):
         """Descriptor of the given inputs. With ``modes`` (training), both inputs are encoded
         once and fused once per query mode ('image', 'lidar', 'fused'); ``by_mode`` holds the
         descriptors (going through ``forward`` keeps DistributedDataParallel's hooks)."""
-        tokens = self.encode(rgb, depth)
         if modes:
-            B = (rgb if rgb is not None else depth).shape[0]
+            pseudo = "image" in modes and self.mono is not None and rgb is not None
+            needs_rgb = "fused" in modes or ("image" in modes and not pseudo)
+            others = [m for m in modes if not (m == "image" and pseudo)]
+            tokens = self.encode(rgb if needs_rgb or depth is None else None, depth) if others else Tokens({})
+            B, dev = ((rgb if rgb is not None else depth).shape[0], (rgb if rgb is not None else depth).device)
             masks = {"image": (True, False), "lidar": (False, True), "fused": (True, True)}
             by_mode = {}
+            logit = None
             for m in modes:
-                pres = torch.tensor(masks[m], device=tokens.values[next(iter(tokens.values))].device).expand(B, 2)
+                if m == "image" and pseudo:
+                    image_tokens = self.encode_pseudo_lidar(rgb)
+                    by_mode[m], logit = self.fuse(image_tokens)[0], image_tokens.return_logit
+                    continue
+                pres = torch.tensor(masks[m], device=dev).expand(B, 2)
                 by_mode[m] = self.fuse(tokens, pres)[0]
             first = by_mode[modes[0]]
-            return AttnLinkOutput(first, first.new_zeros(B, 4), tokens.dense_depth, by_mode, tokens.rgb_depth)
+            return AttnLinkOutput(first, first.new_zeros(B, 4), tokens.dense_depth, by_mode, tokens.rgb_depth,
+                                  return_logit=logit, pseudo_depth=image_tokens.dense_depth if logit is not None else None)
+        tokens = self.encode(rgb, depth)
         desc, weights = self.fuse(tokens, present)
-        return AttnLinkOutput(desc, weights, tokens.dense_depth)
+        return AttnLinkOutput(desc, weights, tokens.dense_depth, return_logit=tokens.return_logit)
 
 
 @torch.no_grad()

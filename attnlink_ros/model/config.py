@@ -28,6 +28,10 @@ class ModelConfig:
     adcn_widths: tuple[int, int, int] = (16, 32, 64)
     max_depth_m: float = 80.0
     rgb_depth_aux: bool = False  # training-only head: the RGB trunk predicts the LiDAR depth (coarse)
+    # image-only queries through pseudo-LiDAR: a U-Net predicts the depth branch's input from the
+    # image and the depth branch makes the descriptor (the RGB tokens then serve fused queries)
+    image_depth: bool = False
+    mono_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     # semantic clustering
     nmf_components: int = 16
     nmf_iterations: int = 8
@@ -52,6 +56,9 @@ class ModelConfig:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "adcn_widths", tuple(int(w) for w in self.adcn_widths))
+        object.__setattr__(self, "mono_widths", tuple(int(w) for w in self.mono_widths))
+        if len(self.mono_widths) != 4:
+            raise ConfigError("mono_widths needs 4 levels")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

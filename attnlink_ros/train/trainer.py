@@ -58,6 +58,16 @@ class TrainConfig:
     temperature: float = 0.07
     distill_weight: float = 0.0  # 1 - cos(image descriptor, detached LiDAR descriptor of the same frame)
     image_losses_from: int = 0  # step from which the image mode's triplet/InfoNCE terms count (before: distillation only)
+    # "joint": every part trains; "mono": only the image's pseudo-LiDAR network (model.image_depth)
+    # trains, against the frozen depth branch: its dense depth and LiDAR returns (per pixel) and
+    # its descriptor of the same frame's real scan (distill_weight)
+    stage: str = "joint"
+    pseudo_depth_weight: float = 1.0  # L1 (units of max depth) of the image's depth vs the completed LiDAR depth
+    pseudo_return_weight: float = 0.1  # BCE of the image's LiDAR-return logit vs the scan's returns
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("joint", "mono"):
+            raise ConfigError(f"train.stage must be 'joint' or 'mono', got {self.stage!r}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,19 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     torch.manual_seed(tc.seed)
     mcfg = cfg.model_config()
     model = AttnLink(mcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    mono_stage = tc.stage == "mono"
+    if mono_stage:
+        if model.mono is None:
+            raise ConfigError("train.stage 'mono' needs model.image_depth: true")
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("mono."))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay)
+
+    def set_train_mode() -> None:
+        """Training mode; in the mono stage the frozen parts keep inference behaviour (BatchNorm)."""
+        model.eval() if mono_stage else model.train()
+        if mono_stage:
+            model.mono.train()
     step, best, history = 0, -1.0, []
     last = out / "last"
     if not fresh and (last / "state.json").is_file():
@@ -210,9 +232,13 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         from ..model.io import load_model
 
         init, init_meta = load_model(tc.init_from)
-        if init.cfg != mcfg:
+        same = dataclasses.replace(init.cfg, image_depth=mcfg.image_depth, mono_widths=mcfg.mono_widths, variant=mcfg.variant)
+        if same != mcfg:
             raise ConfigError(f"train.init_from {tc.init_from}: its model config differs from this run's")
-        model.load_state_dict(init.state_dict())
+        # a model without the pseudo-LiDAR network may start one that has it (mono.* starts fresh)
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=init.cfg == mcfg)
+        if unexpected or any(not k.startswith("mono.") for k in missing):
+            raise ConfigError(f"train.init_from {tc.init_from}: weights do not fit ({unexpected or missing})")
         if main:
             print(f"starting from {tc.init_from} ({init_meta['fingerprint'][:12]})")
     if distributed and not main:
@@ -271,14 +297,15 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         from ..evaluation.recall import encode_cache, evaluate_descriptors
 
         res = {}
+        modes = ("image", "lidar") if mono_stage else ("image", "lidar", "fused")  # the mono stage changes image only
         for c in val:
-            desc = encode_cache(model, c, device=device)
-            res[c.name] = evaluate_descriptors(desc, c.xy, c.times, protocols=("revisit",))
-        model.train()
+            desc = encode_cache(model, c, modes=modes, device=device)
+            res[c.name] = evaluate_descriptors(desc, c.xy, c.times, protocols=("revisit",), modes=modes)
+        set_train_mode()
         return res
 
     bar = tqdm(total=tc.steps, initial=step, desc=f"train {mcfg.variant}", disable=not (progress and main))
-    model.train()
+    set_train_mode()
     t_start = time.time()
     while step < tc.steps:
         ci, idx, rgb, depth, target = next(batches)
@@ -288,37 +315,13 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         pos, neg = pair_masks(xy, torch.zeros(len(idx), device=device), tc.pos_radius_m, tc.neg_radius_m)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        fwd_modes = tuple(dict.fromkeys(tuple(tc.modes) + (("image", "lidar") if tc.distill_weight > 0 else ("lidar",))))
-        res = net(rgb=rgb, depth=depth, modes=fwd_modes)
-        lidar = res.by_mode["lidar"]
-        loss = torch.zeros((), device=device)
-        stats = {}
-        for m in tc.modes:
-            if m == "image" and step < tc.image_losses_from:
-                continue
-            l, st = adaptive_triplet_loss(res.by_mode[m], lidar, pos, neg, tc.margin_min, tc.margin_max)
-            loss = loss + l
-            stats[f"triplet_{m}"] = float(l.detach())
-            stats[f"margin_{m}"] = st["margin"]
-            if tc.contrastive_weight > 0:
-                lc = contrastive_loss(res.by_mode[m], lidar, pos, neg, tc.temperature)
-                loss = loss + tc.contrastive_weight * lc
-                stats[f"contrastive_{m}"] = float(lc.detach())
-        if res.dense_depth is not None and tc.completion_weight > 0:
-            lc = completion_loss(res.dense_depth, target, mcfg.max_depth_m)
-            loss = loss + tc.completion_weight * lc
-            stats["completion"] = float(lc.detach())
-        if tc.distill_weight > 0 and "image" in res.by_mode:
-            ld = (1 - (res.by_mode["image"] * lidar.detach()).sum(1)).mean()
-            loss = loss + tc.distill_weight * ld
-            stats["distill_image"] = float(ld.detach())
-        if res.rgb_depth is not None:
-            la = coarse_depth_loss(res.rgb_depth, depth + target, mcfg.max_depth_m)
-            loss = loss + la
-            stats["rgb_depth"] = float(la.detach())
+        if mono_stage:
+            loss, stats = _mono_step(model, net, rgb, depth + target, tc, mcfg.max_depth_m)
+        else:
+            loss, stats = _joint_step(net, rgb, depth, target, pos, neg, tc, mcfg.max_depth_m, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
         opt.step()
         step += 1
         bar.update(1)
@@ -363,3 +366,64 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     if distributed:
         torch.distributed.destroy_process_group()
     return {"out": str(out), "steps": step, "best_val_image_recall@1": best, "history": history}
+
+
+def _pseudo_lidar_terms(res, teacher_dense: torch.Tensor, returns: torch.Tensor, tc: TrainConfig, max_depth: float):
+    """Dense supervision of the image's pseudo-LiDAR: depth vs the completed LiDAR depth (every
+    pixel) and the return logit vs the scan's returns."""
+    import torch.nn.functional as F
+
+    ld = (res.pseudo_depth - teacher_dense).abs().mean() / max_depth
+    lr = F.binary_cross_entropy_with_logits(res.return_logit, returns)
+    return tc.pseudo_depth_weight * ld + tc.pseudo_return_weight * lr, {"pseudo_depth": float(ld.detach()), "pseudo_return": float(lr.detach())}
+
+
+def _mono_step(model, net, rgb, scan, tc: TrainConfig, max_depth: float):
+    """Loss of the mono stage: the frozen depth branch on the real scan is the teacher."""
+    with torch.no_grad():
+        teacher = model(depth=scan)
+    res = net(rgb=rgb, modes=("image",))
+    loss, stats = _pseudo_lidar_terms(res, teacher.dense_depth, (scan > 0).to(rgb.dtype), tc, max_depth)
+    if tc.distill_weight > 0:
+        ld = (1 - (res.by_mode["image"] * teacher.descriptor).sum(1)).mean()
+        loss = loss + tc.distill_weight * ld
+        stats["distill_image"] = float(ld.detach())
+    return loss, stats
+
+
+def _joint_step(net, rgb, depth, target, pos, neg, tc: TrainConfig, max_depth: float, step: int):
+    """Loss of the joint stage: triplet + InfoNCE per query mode against LiDAR, completion,
+    distillation and auxiliary terms."""
+    fwd_modes = tuple(dict.fromkeys(tuple(tc.modes) + (("image", "lidar") if tc.distill_weight > 0 else ("lidar",))))
+    res = net(rgb=rgb, depth=depth, modes=fwd_modes)
+    lidar = res.by_mode["lidar"]
+    loss = torch.zeros((), device=rgb.device)
+    stats = {}
+    for m in tc.modes:
+        if m == "image" and step < tc.image_losses_from:
+            continue
+        l, st = adaptive_triplet_loss(res.by_mode[m], lidar, pos, neg, tc.margin_min, tc.margin_max)
+        loss = loss + l
+        stats[f"triplet_{m}"] = float(l.detach())
+        stats[f"margin_{m}"] = st["margin"]
+        if tc.contrastive_weight > 0:
+            lc = contrastive_loss(res.by_mode[m], lidar, pos, neg, tc.temperature)
+            loss = loss + tc.contrastive_weight * lc
+            stats[f"contrastive_{m}"] = float(lc.detach())
+    if res.dense_depth is not None and tc.completion_weight > 0:
+        lc = completion_loss(res.dense_depth, target, max_depth)
+        loss = loss + tc.completion_weight * lc
+        stats["completion"] = float(lc.detach())
+    if tc.distill_weight > 0 and "image" in res.by_mode:
+        ld = (1 - (res.by_mode["image"] * lidar.detach()).sum(1)).mean()
+        loss = loss + tc.distill_weight * ld
+        stats["distill_image"] = float(ld.detach())
+    if res.rgb_depth is not None:
+        la = coarse_depth_loss(res.rgb_depth, depth + target, max_depth)
+        loss = loss + la
+        stats["rgb_depth"] = float(la.detach())
+    if res.pseudo_depth is not None:
+        lp, st = _pseudo_lidar_terms(res, res.dense_depth.detach(), ((depth + target) > 0).to(rgb.dtype), tc, max_depth)
+        loss = loss + lp
+        stats.update(st)
+    return loss, stats
