@@ -140,13 +140,13 @@ data:
   cache_dir: {tmp_path / 'cache'}
   cache_size: [64, 256]
 train: {{out: {tmp_path / 'run'}, init_from: {init}, stage: mono, modes: [image], steps: 3, batch_size: 4, eval_every: 3,
-        log_every: 1, warmup_steps: 1, lr: 0.01, distill_weight: 1.0}}
+        log_every: 1, warmup_steps: 1, lr: 0.01, distill_weight: 1.0, pseudo_feature_weight: 1.0}}
 augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
 """)
     res = train(RunConfig.load(tmp_path / "c.yaml"), progress=False)
     assert res["steps"] == 3 and len(res["history"]) == 1  # validated (the tiny drive has no revisit: nan)
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert all(k in lines[0] for k in ("pseudo_depth", "pseudo_return", "distill_image"))
+    assert all(k in lines[0] for k in ("pseudo_depth", "pseudo_return", "pseudo_feature", "distill_image"))
     before, _ = load_model(init)
     after, _ = load_model(tmp_path / "run" / "final")
     assert after.cfg.image_depth

@@ -64,6 +64,7 @@ class TrainConfig:
     stage: str = "joint"
     pseudo_depth_weight: float = 1.0  # L1 (units of max depth) of the image's depth vs the completed LiDAR depth
     pseudo_return_weight: float = 0.1  # BCE of the image's LiDAR-return logit vs the scan's returns
+    pseudo_feature_weight: float = 0.0  # relative MSE of the depth branch's stage features, pseudo vs real scan
 
     def __post_init__(self) -> None:
         if self.stage not in ("joint", "mono"):
@@ -380,10 +381,22 @@ def _pseudo_lidar_terms(res, teacher_dense: torch.Tensor, returns: torch.Tensor,
 
 def _mono_step(model, net, rgb, scan, tc: TrainConfig, max_depth: float):
     """Loss of the mono stage: the frozen depth branch on the real scan is the teacher."""
-    with torch.no_grad():
-        teacher = model(depth=scan)
-    res = net(rgb=rgb, modes=("image",))
+    feats: list[torch.Tensor] = []
+    hooks = [getattr(model.trunk, f"att{i}").register_forward_hook(lambda mod, inp, out: feats.append(out))
+             for i in range(1, 5)] if tc.pseudo_feature_weight > 0 else []
+    try:
+        with torch.no_grad():
+            teacher = model(depth=scan)
+        res = net(rgb=rgb, modes=("image",))
+    finally:
+        for h in hooks:
+            h.remove()
     loss, stats = _pseudo_lidar_terms(res, teacher.dense_depth, (scan > 0).to(rgb.dtype), tc, max_depth)
+    if hooks:
+        # the depth branch's own features of the real scan (first four) are the targets of the pseudo scan's (last four)
+        lf = sum(((s - t) ** 2).mean() / ((t ** 2).mean() + 1e-6) for t, s in zip(feats[:4], feats[4:])) / 4
+        loss = loss + tc.pseudo_feature_weight * lf
+        stats["pseudo_feature"] = float(lf.detach())
     if tc.distill_weight > 0:
         ld = (1 - (res.by_mode["image"] * teacher.descriptor).sum(1)).mean()
         loss = loss + tc.distill_weight * ld
