@@ -10,7 +10,7 @@ from attnlink_ros.train.trainer import RunConfig
 
 from .conftest import REPO
 
-CONFIGS = sorted(REPO.glob("config/train_*.yaml")) + sorted(REPO.glob("config/ablations/*.yaml"))
+CONFIGS = sorted(REPO.glob("config/train_*.yaml")) + sorted(REPO.glob("config/ablations/*.yaml")) + sorted(REPO.glob("config/experiments/*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(Path(p).relative_to(REPO)))
@@ -26,7 +26,9 @@ def test_config_builds_its_model(path):
     depth = torch.rand(1, 1, mcfg.input_height, mcfg.input_width) * 30
     with torch.no_grad():
         out = m(rgb=rgb, depth=depth)
-    assert out.descriptor.shape == (1, mcfg.descriptor_dim)
+        assert out.descriptor.shape == (1, mcfg.descriptor_dim)
+        if mcfg.image_depth:  # pseudo-LiDAR image query
+            assert m(rgb=rgb).return_logit.shape == (1, 1, mcfg.input_height, mcfg.input_width)
 
 
 def test_ablations_change_what_they_say():
