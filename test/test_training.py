@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -81,6 +82,16 @@ def test_cache_and_samples_on_real_frames(kitti_root, tmp_path):
     assert depth.shape == (1, 64, 256) and (depth > 0).sum() > 5000 and not target.any()
     rgb2, depth2, target2 = make_sample(c, 3, grid, np.random.default_rng(0))
     assert (target2 > 0).sum() > 300 and not np.any((target2 > 0) & (depth2 > 0))
+    # pixel noise (augment.noise): on about half of the samples, never outside [0, 1]; none by default
+    from attnlink_ros.train.augment import AugmentConfig
+
+    still = AugmentConfig(brightness=0.0, contrast=0.0, rotation_deg=0.0, translation_m=0.0, keep_min=1.0, hide=0.0)
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    noisy = [make_sample(c, 3, grid, rng_a, dataclasses.replace(still, noise=0.15))[0] for _ in range(20)]
+    plain = [make_sample(c, 3, grid, rng_b, still)[0] for _ in range(20)]
+    assert all(np.allclose(p, rgb, atol=1e-6) for p in plain)
+    changed = sum(float(np.abs(n - rgb).mean()) > 1e-3 for n in noisy)
+    assert 3 <= changed <= 17 and all(0 <= n.min() and n.max() <= 1 for n in noisy)
     with pytest.raises(DataError, match="no manifest"):
         FrameCache.open(tmp_path)
 

@@ -19,6 +19,7 @@ class AugmentConfig:
     contrast: float = 0.3  # multiplicative range 1 +- contrast
     keep_min: float = 0.25  # share of LiDAR points kept: uniform in [keep_min, 1]
     hide: float = 0.2  # share of the kept LiDAR pixels hidden from the input (completion target)
+    noise: float = 0.0  # Gaussian pixel noise, sigma uniform in [0, noise], on half of the images
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -51,6 +52,8 @@ def make_sample(cache: FrameCache, k: int, grid: GridGeometry, rng: np.random.Ge
         b = rng.uniform(-aug.brightness, aug.brightness)
         mean = rgb.mean()
         rgb = np.clip((rgb - mean) * c + mean + b, 0, 1).astype(np.float32)
+        if aug.noise > 0 and rng.random() < 0.5:
+            rgb = np.clip(rgb + rng.normal(0.0, rng.uniform(0, aug.noise), rgb.shape), 0, 1).astype(np.float32)
         r = math.radians(aug.rotation_deg)
         R = _rotation(rng.uniform(-r, r), rng.uniform(-r, r) / 4, rng.uniform(-r, r) / 4)
         t = rng.uniform(-aug.translation_m, aug.translation_m, 3).astype(np.float32) * np.array([1, 1, 0.3], np.float32)
