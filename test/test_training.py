@@ -92,6 +92,12 @@ def test_cache_and_samples_on_real_frames(kitti_root, tmp_path):
     assert all(np.allclose(p, rgb, atol=1e-6) for p in plain)
     changed = sum(float(np.abs(n - rgb).mean()) > 1e-3 for n in noisy)
     assert 3 <= changed <= 17 and all(0 <= n.min() and n.max() <= 1 for n in noisy)
+    # blur (augment.blur): on about a quarter of the samples; a blurred image keeps its mean, loses detail
+    blurred = [make_sample(c, 3, grid, np.random.default_rng(k), dataclasses.replace(still, blur=2.0))[0] for k in range(40)]
+    soft = [b for b in blurred if float(np.abs(b - rgb).mean()) > 1e-3]
+    assert 3 <= len(soft) <= 20 and all(b.shape == rgb.shape and b.dtype == np.float32 for b in blurred)
+    detail = lambda im: float(np.abs(np.diff(im, axis=2)).mean())  # noqa: E731
+    assert all(detail(b) < detail(rgb) and abs(float(b.mean() - rgb.mean())) < 0.01 for b in soft)
     with pytest.raises(DataError, match="no manifest"):
         FrameCache.open(tmp_path)
 
@@ -155,9 +161,11 @@ train: {{out: {tmp_path / 'run'}, init_from: {init}, stage: mono, modes: [image]
 augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
 """)
     res = train(RunConfig.load(tmp_path / "c.yaml"), progress=False)
-    assert res["steps"] == 3 and len(res["history"]) == 1  # validated (the tiny drive has no revisit: nan)
+    # validated at the start (the model it starts from) and at step 3 (the tiny drive has no revisit: nan)
+    assert res["steps"] == 3 and [h["step"] for h in res["history"]] == [0, 3]
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert all(k in lines[0] for k in ("pseudo_depth", "pseudo_return", "pseudo_feature", "distill_image"))
+    assert lines[0]["step"] == 0 and lines[0]["init_from"] == str(init)
+    assert all(k in lines[1] for k in ("pseudo_depth", "pseudo_return", "pseudo_feature", "distill_image"))
     before, _ = load_model(init)
     after, _ = load_model(tmp_path / "run" / "final")
     assert after.cfg.image_depth
@@ -172,3 +180,52 @@ augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
     (tmp_path / "bad.yaml").write_text((tmp_path / "c.yaml").read_text().replace("image_depth: true", "image_depth: false"))
     with pytest.raises(Exception, match="image_depth"):
         train(RunConfig.load(tmp_path / "bad.yaml"), fresh=True, progress=False)
+
+
+def test_validation_score_averages_image_noise_levels(synth_root, tmp_path):
+    """train.val_noise: the selection score is the image revisit Recall@1 averaged over the
+    validation sequences and noise levels, each level as `attnlink eval --robustness` measures it."""
+    import shutil
+
+    from attnlink_ros.evaluation.protocols import make_protocol
+    from attnlink_ros.evaluation.robustness import image_noise_recall
+
+    # the 24-frame drive with its clock slowed 100x: frames lie 10 s apart, so later frames revisit earlier places
+    slow = tmp_path / "slow"
+    shutil.copytree(synth_root, slow)
+    times = slow / "dataset" / "sequences" / "00" / "times.txt"
+    times.write_text("".join(f"{float(t) * 100:.6e}\n" for t in times.read_text().split()))
+    torch.manual_seed(0)
+    init = save_model(AttnLink(variant("attnlink-lite", image_depth=True)).eval(), tmp_path / "init")
+    (tmp_path / "c.yaml").write_text(f"""
+model: {{variant: attnlink-lite, image_depth: true}}
+data:
+  train: [{{root: {synth_root}, sequence: "00"}}]
+  val: [{{root: {slow}, sequence: "00"}}]
+  cache_dir: {tmp_path / 'cache'}
+  cache_size: [64, 256]
+train: {{out: {tmp_path / 'run'}, init_from: {init}, stage: mono, modes: [image], steps: 1, batch_size: 4, eval_every: 1,
+        warmup_steps: 1, val_noise: [0.0, 0.1, 0.15]}}
+augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0, noise: 0.1, blur: 1.0}}
+""")
+    res = train(RunConfig.load(tmp_path / "c.yaml"), progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    start = lines[0]
+    (name, val), = start["val"].items()
+    assert val["revisit"]["image"]["queries"] > 0 and set(val["image_noise"]) == {"0.0", "0.1", "0.15"}
+    assert val["image_noise"]["0.0"] == val["revisit"]["image"]["recall@1"]
+    assert start["val_image_recall@1"] == pytest.approx(np.mean(list(val["image_noise"].values())))
+    # the same numbers as the robustness study gives the starting model
+    model, _ = load_model(init)
+    cache = FrameCache.open(next((tmp_path / "cache").glob("slow_00_*")))
+    assert cache.name == name
+    proto = make_protocol("revisit", cache.xy, cache.times)
+    from attnlink_ros.evaluation.recall import encode_cache
+
+    db = encode_cache(model, cache, modes=("lidar",))["lidar"]
+    ref = image_noise_recall(model, cache, proto, db, (0.1, 0.15))
+    assert val["image_noise"]["0.1"] == ref["0.1"]["image"]["recall@1"]
+    assert val["image_noise"]["0.15"] == ref["0.15"]["image"]["recall@1"]
+    assert [h["step"] for h in res["history"]] == [0, 1]
+    with pytest.raises(Exception, match="val_noise"):
+        RunConfig.load(tmp_path / "c.yaml", {"val_noise": [1.5]})

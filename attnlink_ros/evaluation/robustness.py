@@ -56,9 +56,18 @@ def robustness_study(model: AttnLink, cache: FrameCache, protocol: str = "revisi
     for share in LIDAR_KEEP:
         d = encode_cache(model, cache, modes=("lidar", "fused"), frames=proto.queries, degrade=lidar_keep(share))
         out["lidar_keep"][str(share)] = {m: _recall(d[m], db, proto, cache.xy) for m in ("lidar", "fused")}
-    for sigma in IMAGE_NOISE:
-        d = encode_cache(model, cache, modes=("image", "fused"), frames=proto.queries, degrade=image_noise(sigma))
-        out["image_noise"][str(sigma)] = {m: _recall(d[m], db, proto, cache.xy) for m in ("image", "fused")}
+    out["image_noise"] = image_noise_recall(model, cache, proto, db, IMAGE_NOISE, modes=("image", "fused"))
+    return out
+
+
+def image_noise_recall(model: AttnLink, cache: FrameCache, proto, db: np.ndarray, sigmas=IMAGE_NOISE,
+                       modes=("image",)) -> dict:
+    """``{str(sigma): {mode: recall}}`` of the protocol's queries with seeded Gaussian image noise
+    against the (clean) LiDAR database ``db``; training validation uses it too."""
+    out = {}
+    for sigma in sigmas:
+        d = encode_cache(model, cache, modes=modes, frames=proto.queries, degrade=image_noise(sigma))
+        out[str(sigma)] = {m: _recall(d[m], db, proto, cache.xy) for m in modes}
     return out
 
 

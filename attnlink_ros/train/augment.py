@@ -20,6 +20,7 @@ class AugmentConfig:
     keep_min: float = 0.25  # share of LiDAR points kept: uniform in [keep_min, 1]
     hide: float = 0.2  # share of the kept LiDAR pixels hidden from the input (completion target)
     noise: float = 0.0  # Gaussian pixel noise, sigma uniform in [0, noise], on half of the images
+    blur: float = 0.0  # Gaussian blur (defocus, motion), sigma uniform in [0, blur] pixels of the input, on a quarter of the images
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -52,6 +53,10 @@ def make_sample(cache: FrameCache, k: int, grid: GridGeometry, rng: np.random.Ge
         b = rng.uniform(-aug.brightness, aug.brightness)
         mean = rgb.mean()
         rgb = np.clip((rgb - mean) * c + mean + b, 0, 1).astype(np.float32)
+        if aug.blur > 0 and rng.random() < 0.25:
+            sigma = rng.uniform(0.0, aug.blur)
+            if sigma > 0.1:
+                rgb = cv2.GaussianBlur(rgb.transpose(1, 2, 0), (0, 0), sigma).transpose(2, 0, 1).copy()
         if aug.noise > 0 and rng.random() < 0.5:
             rgb = np.clip(rgb + rng.normal(0.0, rng.uniform(0, aug.noise), rgb.shape), 0, 1).astype(np.float32)
         r = math.radians(aug.rotation_deg)

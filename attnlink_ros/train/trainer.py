@@ -65,10 +65,15 @@ class TrainConfig:
     pseudo_depth_weight: float = 1.0  # L1 (units of max depth) of the image's depth vs the completed LiDAR depth
     pseudo_return_weight: float = 0.1  # BCE of the image's LiDAR-return logit vs the scan's returns
     pseudo_feature_weight: float = 0.0  # relative MSE of the depth branch's stage features, pseudo vs real scan
+    # validation image-noise levels (seeded, as `attnlink eval --robustness`): the selection score is
+    # the image revisit Recall@1 averaged over validation sequences and these levels (0 = clean)
+    val_noise: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         if self.stage not in ("joint", "mono"):
             raise ConfigError(f"train.stage must be 'joint' or 'mono', got {self.stage!r}")
+        if not self.val_noise or any(not 0 <= float(v) < 1 for v in self.val_noise):
+            raise ConfigError(f"train.val_noise must list sigmas in [0, 1), got {self.val_noise!r}")
 
 
 @dataclass(frozen=True)
@@ -294,17 +299,39 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         shutil.rmtree(last, ignore_errors=True)
         tmp.rename(last)
 
-    def validate() -> dict:
+    def validate() -> tuple[dict, float]:
+        """Revisit recall of every validation sequence, and the selection score: image Recall@1
+        averaged over sequences (with revisit queries) and ``val_noise`` levels."""
+        from ..evaluation.protocols import make_protocol
         from ..evaluation.recall import encode_cache, evaluate_descriptors
+        from ..evaluation.robustness import image_noise_recall
 
-        res = {}
+        res, scores = {}, []
         modes = ("image", "lidar") if mono_stage else ("image", "lidar", "fused")  # the mono stage changes image only
         for c in val:
             desc = encode_cache(model, c, modes=modes, device=device)
             res[c.name] = evaluate_descriptors(desc, c.xy, c.times, protocols=("revisit",), modes=modes)
+            clean = res[c.name]["revisit"]["image"]
+            if not clean["queries"]:
+                continue
+            noisy = [float(v) for v in tc.val_noise if float(v) > 0]
+            levels = {"0.0": clean["recall@1"]} if 0.0 in [float(v) for v in tc.val_noise] else {}
+            if noisy:
+                proto = make_protocol("revisit", c.xy, c.times)
+                for sigma, r in image_noise_recall(model, c, proto, desc["lidar"], noisy).items():
+                    levels[sigma] = r["image"]["recall@1"]
+                res[c.name]["image_noise"] = levels  # {sigma: image revisit Recall@1}
+            scores.extend(levels.values())
         set_train_mode()
-        return res
+        return res, (float(np.mean(scores)) if scores else float("nan"))
 
+    if main and val and step == 0 and tc.init_from:
+        # the starting model's score, in the log beside the run's (what a fine-tuning run must beat)
+        res_val, r0 = validate()
+        log.write(json.dumps({"step": 0, "val": res_val, "val_image_recall@1": r0, "init_from": tc.init_from}) + "\n")
+        log.flush()
+        history.append({"step": 0, "val_image_recall@1": r0})
+        print(f"step 0 ({tc.init_from}): val score {r0:.3f}")
     bar = tqdm(total=tc.steps, initial=step, desc=f"train {mcfg.variant}", disable=not (progress and main))
     set_train_mode()
     t_start = time.time()
@@ -337,9 +364,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
                         writer.add_scalar(f"train/{k}", v, step)
         evaluate_now = val and (step % tc.eval_every == 0 or step == tc.steps)
         if main and evaluate_now:
-            res_val = validate()
-            scores = [r["revisit"]["image"]["recall@1"] for r in res_val.values() if r["revisit"]["image"]["queries"]]
-            r1 = float(np.mean(scores)) if scores else float("nan")
+            res_val, r1 = validate()
             rec = {"step": step, "val": res_val, "val_image_recall@1": r1}
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -349,10 +374,12 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
                     for m, v in r["revisit"].items():
                         if v["queries"]:
                             writer.add_scalar(f"val/{name}/revisit/{m}/recall@1", v["recall@1"], step)
-            if scores and r1 > best:
+                    for sigma, v in r.get("image_noise", {}).items():
+                        writer.add_scalar(f"val/{name}/revisit/image_noise_{sigma}/recall@1", v, step)
+            if r1 == r1 and r1 > best:
                 best = r1
                 save_model(model, out / "best", {"trained_steps": step, "val_image_recall@1": r1, "run": str(out)})
-            bar.write(f"step {step}: val image->lidar revisit recall@1 {r1:.3f} (best {best:.3f})")
+            bar.write(f"step {step}: val score (image->lidar revisit recall@1, mean over sequences and val_noise) {r1:.3f} (best {best:.3f})")
         if main and (step % tc.checkpoint_every == 0 or step == tc.steps or evaluate_now):
             save_last()
         if distributed:
