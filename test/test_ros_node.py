@@ -132,6 +132,69 @@ def test_node_end_to_end(ros, model_and_map):
     io.destroy_node()
 
 
+def test_lidar_lost_and_back(ros, model_and_map):
+    """A fused node whose LiDAR stops: after sensor_timeout of message time the images are queried
+    alone (fallback_image), /diagnostics names the lost sensor (WARN); when the LiDAR comes back,
+    fused pairs resume. Every image is answered."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    model, map_dir, seq = model_and_map
+    node = AttnLinkNode(parameter_overrides=[
+        Parameter("model", value=str(model)), Parameter("map", value=str(map_dir)), Parameter("backend", value="torch"),
+        Parameter("mode", value="fused"), Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist()),
+        Parameter("autostart", value=True), Parameter("sensor_timeout", value=0.5), Parameter("reliability", value="reliable")])
+    io = rclpy.create_node("sensors")
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {k: io.create_publisher(t, k, qos) for k, t in (("image", Image), ("camera_info", CameraInfo), ("points", PointCloud2))}
+    places, diags = [], []
+    io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 50)
+    io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+    ex = MultiThreadedExecutor(num_threads=3)
+    ex.add_node(node)
+    ex.add_node(io)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    phases = [("both", 6), ("image", 24), ("both", 12)]
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(p.get_subscription_count() for p in pubs.values()):
+            time.sleep(0.05)
+        time.sleep(1.0)  # the node's readers match too (discovery is not symmetric)
+        k, lost_seen = 0, []
+        for what, count in phases:
+            for _ in range(count):
+                h = Header(stamp=sec_to_stamp(2000.0 + 0.1 * k), frame_id="camera")
+                i = k % len(seq)
+                pubs["camera_info"].publish(calibration_to_camera_info(seq.calib, h))
+                pubs["image"].publish(bgr_to_image(seq.read_image(i), h))
+                if what == "both":
+                    pubs["points"].publish(xyzi_to_pointcloud2(seq.read_scan(i), h))
+                k += 1
+                time.sleep(0.15)
+            lost_seen.append(len(diags))
+        time.sleep(1.5)
+    finally:
+        ex.shutdown()
+        spin.join(timeout=5)
+    counters = dict(node.counters)
+    node.destroy_node()
+    io.destroy_node()
+    n_image_only = phases[1][1]
+    # the first images of the gap wait (0.5 s of stamps) for clouds that never come, then pass alone
+    assert n_image_only - 7 <= counters.get("fallback_image", 0) <= n_image_only, counters
+    assert counters["frames_processed"] >= sum(c for _, c in phases) - 7 and "fallback_lidar" not in counters, counters
+    assert len(places) == counters["frames_processed"]
+    # fused again after the gap: the last frames were pairs (published with their own stamps)
+    last = sorted(stamp_to_sec(m.header.stamp) for m in places)[-3:]
+    assert last == pytest.approx([2000.0 + 0.1 * j for j in range(k - 3, k)])
+    during = [d.status[0] for d in diags[lost_seen[0]:lost_seen[1]]]
+    assert any(st.level == DiagnosticStatus.WARN and st.message == "sensor lost: points" for st in during), [st.message for st in during]
+    after = [d.status[0] for d in diags[lost_seen[1]:lost_seen[2]]]
+    assert any(st.level == DiagnosticStatus.OK and st.message == "running" for st in after), [st.message for st in after]
+
+
 def test_configure_fails_cleanly_on_missing_map(ros, model_and_map, tmp_path):
     model, _, _ = model_and_map
     node = AttnLinkNode(parameter_overrides=[Parameter("model", value=str(model)), Parameter("map", value=str(tmp_path / "none"))])
