@@ -305,14 +305,18 @@ def cmd_build_map(args: argparse.Namespace) -> dict:
     from .pipeline import PlaceRecognizer
     from .retrieval.build import build_map_from_sequence
 
+    if args.scans and not args.scan_voxel > 0:
+        raise AttnLinkError(f"--scan-voxel must be > 0 m, got {args.scan_voxel}")
     rec = PlaceRecognizer(args.model, None, backend=args.backend)
     seq = KittiSequence(args.data, args.sequence)
     frames = None
     if args.frames:
         frames = [i for i in range(args.frames[0], min(args.frames[1], len(seq))) if seq.scan_path(i).is_file()]
-    pm, stats = build_map_from_sequence(rec, seq, frames, args.index, args.batch, progress=not args.quiet)
+    pm, stats = build_map_from_sequence(rec, seq, frames, args.index, args.batch, progress=not args.quiet,
+                                        scan_voxel=args.scan_voxel if args.scans else None)
     out = pm.save(args.out)
-    print(f"{out}: {stats['places']} places, {pm.dim}-D, {args.index} index; {stats['frames_per_second']:.1f} frames/s with {stats['backend']}")
+    scans = f"; scans stored ({stats['stored_scan_points'] / stats['places']:.0f} points a place)" if args.scans else ""
+    print(f"{out}: {stats['places']} places, {pm.dim}-D, {args.index} index; {stats['frames_per_second']:.1f} frames/s with {stats['backend']}{scans}")
     return {"out": str(out), **stats, **pm.manifest}
 
 
@@ -401,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="map directory to write")
     sp.add_argument("--frames", type=int, nargs=2, metavar=("START", "END"), help="map frames START <= i < END only")
     sp.add_argument("--index", choices=["flat", "ivf", "ivfpq", "hnsw"], default="flat", help="FAISS index (default exact)")
+    sp.add_argument("--scans", action="store_true",
+                    help="store each place's scan (downsampled) so the node verifies relocalisation by GICP and publishes a metric pose")
+    sp.add_argument("--scan-voxel", type=float, default=0.5, help="voxel (m) of the stored scans (default 0.5)")
     sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
     sp.add_argument("--batch", type=int, default=16)
     sp.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -35,6 +35,7 @@ class Result:
     descriptor: np.ndarray  # (D,)
     hits: list[dict] = field(default_factory=list)
     timings_ms: dict = field(default_factory=dict)
+    registrations: int = 0  # GICP registrations run to verify the hits
 
 
 def resolve_mode(requested: str, has_image: bool, has_points: bool) -> str:
@@ -111,11 +112,51 @@ class PlaceRecognizer:
         t2 = time.perf_counter()
         return Result(mode, desc, timings_ms={"prepare": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1)})
 
-    def query(self, frame: Frame, k: int = 5, mode: str = "fused") -> Result:
+    @property
+    def can_verify(self) -> bool:
+        """Whether the loaded map stores its places' scans (``build-map --scans``)."""
+        return self.map is not None and self.map.scans is not None
+
+    def query(self, frame: Frame, k: int = 5, mode: str = "fused", verify=None) -> Result:
+        """Top-k places of ``frame``. With ``verify`` (a :class:`~attnlink_ros.retrieval.loops.LoopConfig`),
+        a map with stored scans and a frame with a scan, the best hits are GICP-verified
+        (:func:`~attnlink_ros.retrieval.loops.verify_hits`): the first verified one leads, with its
+        ``relative_pose`` and the vehicle's metric ``vehicle_pose`` (camera-0 -> world, as the map's
+        poses), on the assumption that the map was recorded with the same camera-LiDAR rig."""
         if self.map is None:
             raise AttnLinkError("no place map loaded")
         res = self.encode(frame, mode)
         t = time.perf_counter()
         res.hits = self.map.hits(res.descriptor[None], k)[0]
         res.timings_ms["search"] = 1e3 * (time.perf_counter() - t)
+        if verify is not None and self.can_verify and frame.points is not None and res.hits:
+            from .retrieval.loops import verify_hits
+
+            t = time.perf_counter()
+            res.hits, res.registrations = verify_hits(res.hits, frame.points, self.map.scans, verify)
+            top = res.hits[0]
+            if top["verified"]:
+                top["vehicle_pose"] = vehicle_pose(np.asarray(top["pose"]), top["relative_pose"], frame.calib.T_cam_lidar)
+                R = (np.asarray(top["pose"], np.float64) @ np.asarray(frame.calib.T_cam_lidar, np.float64))[:3, :3]
+                top["vehicle_covariance"] = world_covariance(top["covariance"], R)
+            res.timings_ms["verify"] = 1e3 * (time.perf_counter() - t)
         return res
+
+
+def vehicle_pose(T_world_place: np.ndarray, T_place_query_lidar: np.ndarray, T_cam_lidar: np.ndarray) -> np.ndarray:
+    """The query's camera pose in the world from the place's camera pose and the registration of
+    the query's scan onto the place's (both in the LiDAR frame of one rig)."""
+    T_cam_lidar = np.asarray(T_cam_lidar, np.float64)
+    return np.asarray(T_world_place, np.float64) @ T_cam_lidar @ np.asarray(T_place_query_lidar, np.float64) @ np.linalg.inv(T_cam_lidar)
+
+
+def world_covariance(cov: np.ndarray, R: np.ndarray, min_sigma_m: float = 0.1, min_sigma_rad: float = 0.01) -> np.ndarray:
+    """A registration's 6x6 covariance (x, y, z, rx, ry, rz in the place scan's frame) rotated into
+    the world by ``R`` (world <- that frame), with floors on the standard deviations (GICP's
+    Hessian is optimistic: it knows nothing of a wrong but self-consistent alignment)."""
+    B = np.zeros((6, 6))
+    B[:3, :3] = B[3:, 3:] = R
+    C = B @ np.asarray(cov, np.float64) @ B.T
+    C = 0.5 * (C + C.T)
+    floor = np.array([min_sigma_m] * 3 + [min_sigma_rad] * 3) ** 2
+    return C + np.diag(np.maximum(floor - np.diag(C), 0.0))

@@ -169,3 +169,124 @@ def test_no_unverified_loop_without_a_scan():
     loop = det.step(5.0, np.array([1.0, 0.0]), None)  # an image-only frame: a candidate, nothing to verify it with
     assert loop.index == 0 and not loop.published and "no live scan" in loop.reason
     assert LoopDetector(2, LoopConfig(exclusion_s=1.0, verify=False), det.map).step(6.0, np.array([1.0, 0.0]), None, add=False).published
+
+
+@pytest.fixture(scope="module")
+def scans_map(loop_drive, tmp_path_factory):
+    """`attnlink build-map --scans` of the first pass (shipped model)."""
+    from attnlink_ros.cli import main
+
+    out = tmp_path_factory.mktemp("smap") / "map"
+    root = loop_drive.dataset.parent
+    assert main(["build-map", "--data", str(root), "--sequence", "00", "--frames", "0", "300", "--out", str(out), "--scans",
+                 "--backend", "onnxruntime", "--quiet"]) == 0
+    return out
+
+
+def test_map_with_scans_round_trip_and_refusals(scans_map, tmp_path, capsys):
+    import json
+    import shutil
+
+    from attnlink_ros.cli import main
+    from attnlink_ros.retrieval.place_map import PlaceMap
+
+    pm = PlaceMap.load(scans_map)
+    assert pm.manifest["scan_voxel_m"] == 0.5 and len(pm.scans) == len(pm) == len(MAP_FRAMES)
+    assert all(1000 < len(s) for s in pm.scans.scans)
+    bad = tmp_path / "bad"
+    shutil.copytree(scans_map, bad)
+    raw = (bad / "scans.npz").read_bytes()
+    (bad / "scans.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="scans.npz.*truncated or corrupt"):
+        PlaceMap.load(bad)
+    (bad / "scans.npz").unlink()
+    with pytest.raises(DataError, match="file is missing"):
+        PlaceMap.load(bad)
+    ScanStore(pm.scans.scans[:-1]).save(bad / "scans.npz")
+    with pytest.raises(DataError, match=f"{len(MAP_FRAMES) - 1} stored scans for {len(MAP_FRAMES)} places"):
+        PlaceMap.load(bad)
+    # a map without scans still loads (relocalisation then publishes place poses, unverified)
+    man = json.loads((bad / "manifest.json").read_text())
+    del man["scan_voxel_m"]
+    (bad / "manifest.json").write_text(json.dumps(man))
+    assert PlaceMap.load(bad).scans is None
+    capsys.readouterr()
+    assert main(["build-map", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--scans", "--scan-voxel", "0"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scan-voxel" in err[0]
+
+
+def test_verified_relocalization_gives_the_vehicles_pose(loop_drive, scans_map):
+    """Revisit queries against the first pass: the first verified hit is a true place (<= 10 m)
+    and the vehicle's pose from it lies within 0.3 m of the truth, metres closer than the place."""
+    from attnlink_ros.pipeline import Frame, PlaceRecognizer
+
+    seq = loop_drive
+    rec = PlaceRecognizer(None, scans_map, backend="onnxruntime")
+    cfg = LoopConfig(min_score=-1.0)
+    errors, place_errors = [], []
+    for q in QUERY_FRAMES:
+        frame = Frame(float(seq.times[q]), seq.calib, points=seq.read_scan(q))
+        res = rec.query(frame, 5, "lidar", verify=cfg)
+        plain = rec.query(frame, 5, "lidar")
+        assert sorted(h["index"] for h in res.hits) == sorted(h["index"] for h in plain.hits)  # same hits, reordered
+        assert 1 <= res.registrations <= cfg.candidates and "verify" in res.timings_ms
+        top = res.hits[0]
+        if not top["verified"]:
+            continue
+        assert np.linalg.norm(seq.xy[q] - seq.xy[top["frame"]]) <= 10.0
+        truth = seq.poses[q]
+        errors.append(np.linalg.norm(top["vehicle_pose"][:3, 3] - truth[:3, 3]))
+        place_errors.append(np.linalg.norm(np.asarray(top["pose"])[:3, 3] - truth[:3, 3]))
+        R_err = top["vehicle_pose"][:3, :3].T @ truth[:3, :3]
+        assert np.degrees(np.arccos(np.clip((np.trace(R_err) - 1) / 2, -1, 1))) < 1.0
+        C = top["vehicle_covariance"]
+        assert C.shape == (6, 6) and np.allclose(C, C.T) and np.all(np.diag(C)[:3] >= 0.01 - 1e-12)
+    assert len(errors) >= len(QUERY_FRAMES) - 1, (errors, place_errors)
+    assert max(errors) < 0.3 and np.median(place_errors) > 1.0, (errors, place_errors)
+    # an image-only query has no scan: nothing verified, the place's pose as before
+    img = rec.query(Frame(float(seq.times[436]), seq.calib, image=seq.read_image(436)), 5, "image", verify=cfg)
+    assert img.registrations == 0 and "vehicle_pose" not in img.hits[0]
+
+
+def test_relocalize_node_publishes_the_verified_pose(loop_drive, scans_map):
+    """The node in relocalize mode on a map with scans: ~/place is the vehicle's registered pose,
+    ~/match marks the hit verified with its relative pose, loops go out verified only."""
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Float64MultiArray
+
+    from attnlink_ros.data.bags import kitti_records
+    from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode, parse_match
+
+    from .conftest import replay_through_node
+
+    seq = loop_drive
+    rclpy.init()
+    try:
+        node = AttnLinkNode(parameter_overrides=[
+            Parameter("map", value=str(scans_map)), Parameter("backend", value="onnxruntime"), Parameter("mode", value="fused"),
+            Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable")])
+        assert node._verify is not None
+        io = rclpy.create_node("listener")
+        places, matches, loops = [], [], []
+        io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 50)
+        io.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 50)
+        io.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, loops.append, 50)
+        stats, counters = replay_through_node(node, io, kitti_records(seq.dataset.parent, "00", QUERY_FRAMES), lockstep_timeout=20.0)
+    finally:
+        rclpy.shutdown()
+    assert stats.lockstep_timeouts == 0 and len(matches) == len(places) == len(QUERY_FRAMES), counters
+    assert counters.get("relocalized_verified", 0) >= len(QUERY_FRAMES) - 1, counters
+    t2f = {round(float(seq.times[i]), 6): i for i in QUERY_FRAMES}
+    for place, match in zip(places, matches):
+        top = parse_match(match)[0]
+        q = t2f[round(top["query_stamp"], 6)]
+        p = place.pose.pose.position
+        err = np.linalg.norm(np.array([p.x, p.y, p.z]) - seq.poses[q][:3, 3])
+        if top["verified"] == 1.0:
+            assert err < 0.3 and np.isfinite(top["rel_x"]) and place.pose.covariance[0] < 1.0, (q, err)
+        else:
+            assert place.pose.covariance[0] >= 4.0  # the place's pose, with the score's wide covariance
+    assert len(loops) == counters.get("loops_published", 0) <= counters.get("relocalized_verified", 0)

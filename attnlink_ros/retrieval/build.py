@@ -11,9 +11,11 @@ from ..errors import AttnLinkError
 from .place_map import PlaceMap, PlaceTable
 
 
-def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: int = 16, progress: bool = True) -> tuple[PlaceMap, dict]:
+def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: int = 16, progress: bool = True,
+                            scan_voxel: float | None = None) -> tuple[PlaceMap, dict]:
     """(map, stats) of ``seq``'s frames (default: every frame with a scan) encoded by ``rec``
-    (a :class:`~attnlink_ros.pipeline.PlaceRecognizer`) in LiDAR mode."""
+    (a :class:`~attnlink_ros.pipeline.PlaceRecognizer`) in LiDAR mode; with ``scan_voxel`` each
+    place's scan is stored too, downsampled to that voxel (m), for verified relocalisation."""
     from tqdm import tqdm
 
     from ..pipeline import Frame
@@ -29,13 +31,24 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     backend = rec.backend("lidar")
     t0 = time.perf_counter()
     descs = []
+    from .loops import ScanStore
+
+    store = ScanStore(voxel=scan_voxel) if scan_voxel else None
     for s in tqdm(range(0, len(frames), batch), desc=f"map {seq.name}", unit="batch", disable=not progress):
-        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=seq.read_scan(i)), "lidar")["depth"]
-                                for i in frames[s : s + batch]])
+        scans = [seq.read_scan(i) for i in frames[s : s + batch]]
+        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=p), "lidar")["depth"]
+                                for i, p in zip(frames[s : s + batch], scans)])
         descs.append(backend.encode(depth=depth))
+        if store is not None:
+            for p in scans:
+                store.add(p)
     elapsed = time.perf_counter() - t0
     poses = seq.poses[frames] if seq.has_poses else np.tile(np.eye(4), (len(frames), 1, 1))
     table = PlaceTable(poses, seq.times[frames], np.full(len(frames), seq.name), frames,
                        poses[:, [0, 2], 3] if seq.has_poses else np.zeros((len(frames), 2)))
     pm = PlaceMap.build(np.concatenate(descs), table, rec.fingerprint, index, extra={"source": str(seq.dir), "backend": backend.describe()})
-    return pm, {"places": int(len(frames)), "frames_per_second": round(len(frames) / elapsed, 2), "backend": backend.describe()}
+    stats = {"places": int(len(frames)), "frames_per_second": round(len(frames) / elapsed, 2), "backend": backend.describe()}
+    if store is not None:
+        pm.attach_scans(store)
+        stats["stored_scan_points"] = int(sum(len(x) for x in store.scans))
+    return pm, stats

@@ -13,6 +13,7 @@ candidates by GICP against the place's stored scan, temporal consistency (no rcl
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +80,8 @@ class ScanStore:
         try:
             with np.load(path, allow_pickle=False) as z:
                 pts, off, voxel = z["points"], z["offsets"], float(z["voxel"])
-        except (OSError, KeyError, ValueError) as exc:
-            raise DataError(path, f"stored scans unreadable ({exc})") from None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(path, f"stored scans unreadable: truncated or corrupt ({exc})") from None
         if pts.ndim != 2 or pts.shape[1] != 3 or off[0] != 0 or off[-1] != len(pts) or np.any(np.diff(off) < 0):
             raise DataError(path, "stored scans: points and offsets disagree")
         return cls([pts[a:b] for a, b in zip(off[:-1], off[1:])], voxel)
@@ -171,6 +172,27 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
     ok = (bool(r.converged) and ratio >= cfg.min_inlier_ratio and bool(np.all(np.isfinite(cov)))
           and float(np.linalg.norm(T[:3, 3])) <= cfg.max_distance_m)
     return Verification(ok, T, cov, float(ratio), float(per))
+
+
+def verify_hits(hits: list[dict], query_points: np.ndarray, scans: "ScanStore", cfg: LoopConfig = LoopConfig()) -> tuple[list[dict], int]:
+    """Relocalisation against a prebuilt map with stored scans: GICP-verifies the first
+    ``cfg.candidates`` hits (best score first, those above ``cfg.min_score``); the first verified
+    one moves to the front with ``verified`` True, ``relative_pose`` (4x4, the live scan's LiDAR
+    frame in the place scan's LiDAR frame) and ``covariance`` (6x6). Every hit gets a ``verified``
+    flag. Returns (hits, registrations run); the given hits are copied, not changed."""
+    out = [dict(h, verified=False) for h in hits]
+    qs = downsample(query_points, cfg.voxel_m)
+    checked = 0
+    for r, h in enumerate(out[: cfg.candidates]):
+        if h["score"] < cfg.min_score:
+            break
+        v = verify(qs, scans[h["index"]], cfg)
+        checked += 1
+        if v.ok:
+            h.update(verified=True, relative_pose=v.T, covariance=v.covariance, inlier_ratio=v.inlier_ratio)
+            out.insert(0, out.pop(r))
+            break
+    return out, checked
 
 
 @dataclass

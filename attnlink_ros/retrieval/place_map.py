@@ -7,6 +7,9 @@ On disk (DESIGN.md 4.1), a directory:
     index.faiss     the FAISS index (FAISS's own binary format, no pickle)
     places.npz      poses (N, 4, 4), stamps (N,), sequence (N,) str, frame (N,) int64, xy (N, 2)
                     (loaded with allow_pickle=False)
+    scans.npz       optional (``build-map --scans``; manifest ``scan_voxel_m``): each place's LiDAR
+                    scan downsampled (retrieval.loops.ScanStore), for GICP verification of
+                    relocalisation and a metric pose of the vehicle
 
 Written to a temporary directory and renamed, so a crash never leaves half a map. The metric is
 inner product on L2-normalised descriptors (= cosine similarity; higher is better).
@@ -113,10 +116,18 @@ def faiss_metric_l2() -> int:
 
 
 class PlaceMap:
-    def __init__(self, index, table: PlaceTable, manifest: dict) -> None:
+    def __init__(self, index, table: PlaceTable, manifest: dict, scans=None) -> None:
         self.index = index
         self.table = table
         self.manifest = manifest
+        self.scans = scans  # retrieval.loops.ScanStore of the places, or None
+
+    def attach_scans(self, scans) -> None:
+        """Stores each place's downsampled scan with the map (one per place, in place order)."""
+        if len(scans) != len(self):
+            raise ValueError(f"{len(scans)} scans for {len(self)} places")
+        self.scans = scans
+        self.manifest["scan_voxel_m"] = float(scans.voxel)
 
     @property
     def dim(self) -> int:
@@ -190,6 +201,8 @@ class PlaceMap:
             t = self.table
             np.savez(tmp / "places.npz", poses=t.poses.astype(np.float64), stamps=t.stamps.astype(np.float64),
                      sequence=np.asarray(t.sequence).astype(str), frame=t.frame.astype(np.int64), xy=t.xy.astype(np.float64))
+            if self.scans is not None:
+                self.scans.save(tmp / "scans.npz")
             (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
             if out.exists():
                 old = out.with_name(f".{out.name}.old")
@@ -243,4 +256,13 @@ class PlaceMap:
             raise DataError(path / "index.faiss", f"index is {index.d}-D, manifest says {manifest.get('descriptor_dim')}")
         if index.ntotal != n or len(table) != n:
             raise DataError(path, f"manifest counts {n} places, index holds {index.ntotal}, table {len(table)}")
-        return cls(index, table, manifest)
+        scans = None
+        if manifest.get("scan_voxel_m") is not None:
+            from .loops import ScanStore
+
+            if not (path / "scans.npz").is_file():
+                raise DataError(path / "scans.npz", "the manifest lists stored scans but the file is missing")
+            scans = ScanStore.load(path / "scans.npz")
+            if len(scans) != n:
+                raise DataError(path / "scans.npz", f"{len(scans)} stored scans for {n} places")
+        return cls(index, table, manifest, scans)

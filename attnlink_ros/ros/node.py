@@ -226,14 +226,17 @@ class Outputs:
             return
         top = hits[0]
         if top.get("pose") is not None:
-            T = np.asarray(top["pose"])
+            # verified against the place's stored scan: the vehicle's own pose; else the place's
+            verified = top.get("vehicle_pose") is not None
+            T = np.asarray(top["vehicle_pose"] if verified else top["pose"])
             msg = PoseWithCovarianceStamped()
             msg.header.stamp = header.stamp
             msg.header.frame_id = self.cfg.map_frame
             p = msg.pose.pose
             p.position.x, p.position.y, p.position.z = (float(v) for v in T[:3, 3])
             p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = rotation_to_quaternion(T[:3, :3])
-            msg.pose.covariance = place_covariance(top["score"])
+            msg.pose.covariance = (np.asarray(top["vehicle_covariance"]).reshape(-1).tolist() if verified
+                                   else place_covariance(top["score"]))
             self.place.publish(msg)
         self.publish_match(query_stamp, hits)
         if loop is None:
@@ -267,7 +270,7 @@ class Outputs:
         self.markers.publish(MarkerArray(markers=[mk]))
 
     def _marker_list(self, header, top: dict) -> list[Marker]:
-        T = np.asarray(top["pose"])
+        T = np.asarray(top["vehicle_pose"] if top.get("vehicle_pose") is not None else top["pose"])
         s = float(np.clip(top["score"], 0.0, 1.0))
         mk = Marker(ns="match", id=0, type=Marker.SPHERE, action=Marker.ADD)
         mk.header.frame_id = self.cfg.map_frame
@@ -504,6 +507,13 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
                 candidates=c.verify_candidates, verify=c.verify, min_inlier_ratio=c.min_inlier_ratio, consistency=c.consistency))
         elif self.recognizer.map is None:
             raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map` (or set map_mode: online)")
+        self._verify = None
+        if not online and c.verify and self.recognizer.can_verify:
+            from ..retrieval.loops import LoopConfig
+
+            # relocalisation against a map with stored scans: GICP-verify the best hits, publish a metric pose
+            self._verify = LoopConfig(min_score=-1.0, candidates=c.verify_candidates, min_inlier_ratio=c.min_inlier_ratio,
+                                      voxel_m=self.recognizer.map.scans.voxel)
         self._warm_up()
         self.outputs = Outputs(self, c)
         where = "online map (grows from the drive)" if online else f"map {len(self.recognizer.map)} places"
@@ -522,12 +532,19 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
             return self._process_online(frame, header)
         t0 = time.perf_counter()
         try:
-            res = self.recognizer.query(frame, self.cfg.k, self._mode_for(frame))
+            res = self.recognizer.query(frame, self.cfg.k, self._mode_for(frame), self._verify)
         except (AttnLinkError, ValueError) as exc:
             self._bad("query", str(exc))
             return
         t1 = time.perf_counter()
-        self.outputs.publish(header, frame.stamp, res.hits, self.counters)
+        loop = None  # decided by score and time gap
+        if self._verify is not None and res.hits:
+            top = res.hits[0]
+            verified = bool(top.get("verified"))
+            self.counters["relocalized_verified" if verified else "relocalized_unverified"] += 1
+            # with verification on, a loop is never published unverified (as in online mode)
+            loop = verified and top["score"] >= self.cfg.loop_min_score and abs(frame.stamp - top["stamp"]) >= self.cfg.loop_min_gap
+        self.outputs.publish(header, frame.stamp, res.hits, self.counters, loop=loop)
         self._processed(t0, {**res.timings_ms, "publish": 1e3 * (time.perf_counter() - t1)})
 
 
