@@ -74,6 +74,9 @@ def test_model_artifact_round_trip_and_refusals(tmp_path):
 def test_cache_and_samples_on_real_frames(kitti_root, tmp_path):
     path = build_cache(kitti_root, "00", tmp_path / "c", 128, 512, progress=False)
     c = FrameCache.open(path)
+    one = FrameCache.open(build_cache(kitti_root, "00", tmp_path / "c1", 128, 512, progress=False, threads=1))
+    for name in ("images", "points", "offsets", "frames", "xy", "times"):  # threads read; the order is kept
+        assert np.array_equal(getattr(one, name), getattr(c, name)), name
     assert len(c) == 10 and c.images.shape == (10, 128, 512, 3)
     assert c.grid.top == 120
     grid = model_grid(c, 64, 256)

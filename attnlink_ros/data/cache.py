@@ -34,10 +34,14 @@ def _infov(points: np.ndarray, calib: Calibration, grid: GridGeometry, margin: f
 
 
 def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 128, width: int = 512,
-                progress: bool = True, frame_range: tuple[int, int] | None = None) -> Path:
+                progress: bool = True, frame_range: tuple[int, int] | None = None, threads: int = 0) -> Path:
     """Writes the cache of ``root``'s ``sequence`` into ``out`` (atomically: temp dir + rename),
-    optionally of the frames ``frame_range[0] <= i < frame_range[1]`` only."""
+    optionally of the frames ``frame_range[0] <= i < frame_range[1]`` only. Frames are read and
+    projected by ``threads`` threads (0: one per CPU core, at most 8; PNG decoding and numpy
+    release the GIL), written in order."""
+    import os
     import shutil
+    from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
@@ -55,12 +59,17 @@ def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 
     tmp.mkdir(parents=True)
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(frames), height, width, 3))
     pts, offsets = [], [0]
-    for k, i in enumerate(tqdm(frames, desc=f"cache {seq.dir.name}", disable=not progress)):
-        img = seq.read_image(i)
-        images[k] = crop_image(img, grid)[..., ::-1]  # RGB
-        p = _infov(seq.read_scan(i), seq.calib, grid).astype(np.float16)
-        pts.append(p)
-        offsets.append(offsets[-1] + len(p))
+
+    def load(i):
+        return crop_image(seq.read_image(i), grid)[..., ::-1], _infov(seq.read_scan(i), seq.calib, grid).astype(np.float16)
+
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        loaded = pool.map(load, frames) if threads > 1 else map(load, frames)
+        for k, (img, p) in enumerate(tqdm(loaded, total=len(frames), desc=f"cache {seq.dir.name}", disable=not progress)):
+            images[k] = img  # RGB
+            pts.append(p)
+            offsets.append(offsets[-1] + len(p))
     images.flush()
     del images
     np.save(tmp / "points.npy", np.concatenate(pts, 0))
