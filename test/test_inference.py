@@ -58,6 +58,31 @@ def test_stale_onnx_is_reexported(model_path, tmp_path):
     assert np.abs(b.encode(rgb=rgb.numpy()) - want).max() <= 1e-4
 
 
+def test_onnx_of_another_config_is_reexported(tmp_path):
+    """The same weights under an edited model config (no new fingerprint): the ONNX beside it is
+    re-exported, and TensorRT engines get another name."""
+    import json
+
+    from attnlink_ros.inference.backends import model_key
+    from attnlink_ros.model.io import load_model
+
+    torch.manual_seed(2)
+    path = save_model(AttnLink(variant("attnlink-lite")).eval(), tmp_path / "m")
+    OnnxRuntimeBackend(tmp_path / "m", "lidar")
+    meta = json.loads(path.read_text())
+    meta["config"]["nmf_iterations"] = 3  # a setting without weights of its own
+    path.write_text(json.dumps(meta))
+    model, meta2 = load_model(tmp_path / "m")
+    assert model.cfg.nmf_iterations == 3 and meta2["fingerprint"] == meta["fingerprint"]
+    (depth,) = example_inputs(model, "lidar")
+    with torch.no_grad():
+        want = model(depth=depth).descriptor.numpy()
+    got = OnnxRuntimeBackend(tmp_path / "m", "lidar").encode(depth=depth.numpy())
+    assert np.abs(got - want).max() <= 1e-4
+    old_model, _ = load_model(tmp_path / "m")
+    assert model_key(meta["fingerprint"], old_model.cfg) != model_key(meta["fingerprint"], variant("attnlink-lite"))
+
+
 def test_auto_backend_logs_its_choice(model_path, caplog):
     caplog.set_level(logging.INFO, logger="attnlink.inference")
     b = make_backend("auto", model_path, "lidar")

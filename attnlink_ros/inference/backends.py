@@ -118,8 +118,8 @@ class OnnxRuntimeBackend(Backend):
         from ..model.io import default_model_path
 
         path = onnx_path(Path(model_path) if model_path is not None else default_model_path(), mode)
-        if not path.is_file() or _onnx_fingerprint(path) != self.meta["fingerprint"]:
-            log.info("exporting %s (missing or from other weights)", path)
+        if not _onnx_is_current(path, self.meta["fingerprint"], model.cfg):
+            log.info("exporting %s (missing, or from other weights or another config)", path)
             export_onnx(model, path, mode, self.meta["fingerprint"])
         available = ort.get_available_providers()
         self.providers = [p for p in (providers or self.PREFERRED) if p in available]
@@ -141,7 +141,8 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime ({', '.join(self.session.get_providers())})"
 
 
-def _onnx_fingerprint(path: Path) -> str | None:
+def _onnx_meta(path: Path) -> dict:
+    """The ``attnlink`` metadata of an exported ONNX ({} when missing or unreadable)."""
     import json
 
     import onnx
@@ -149,11 +150,34 @@ def _onnx_fingerprint(path: Path) -> str | None:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:
-        return None
+        return {}
     for p in proto.metadata_props:
         if p.key == "attnlink":
-            return json.loads(p.value).get("fingerprint")
-    return None
+            try:
+                return json.loads(p.value)
+            except ValueError:
+                return {}
+    return {}
+
+
+def _onnx_is_current(path: Path, fingerprint: str, cfg) -> bool:
+    """Whether the ONNX beside a model was exported from these weights AND this config (a model
+    JSON edited without new weights, e.g. a query-time setting, keeps its fingerprint)."""
+    import json
+
+    if not path.is_file():
+        return False
+    meta = _onnx_meta(path)
+    return meta.get("fingerprint") == fingerprint and meta.get("config") == json.loads(json.dumps(cfg.to_dict()))
+
+
+def model_key(fingerprint: str, cfg) -> str:
+    """Short digest of weights + config: names derived files (TensorRT engines) so that a new
+    model at the same path never reuses an engine built from the old one."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps({"fingerprint": fingerprint, "config": cfg.to_dict()}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class TensorRTBackend(Backend):
@@ -175,10 +199,11 @@ class TensorRTBackend(Backend):
 
         base = Path(model_path) if model_path is not None else default_model_path()
         onnx_file = onnx_path(base, mode)
-        if not onnx_file.is_file() or _onnx_fingerprint(onnx_file) != self.meta["fingerprint"]:
+        if not _onnx_is_current(onnx_file, self.meta["fingerprint"], model.cfg):
             export_onnx(model, onnx_file, mode, self.meta["fingerprint"])
         gpu = torch.cuda.get_device_name().replace(" ", "_")
-        engine_file = onnx_file.with_name(f"{onnx_file.stem}.{gpu}.trt{trt.__version__}.{'fp16' if fp16 else 'fp32'}.engine")
+        key = model_key(self.meta["fingerprint"], model.cfg)
+        engine_file = onnx_file.with_name(f"{onnx_file.stem}.{key}.{gpu}.trt{trt.__version__}.{'fp16' if fp16 else 'fp32'}.engine")
         self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         if not engine_file.is_file():

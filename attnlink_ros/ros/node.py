@@ -516,7 +516,8 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
                                       voxel_m=self.recognizer.map.scans.voxel)
         self._warm_up()
         self.outputs = Outputs(self, c)
-        where = "online map (grows from the drive)" if online else f"map {len(self.recognizer.map)} places"
+        where = "online map (grows from the drive)" if online else f"map {len(self.recognizer.map)} places" + (
+            ", stored scans: matches GICP-verified, ~/place metric" if self._verify else "")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}")
 
     def _subscribe(self, qos):
