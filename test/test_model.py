@@ -210,3 +210,31 @@ def test_image_depth_queries_go_through_the_depth_branch(lite):
     m(rgb=rgb).descriptor[:, :5].sum().backward()
     assert all(p.grad is not None and torch.any(p.grad != 0) for p in m.mono.parameters())
     assert m.trunk.conv1.weight.grad is None
+
+
+def test_image_rgb_weight_mixes_the_two_image_descriptors(lite, tmp_path):
+    """image_rgb_weight w: an image-only query is normalize((1 - w) pseudo-LiDAR + w RGB-token
+    descriptor); LiDAR and fused queries do not change; no weights of its own; ONNX follows."""
+    import dataclasses
+
+    from attnlink_ros.errors import ConfigError
+    from attnlink_ros.inference.export import export_onnx, parity
+
+    torch.manual_seed(4)
+    pure = AttnLink(variant("attnlink-lite", image_depth=True)).eval()
+    mixed = AttnLink(variant("attnlink-lite", image_depth=True, image_rgb_weight=0.3)).eval()
+    mixed.load_state_dict(pure.state_dict())  # strict: the same weights
+    rgb, depth = _inputs(pure.cfg, b=2)
+    with torch.no_grad():
+        p = pure(rgb=rgb).descriptor
+        pure.mono, mono = None, pure.mono
+        r = pure(rgb=rgb).descriptor  # the RGB tokens' image descriptor
+        pure.mono = mono
+        want = torch.nn.functional.normalize(0.7 * p + 0.3 * r, dim=1)
+        assert torch.allclose(mixed(rgb=rgb).descriptor, want, atol=1e-6)
+        for kw in ({"depth": depth}, {"rgb": rgb, "depth": depth}):
+            assert torch.equal(mixed(**kw).descriptor, pure(**kw).descriptor)
+    assert parity(mixed, export_onnx(mixed, tmp_path / "m.image.onnx", "image"), "image", batch=2) <= 1e-4
+    for bad in ({"image_rgb_weight": 1.5}, {"image_rgb_weight": 0.3, "image_depth": False}):
+        with pytest.raises(ConfigError, match="image_rgb_weight"):
+            dataclasses.replace(variant("attnlink-lite", image_depth=True), **bad)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .config import ModelConfig
 from .depth_completion import DepthCompletion, MonoDepth
@@ -89,13 +90,13 @@ class AttnLink(nn.Module):
         values = {"F_depth": self.heads["F_depth"](f), "S_depth": self.heads["S_depth"](self.semantic(f))}
         return Tokens(values, dense, return_logit=logit)
 
-    def encode(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None) -> Tokens:
+    def encode(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None, pseudo: bool = True) -> Tokens:
         """Tokens of the given modalities. rgb: (B, 3, H, W) RGB in [0, 1]; depth: (B, 1, H, W)
         sparse metres, 0 = no return. An image alone goes through ``encode_pseudo_lidar`` when
-        the model has ``image_depth``."""
+        the model has ``image_depth`` (and ``pseudo``; else its RGB tokens)."""
         if rgb is None and depth is None:
             raise ValueError("AttnLink needs an image, a depth map, or both")
-        if depth is None and self.mono is not None:
+        if depth is None and self.mono is not None and pseudo:
             return self.encode_pseudo_lidar(rgb)
         stems, names = [], []
         dense = None
@@ -156,6 +157,11 @@ class AttnLink(nn.Module):
                                   return_logit=logit, pseudo_depth=image_tokens.dense_depth if logit is not None else None)
         tokens = self.encode(rgb, depth)
         desc, weights = self.fuse(tokens, present)
+        w = self.cfg.image_rgb_weight
+        if depth is None and self.mono is not None and w > 0:
+            # image only: the pseudo-LiDAR descriptor mixed with the RGB tokens' (cfg.image_rgb_weight)
+            rgb_desc = self.fuse(self.encode(rgb, None, pseudo=False))[0]
+            desc = F.normalize((1.0 - w) * desc + w * rgb_desc, dim=1)
         return AttnLinkOutput(desc, weights, tokens.dense_depth, return_logit=tokens.return_logit)
 
 

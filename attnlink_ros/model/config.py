@@ -32,6 +32,9 @@ class ModelConfig:
     # image and the depth branch makes the descriptor (the RGB tokens then serve fused queries)
     image_depth: bool = False
     mono_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    # with image_depth, an image-only descriptor mixes in the RGB tokens' own descriptor:
+    # normalize((1 - w) * pseudo-LiDAR + w * RGB); 0 = pseudo-LiDAR alone (no weights of its own)
+    image_rgb_weight: float = 0.0
     # semantic clustering
     nmf_components: int = 16
     nmf_iterations: int = 8
@@ -59,6 +62,10 @@ class ModelConfig:
         object.__setattr__(self, "mono_widths", tuple(int(w) for w in self.mono_widths))
         if len(self.mono_widths) != 4:
             raise ConfigError("mono_widths needs 4 levels")
+        if not 0.0 <= self.image_rgb_weight <= 1.0:
+            raise ConfigError(f"image_rgb_weight must lie in [0, 1], got {self.image_rgb_weight}")
+        if self.image_rgb_weight > 0 and not self.image_depth:
+            raise ConfigError("image_rgb_weight mixes the pseudo-LiDAR descriptor with the RGB one: it needs image_depth")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
