@@ -28,6 +28,22 @@ def gt_rel(seq, place, query):
     return np.linalg.inv(Tr) @ np.linalg.inv(seq.poses[place]) @ seq.poses[query] @ Tr
 
 
+def test_downsample_is_the_voxel_centroids():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-20, 20, (5000, 4)).astype(np.float32)
+    pts[7] = np.nan  # a non-finite point is skipped
+    got = downsample(pts, 2.0)
+    p = pts[np.isfinite(pts).all(1), :3].astype(np.float64)
+    keys, inv = np.unique(np.floor(p / 2.0).astype(np.int64), axis=0, return_inverse=True)
+    want = np.zeros((len(keys), 3))
+    np.add.at(want, inv.reshape(-1), p)
+    want /= np.bincount(inv.reshape(-1))[:, None]
+    got_by_key = {tuple(k): g for k, g in zip(np.floor(got / 2.0).astype(np.int64), got)}
+    assert got.dtype == np.float32 and len(got) == len(keys) == len(got_by_key)
+    assert max(np.abs(got_by_key[tuple(k)] - w).max() for k, w in zip(keys, want)) < 1e-4
+    assert downsample(np.zeros((0, 3), np.float32), 0.5).shape == (0, 3)
+
+
 def test_verify_accepts_the_revisit_and_rejects_another_place(loop_drive):
     seq = loop_drive
     q, p, wrong = 436, 25, 150

