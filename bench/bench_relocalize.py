@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # as the node does: FAISS's OpenMP team otherwise fights the encoder's threads
     seq = KittiSequence(args.data, args.sequence)
     n = len(seq)
     split = n // 2

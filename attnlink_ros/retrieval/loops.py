@@ -155,8 +155,6 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
         r = small_gicp.align(tgt_c, src_c, tree_c, _yaw(yaw), max_correspondence_distance=5 * cfg.max_correspondence_m, max_iterations=30)
         if best is None or r.num_inliers > best.num_inliers:
             best = r
-        if best.num_inliers >= cfg.min_inlier_ratio * src_c.size():
-            break  # already explains the scan as well as acceptance asks: the other yaw starts are not needed
     tgt, tree = small_gicp.preprocess_points(p, downsampling_resolution=cfg.voxel_m)
     src, _ = small_gicp.preprocess_points(q, downsampling_resolution=cfg.voxel_m)
     r = small_gicp.align(tgt, src, tree, best.T_target_source, max_correspondence_distance=cfg.max_correspondence_m, max_iterations=30)
