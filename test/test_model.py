@@ -238,3 +238,34 @@ def test_image_rgb_weight_mixes_the_two_image_descriptors(lite, tmp_path):
     for bad in ({"image_rgb_weight": 1.5}, {"image_rgb_weight": 0.3, "image_depth": False}):
         with pytest.raises(ConfigError, match="image_rgb_weight"):
             dataclasses.replace(variant("attnlink-lite", image_depth=True), **bad)
+
+
+def test_widen_mono_keeps_what_the_trained_network_computes():
+    """widen_mono: the wider pseudo-LiDAR network gives the same depth and return logit (eval
+    mode, trained BatchNorm statistics), its added channels learn, and it never narrows."""
+    from attnlink_ros.model.depth_completion import MonoDepth, widen_mono
+
+    torch.manual_seed(0)
+    old = MonoDepth((8, 16, 24, 32))
+    opt = torch.optim.SGD(old.parameters(), lr=0.05)
+    for _ in range(3):  # trained weights and running statistics, not the initialisation
+        depth, logit = old(torch.randn(4, 3, 32, 64))
+        (depth.mean() + logit.square().mean()).backward()
+        opt.step()
+        opt.zero_grad()
+    old.eval()
+    new = widen_mono(old, (12, 16, 40, 48)).eval()
+    assert new.enc1[0][0].out_channels == 12 and new.enc4[1][0].out_channels == 48
+    x = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        (d0, l0), (d1, l1) = old(x), new(x)
+    torch.testing.assert_close(d1, d0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(d0, MonoDepth((12, 16, 40, 48)).eval()(x)[0])  # the copy is what made them equal
+    # the added channels reach the output through zero weights, which get gradients
+    new.train()
+    depth, logit = new(x)
+    (depth.mean() + logit.mean()).backward()
+    assert new.head.weight.grad[:, 8:].abs().sum() > 0
+    with pytest.raises(ValueError, match="narrower"):
+        widen_mono(old, (8, 16, 16, 32))

@@ -232,3 +232,34 @@ augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0, nois
     assert [h["step"] for h in res["history"]] == [0, 1]
     with pytest.raises(Exception, match="val_noise"):
         RunConfig.load(tmp_path / "c.yaml", {"val_noise": [1.5]})
+
+
+def test_mono_stage_widens_the_pseudo_lidar_network(synth_root, tmp_path):
+    """model.mono_widths wider than init_from's: the trained U-Net is widened (function-preserving,
+    test_model) and keeps training, the rest stays frozen; a narrower one is refused in one line."""
+    torch.manual_seed(0)
+    init = save_model(AttnLink(variant("attnlink-lite", image_depth=True, mono_widths=(8, 16, 24, 32))).eval(),
+                      tmp_path / "init")
+    (tmp_path / "c.yaml").write_text(f"""
+model: {{variant: attnlink-lite, image_depth: true, mono_widths: [12, 16, 40, 48]}}
+data:
+  train: [{{root: {synth_root}, sequence: "00"}}]
+  cache_dir: {tmp_path / 'cache'}
+  cache_size: [64, 256]
+train: {{out: {tmp_path / 'run'}, init_from: {init}, stage: mono, modes: [image], steps: 1, batch_size: 4,
+        warmup_steps: 1, pseudo_feature_weight: 1.0}}
+augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
+""")
+    assert train(RunConfig.load(tmp_path / "c.yaml"), progress=False)["steps"] == 1
+    before, _ = load_model(init)
+    after, _ = load_model(tmp_path / "run" / "final")
+    assert after.cfg.mono_widths == (12, 16, 40, 48)
+    # the old channels moved from the init's values (they train), the LiDAR side did not
+    assert not torch.equal(after.mono.head.weight[:, :8], before.mono.head.weight)
+    old = before.state_dict()
+    assert all(torch.equal(v, old[k]) for k, v in after.state_dict().items() if not k.startswith("mono."))
+    (tmp_path / "narrow.yaml").write_text((tmp_path / "c.yaml").read_text().replace("[12, 16, 40, 48]", "[8, 16, 16, 32]"))
+    from attnlink_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="narrower"):
+        train(RunConfig.load(tmp_path / "narrow.yaml"), fresh=True, progress=False)

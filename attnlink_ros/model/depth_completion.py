@@ -80,3 +80,55 @@ class MonoDepth(nn.Module):
         d1 = self.dec1(torch.cat([up(d2, e1), e1], 1))
         out = self.head(d1)
         return F.softplus(out[:, :1]) * self.max_depth, out[:, 1:]
+
+
+def _grow(old: nn.Module, new: nn.Module, in_segments, out_old: int) -> None:
+    """Copies ``old``'s weights into the part of the wider ``new`` (Conv2d or Linear) that maps
+    the old input channels to the old output channels; the old outputs ignore every added input
+    (zero weights), the added outputs keep their fresh initialisation. ``in_segments``: the
+    (old, new) channel counts of the concatenated inputs, in order."""
+    with torch.no_grad():
+        w = new.weight
+        w[:out_old].zero_()
+        o_old = n_new = 0
+        for seg_old, seg_new in in_segments:
+            w[:out_old, n_new:n_new + seg_old] = old.weight[:, o_old:o_old + seg_old]
+            o_old, n_new = o_old + seg_old, n_new + seg_new
+        if old.bias is not None:
+            new.bias[:out_old] = old.bias
+
+
+def _grow_block(old: nn.Sequential, new: nn.Sequential, in_segments, out_old: int) -> None:
+    """A conv-BN-ReLU block (``_conv``): the conv grown, the BatchNorm's old channels copied."""
+    _grow(old[0], new[0], in_segments, out_old)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new[1], name)[:out_old] = getattr(old[1], name)
+        new[1].num_batches_tracked.copy_(old[1].num_batches_tracked)
+
+
+def widen_mono(old: MonoDepth, widths, max_depth: float | None = None) -> MonoDepth:
+    """A wider ``MonoDepth`` that computes exactly what ``old`` does (function-preserving: the old
+    channels are copied, the added ones start fresh and reach the old ones only through zero
+    weights), so a trained pseudo-LiDAR network can gain capacity and keep training from where it
+    was. ``widths`` must be at least the old ones at every level."""
+    a0, b0, c0, d0 = (old.enc1[0][0].out_channels, old.enc2[0][0].out_channels,
+                      old.enc3[0][0].out_channels, old.enc4[0][0].out_channels)
+    a, b, c, d = (int(x) for x in widths)
+    if a < a0 or b < b0 or c < c0 or d < d0:
+        raise ValueError(f"widen_mono: widths {tuple(widths)} narrower than {(a0, b0, c0, d0)}")
+    new = MonoDepth((a, b, c, d), old.max_depth if max_depth is None else max_depth)
+    seg = lambda o, n: [(o, n)]  # noqa: E731
+    plan = [  # (block, input segments, old output channels)
+        ("enc1.0", seg(5, 5), a0), ("enc1.1", seg(a0, a), a0),
+        ("enc2.0", seg(a0, a), b0), ("enc2.1", seg(b0, b), b0),
+        ("enc3.0", seg(b0, b), c0), ("enc3.1", seg(c0, c), c0),
+        ("enc4.0", seg(c0, c), d0), ("enc4.1", seg(d0, d), d0),
+        ("dec3", [(d0, d), (d0, d), (c0, c)], c0), ("dec2", [(c0, c), (b0, b)], b0),
+        ("dec1", [(b0, b), (a0, a)], a0),
+    ]
+    for name, segments, out_old in plan:
+        _grow_block(old.get_submodule(name), new.get_submodule(name), segments, out_old)
+    _grow(old.context[0], new.context[0], seg(d0, d), d0)
+    _grow(old.head, new.head, seg(a0, a), 2)
+    return new

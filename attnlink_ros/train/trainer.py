@@ -241,6 +241,14 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         same = dataclasses.replace(init.cfg, image_depth=mcfg.image_depth, mono_widths=mcfg.mono_widths, variant=mcfg.variant)
         if same != mcfg:
             raise ConfigError(f"train.init_from {tc.init_from}: its model config differs from this run's")
+        if init.mono is not None and mcfg.image_depth and init.cfg.mono_widths != mcfg.mono_widths:
+            # a wider pseudo-LiDAR network starts from the trained one (function-preserving)
+            from ..model.depth_completion import widen_mono
+
+            try:
+                init.mono = widen_mono(init.mono, mcfg.mono_widths, mcfg.max_depth_m)
+            except ValueError as e:
+                raise ConfigError(f"train.init_from {tc.init_from}: {e}") from None
         # a model without the pseudo-LiDAR network may start one that has it (mono.* starts fresh)
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=init.cfg == mcfg)
         if unexpected or any(not k.startswith("mono.") for k in missing):
