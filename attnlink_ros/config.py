@@ -137,6 +137,7 @@ class NodeConfig:
     keyframe_interval: float = 1.0
     verify: bool = True
     verify_candidates: int = 3
+    verify_async: bool = True
     min_inlier_ratio: float = 0.7
     consistency: int = 1
     markers: bool = True
@@ -174,6 +175,7 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "keyframe_interval": ("online: one keyframe (descriptor + downsampled scan) per this many seconds", None, (0.0, 3600.0)),
     "verify": ("GICP-verify candidates against the place's stored scan (needs the LiDAR; relocalize: a map built with --scans), publish verified loops only", None, None),
     "verify_candidates": ("candidates verified per query, best score first", None, (1, 20)),
+    "verify_async": ("relocalize: verify in a process of its own; a frame arriving while it is busy is answered at once, unverified (counted verify_busy), so the node keeps the sensor rate", None, None),
     "min_inlier_ratio": ("share of the live scan's voxels matched after GICP to accept a candidate", None, (0.0, 1.0)),
     "consistency": ("online: consecutive agreeing detections before a loop is published (1 = off)", None, (1, 20)),
     "markers": ("publish ~/markers (map places once, then the current match)", None, None),

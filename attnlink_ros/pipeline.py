@@ -129,17 +129,32 @@ class PlaceRecognizer:
         t = time.perf_counter()
         res.hits = self.map.hits(res.descriptor[None], k)[0]
         res.timings_ms["search"] = 1e3 * (time.perf_counter() - t)
-        if verify is not None and self.can_verify and frame.points is not None and res.hits:
-            from .retrieval.loops import verify_hits
+        if verify is not None:
+            self.verify(res, frame, verify)
+        return res
 
-            t = time.perf_counter()
-            res.hits, res.registrations = verify_hits(res.hits, frame.points, self.map.scans, verify)
-            top = res.hits[0]
-            if top["verified"]:
-                top["vehicle_pose"] = vehicle_pose(np.asarray(top["pose"]), top["relative_pose"], frame.calib.T_cam_lidar)
-                R = (np.asarray(top["pose"], np.float64) @ np.asarray(frame.calib.T_cam_lidar, np.float64))[:3, :3]
-                top["vehicle_covariance"] = world_covariance(top["covariance"], R)
-            res.timings_ms["verify"] = 1e3 * (time.perf_counter() - t)
+    def verify(self, res: Result, frame: Frame, cfg) -> Result:
+        """GICP-verifies ``res``'s best hits (``query``'s second half, callable on its own: the
+        node runs it in a worker thread). Does nothing without stored scans, a live scan or hits."""
+        if not (self.can_verify and frame.points is not None and res.hits):
+            return res
+        from .retrieval.loops import verify_hits
+
+        t = time.perf_counter()
+        self.apply_verification(res, frame, *verify_hits(res.hits, frame.points, self.map.scans, cfg))
+        res.timings_ms["verify"] = 1e3 * (time.perf_counter() - t)
+        return res
+
+    @staticmethod
+    def apply_verification(res: Result, frame: Frame, hits: list[dict], registrations: int) -> Result:
+        """Takes verify_hits' answer into ``res``: with a verified top hit, the vehicle's pose and
+        its covariance in the world."""
+        res.hits, res.registrations = hits, registrations
+        top = hits[0]
+        if top["verified"]:
+            top["vehicle_pose"] = vehicle_pose(np.asarray(top["pose"]), top["relative_pose"], frame.calib.T_cam_lidar)
+            R = (np.asarray(top["pose"], np.float64) @ np.asarray(frame.calib.T_cam_lidar, np.float64))[:3, :3]
+            top["vehicle_covariance"] = world_covariance(top["covariance"], R)
         return res
 
 

@@ -37,10 +37,13 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
-def replay_through_node(node, listener, records, lockstep_timeout: float = 10.0, settle=None):
+def replay_through_node(node, listener, records, lockstep_timeout: float = 10.0, settle=None, rate: float = 0,
+                        until=None):
     """Spins ``node`` and ``listener`` (real rclpy), replays ``records`` to the node in lockstep on
-    its ~/match (the replay tool), then tears both down; returns (replay stats, node counters).
-    ``settle()`` runs after discovery, before the first frame."""
+    its ~/match (the replay tool; ``rate`` > 0: free-running at that multiple of the recorded
+    time instead), then tears both down; returns (replay stats, node counters). ``settle()`` runs
+    after discovery, before the first frame; ``until()``, when given, is waited for (10 s at most)
+    after the last one."""
     import threading
     import time
 
@@ -54,11 +57,14 @@ def replay_through_node(node, listener, records, lockstep_timeout: float = 10.0,
     spin = threading.Thread(target=ex.spin, daemon=True)
     spin.start()
     try:
-        rp = Replayer(lockstep="/attnlink/match", lockstep_timeout=lockstep_timeout)
+        rp = Replayer(lockstep=None if rate > 0 else "/attnlink/match", lockstep_timeout=lockstep_timeout)
         assert rp.wait_for_subscribers(10.0, ("image", "points"))
         if settle is not None:
             settle()
-        stats = rp.run(list(records), rate=0, progress=False)
+        stats = rp.run(list(records), rate=rate, progress=False)
+        deadline = time.monotonic() + 10.0
+        while until is not None and not until() and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(0.5)
         rp.close()
     finally:

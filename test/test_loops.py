@@ -306,3 +306,58 @@ def test_relocalize_node_publishes_the_verified_pose(loop_drive, scans_map):
         else:
             assert place.pose.covariance[0] >= 4.0  # the place's pose, with the score's wide covariance
     assert len(loops) == counters.get("loops_published", 0) <= counters.get("relocalized_verified", 0)
+
+
+def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
+    """verify_async (default): GICP runs in a process of its own, so frames that arrive while it
+    registers are answered at once, unverified (counted verify_busy), and none is lost or
+    answered twice; verified answers still carry the vehicle's pose; loops go out verified only;
+    the process ends with the node."""
+    import time
+
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Float64MultiArray
+
+    from attnlink_ros.data.bags import kitti_records
+    from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode, parse_match
+
+    from .conftest import replay_through_node
+
+    seq = loop_drive
+    rclpy.init()
+    try:
+        node = AttnLinkNode(parameter_overrides=[
+            Parameter("map", value=str(scans_map)), Parameter("backend", value="onnxruntime"), Parameter("mode", value="fused"),
+            Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable")])
+        verifier = node._verifier
+        assert verifier is not None and verifier.alive
+        io = rclpy.create_node("listener")
+        places, matches, loops = [], [], []
+        io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 50)
+        io.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 50)
+        io.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, loops.append, 50)
+        # the query frames lie 2 s apart: 20x faster is one every 100 ms, two or more per registration
+        _, counters = replay_through_node(node, io, kitti_records(seq.dataset.parent, "00", QUERY_FRAMES), rate=20.0,
+                                          settle=lambda: time.sleep(1.0),  # free-running: both ends discovered first
+                                          until=lambda: not verifier.busy and node.counters["frames_processed"] >= node.counters["points_in"])
+    finally:
+        rclpy.shutdown()
+    assert not verifier.alive  # destroy_node closed it
+    # a node behind its sensors may drop frames (the subscription keeps the newest): every frame
+    # it took is answered, once
+    answered = [parse_match(m)[0]["query_stamp"] for m in matches]
+    assert len(set(answered)) == len(answered) == counters["frames_processed"] == counters["points_in"] >= 4, counters
+    assert set(np.round(answered, 6)) <= {round(float(seq.times[i]), 6) for i in QUERY_FRAMES}
+    assert counters.get("verify_busy", 0) >= 1 and counters.get("relocalized_verified", 0) >= 1, counters
+    assert counters["verify_busy"] + counters.get("relocalized_verified", 0) + counters.get("relocalized_unverified", 0) \
+        == counters["frames_processed"], counters
+    t2f = {round(float(seq.times[i]), 6): i for i in QUERY_FRAMES}
+    for place, match in zip(places, matches):
+        top = parse_match(match)[0]
+        p = place.pose.pose.position
+        err = np.linalg.norm(np.array([p.x, p.y, p.z]) - seq.poses[t2f[round(top["query_stamp"], 6)]][:3, 3])
+        if top["verified"] == 1.0:
+            assert err < 0.3, err
+    assert len(loops) == counters.get("loops_published", 0) <= counters.get("relocalized_verified", 0)

@@ -27,6 +27,7 @@ the retrieval node drops (and counts) descriptors of another model than its map'
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, defaultdict, deque
 
@@ -305,6 +306,9 @@ class _AttnLinkLifecycle(LifecycleNode):
         self._timer = None
         self._pub_diag = None
         self.counters: Counter = Counter()
+        # counters and latencies change from the sensor callback, the verifier's result thread
+        # and the diagnostics timer (a multi-threaded executor may run them at once)
+        self._out_lock = threading.RLock()
         self._logged_kinds: set[str] = set()
         self._latency = deque(maxlen=500)
         self._processed_times = deque(maxlen=50)
@@ -404,23 +408,30 @@ class _AttnLinkLifecycle(LifecycleNode):
 
     # -- bad input, diagnostics ------------------------------------------------------------------
     def _bad(self, kind: str, message: str) -> None:
-        self.counters[f"dropped_bad_{kind}"] += 1
-        if kind not in self._logged_kinds:
+        with self._out_lock:
+            self.counters[f"dropped_bad_{kind}"] += 1
+            first = kind not in self._logged_kinds
             self._logged_kinds.add(kind)
+        if first:
             self.get_logger().warning(f"dropping bad message ({kind}): {message} (logged once per kind, counted in /diagnostics)")
 
     def _processed(self, t0: float, timings: dict | None = None) -> None:
-        for k, v in (timings or {}).items():
-            self.stage_ms[k].append(v)
-        self.counters["frames_processed"] += 1
-        self._latency.append(1e3 * (time.perf_counter() - t0))
-        self._processed_times.append(time.monotonic())
+        with self._out_lock:
+            for k, v in (timings or {}).items():
+                self.stage_ms[k].append(v)
+            self.counters["frames_processed"] += 1
+            self._latency.append(1e3 * (time.perf_counter() - t0))
+            self._processed_times.append(time.monotonic())
 
     def _status(self, now: float) -> tuple[int, str, dict]:
         level = DiagnosticStatus.WARN if self.counters.get("frames_processed", 0) == 0 else DiagnosticStatus.OK
         return level, "running", {}
 
     def _publish_diagnostics(self) -> None:
+        with self._out_lock:
+            self._publish_diagnostics_locked()
+
+    def _publish_diagnostics_locked(self) -> None:
         now = time.monotonic()
         recent = [t for t in self._processed_times if now - t <= 5.0]
         rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
@@ -432,7 +443,7 @@ class _AttnLinkLifecycle(LifecycleNode):
             "rate_hz": f"{rate:.2f}", "latency_ms_p50": f"{np.percentile(lat, 50):.1f}", "latency_ms_p99": f"{np.percentile(lat, 99):.1f}",
             "backend": ", ".join(dict.fromkeys(b.describe() for b in rec._backends.values())) if rec else "",
             "map_places": str(len(rec.map)) if rec and rec.map else "0", "mode": self.cfg.mode,
-            **extra, **{k: str(v) for k, v in sorted(self.counters.items())},
+            **extra, **{k: str(v) for k, v in sorted(dict(self.counters).items())},  # dict(): one atomic copy
             **{f"stage_ms_{k}_p50": f"{np.percentile(v, 50):.2f}" for k, v in sorted(self.stage_ms.items()) if v},
         }
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -485,6 +496,7 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
         super().__init__(node_name, **kwargs)
         self.front: SensorFrontEnd | None = None
         self.outputs: Outputs | None = None
+        self._verifier = None  # relocalize + verify_async: retrieval.verifier.VerifierProcess
         self._autostart()
 
     @property
@@ -516,8 +528,14 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
                                       voxel_m=self.recognizer.map.scans.voxel)
         self._warm_up()
         self.outputs = Outputs(self, c)
+        self._close_verifier()
+        if self._verify is not None and c.verify_async:
+            from ..retrieval.verifier import VerifierProcess
+
+            self._verifier = VerifierProcess(self.recognizer.map.scans, self._verify, self._on_verified)
         where = "online map (grows from the drive)" if online else f"map {len(self.recognizer.map)} places" + (
-            ", stored scans: matches GICP-verified, ~/place metric" if self._verify else "")
+            ", stored scans: matches GICP-verified" + (" (own process)" if self._verifier else "") + ", ~/place metric"
+            if self._verify else "")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}")
 
     def _subscribe(self, qos):
@@ -532,21 +550,63 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
         if self.detector is not None:
             return self._process_online(frame, header)
         t0 = time.perf_counter()
+        offload = self._verifier is not None
         try:
-            res = self.recognizer.query(frame, self.cfg.k, self._mode_for(frame), self._verify)
+            res = self.recognizer.query(frame, self.cfg.k, self._mode_for(frame), None if offload else self._verify)
         except (AttnLinkError, ValueError) as exc:
             self._bad("query", str(exc))
             return
-        t1 = time.perf_counter()
-        loop = None  # decided by score and time gap
-        if self._verify is not None and res.hits:
-            top = res.hits[0]
-            verified = bool(top.get("verified"))
-            self.counters["relocalized_verified" if verified else "relocalized_unverified"] += 1
-            # with verification on, a loop is never published unverified (as in online mode)
-            loop = verified and top["score"] >= self.cfg.loop_min_score and abs(frame.stamp - top["stamp"]) >= self.cfg.loop_min_gap
-        self.outputs.publish(header, frame.stamp, res.hits, self.counters, loop=loop)
-        self._processed(t0, {**res.timings_ms, "publish": 1e3 * (time.perf_counter() - t1)})
+        if offload and res.hits and frame.points is not None:
+            if self._verifier.offer((frame, header, res, t0), res.hits, frame.points):
+                return  # answered by _on_verified
+            with self._out_lock:
+                self.counters["verify_busy"] += 1
+        self._answer(frame, header, res, t0)
+
+    def _on_verified(self, job, hits, registrations: int, error: str | None) -> None:
+        """The verifier process's answer (its reader thread): publish the frame, verified or not."""
+        frame, header, res, t0 = job
+        if error is not None:
+            self._bad("verify", error)
+        else:
+            self.recognizer.apply_verification(res, frame, hits, registrations)
+            res.timings_ms["verify"] = 1e3 * (time.perf_counter() - t0) - sum(res.timings_ms.values())
+        try:
+            self._answer(frame, header, res, t0)
+        except Exception as exc:  # noqa: BLE001 - as in the sensor callback: count, log once, go on
+            self._bad("internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _answer(self, frame: Frame, header, res, t0: float) -> None:
+        """Publishes a relocalisation result (from the sensor callback or the verifier's thread)."""
+        with self._out_lock:
+            t1 = time.perf_counter()
+            loop = None  # decided by score and time gap
+            if self._verify is not None and res.hits:
+                top = res.hits[0]
+                verified = bool(top.get("verified"))
+                if res.registrations or verified:  # verification ran (not skipped: busy, no scan)
+                    self.counters["relocalized_verified" if verified else "relocalized_unverified"] += 1
+                # with verification on, a loop is never published unverified (as in online mode)
+                loop = verified and top["score"] >= self.cfg.loop_min_score and abs(frame.stamp - top["stamp"]) >= self.cfg.loop_min_gap
+            self.outputs.publish(header, frame.stamp, res.hits, self.counters, loop=loop)
+            self._processed(t0, {**res.timings_ms, "publish": 1e3 * (time.perf_counter() - t1)})
+
+    def _close_verifier(self) -> None:
+        if getattr(self, "_verifier", None) is not None:
+            self._verifier.close()
+        self._verifier = None
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close_verifier()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close_verifier()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        self._close_verifier()
+        super().destroy_node()
 
 
     def _process_online(self, frame: Frame, header) -> None:
