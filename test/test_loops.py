@@ -265,31 +265,42 @@ def test_verified_relocalization_gives_the_vehicles_pose(loop_drive, scans_map):
     assert img.registrations == 0 and "vehicle_pose" not in img.hits[0]
 
 
-def test_relocalize_node_publishes_the_verified_pose(loop_drive, scans_map):
-    """The node in relocalize mode on a map with scans: ~/place is the vehicle's registered pose,
-    ~/match marks the hit verified with its relative pose, loops go out verified only."""
+def _relocalize_node(seq, scans_map):
+    """The node relocalising (fused) against the map with scans, and a listener collecting
+    ~/place, ~/match and the loop topic (rclpy initialised by the caller)."""
     import rclpy
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.parameter import Parameter
     from std_msgs.msg import Float64MultiArray
 
+    from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode
+
+    node = AttnLinkNode(parameter_overrides=[
+        Parameter("map", value=str(scans_map)), Parameter("backend", value="onnxruntime"), Parameter("mode", value="fused"),
+        Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable")])
+    io = rclpy.create_node("listener")
+    got = ([], [], [])
+    for msg_type, topic, store in ((PoseWithCovarianceStamped, "/attnlink/place", got[0]),
+                                   (Float64MultiArray, "/attnlink/match", got[1]), (Float64MultiArray, "/" + LOOP_TOPIC, got[2])):
+        io.create_subscription(msg_type, topic, store.append, 50)
+    return node, io, got
+
+
+def test_relocalize_node_publishes_the_verified_pose(loop_drive, scans_map):
+    """The node in relocalize mode on a map with scans: ~/place is the vehicle's registered pose,
+    ~/match marks the hit verified with its relative pose, loops go out verified only."""
+    import rclpy
+
     from attnlink_ros.data.bags import kitti_records
-    from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode, parse_match
+    from attnlink_ros.ros.node import parse_match
 
     from .conftest import replay_through_node
 
     seq = loop_drive
     rclpy.init()
     try:
-        node = AttnLinkNode(parameter_overrides=[
-            Parameter("map", value=str(scans_map)), Parameter("backend", value="onnxruntime"), Parameter("mode", value="fused"),
-            Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable")])
+        node, io, (places, matches, loops) = _relocalize_node(seq, scans_map)
         assert node._verify is not None
-        io = rclpy.create_node("listener")
-        places, matches, loops = [], [], []
-        io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 50)
-        io.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 50)
-        io.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, loops.append, 50)
         stats, counters = replay_through_node(node, io, kitti_records(seq.dataset.parent, "00", QUERY_FRAMES), lockstep_timeout=20.0)
     finally:
         rclpy.shutdown()
@@ -316,28 +327,18 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
     import time
 
     import rclpy
-    from geometry_msgs.msg import PoseWithCovarianceStamped
-    from rclpy.parameter import Parameter
-    from std_msgs.msg import Float64MultiArray
 
     from attnlink_ros.data.bags import kitti_records
-    from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode, parse_match
+    from attnlink_ros.ros.node import parse_match
 
     from .conftest import replay_through_node
 
     seq = loop_drive
     rclpy.init()
     try:
-        node = AttnLinkNode(parameter_overrides=[
-            Parameter("map", value=str(scans_map)), Parameter("backend", value="onnxruntime"), Parameter("mode", value="fused"),
-            Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable")])
+        node, io, (places, matches, loops) = _relocalize_node(seq, scans_map)
         verifier = node._verifier
         assert verifier is not None and verifier.alive
-        io = rclpy.create_node("listener")
-        places, matches, loops = [], [], []
-        io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 50)
-        io.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 50)
-        io.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, loops.append, 50)
         # the query frames lie 2 s apart: 20x faster is one every 100 ms, two or more per registration
         _, counters = replay_through_node(node, io, kitti_records(seq.dataset.parent, "00", QUERY_FRAMES), rate=20.0,
                                           settle=lambda: time.sleep(1.0),  # free-running: both ends discovered first
