@@ -26,7 +26,7 @@ def main() -> None:
     from attnlink_ros.data.kitti import KittiSequence
     from attnlink_ros.pipeline import Frame, PlaceRecognizer
     from attnlink_ros.retrieval.build import build_map_from_sequence
-    from attnlink_ros.retrieval.loops import LoopConfig
+    from attnlink_ros.retrieval.loops import RELOCALIZE_YAWS_DEG, LoopConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="KITTI-layout root of one drive with poses")
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=["lidar", "fused"], default="lidar")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--candidates", type=int, default=3, help="hits verified per query (the node's verify_candidates)")
+    ap.add_argument("--yaws", default=",".join(f"{y:g}" for y in RELOCALIZE_YAWS_DEG),
+                    help="GICP coarse yaw starts, degrees (default: the relocalize node's; the loop closures use 0,30,-30,90,-90)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -51,7 +53,7 @@ def main() -> None:
         rec = PlaceRecognizer(args.model, Path(tmp) / "map", backend=args.backend)
     xy = seq.xy
     queries = [q for q in range(split, n) if np.min(np.linalg.norm(xy[:split] - xy[q], axis=1)) <= 10.0]
-    cfg = LoopConfig(min_score=-1.0, candidates=args.candidates)
+    cfg = LoopConfig(min_score=-1.0, candidates=args.candidates, yaw_guesses_deg=tuple(float(y) for y in args.yaws.split(",")))
     rows = []
     for q in tqdm(queries, desc="relocalize"):
         frame = Frame(float(seq.times[q]), seq.calib, seq.read_image(q) if args.mode == "fused" else None, seq.read_scan(q))
@@ -76,7 +78,7 @@ def main() -> None:
     pct = lambda a, p: round(float(np.percentile(a, p)), 3) if len(a) else None  # noqa: E731
     out = {
         "data": str(args.data), "mode": args.mode, "backend": rec.backend(args.mode).describe(), "map_places": split,
-        "queries": len(rows), "candidates": args.candidates,
+        "queries": len(rows), "candidates": args.candidates, "yaw_starts_deg": list(cfg.yaw_guesses_deg),
         "stored_points_per_place": round(stats["stored_scan_points"] / split), "map_build_frames_per_s": stats["frames_per_second"],
         "descriptor_recall@1": round(float(np.mean([r["descriptor_top1_correct"] for r in rows])), 3),
         "verified_share": round(len(ver) / len(rows), 3),

@@ -9,7 +9,7 @@ import pytest
 from attnlink_ros.data.kitti import KittiSequence
 from attnlink_ros.data.synth import SynthConfig, write_synthetic_sequence
 from attnlink_ros.errors import DataError
-from attnlink_ros.retrieval.loops import LoopConfig, LoopDetector, OnlineMap, ScanStore, downsample, verify
+from attnlink_ros.retrieval.loops import RELOCALIZE_YAWS_DEG, LoopConfig, LoopDetector, OnlineMap, ScanStore, downsample, verify
 
 # town 301: the drive passes its start again ~41 s later (frame 436 is 3.5 m from frame 23)
 MAP_FRAMES = list(range(0, 205, 5))
@@ -300,7 +300,7 @@ def test_relocalize_node_publishes_the_verified_pose(loop_drive, scans_map):
     rclpy.init()
     try:
         node, io, (places, matches, loops) = _relocalize_node(seq, scans_map)
-        assert node._verify is not None
+        assert node._verify is not None and node._verify.yaw_guesses_deg == RELOCALIZE_YAWS_DEG  # same-direction starts
         stats, counters = replay_through_node(node, io, kitti_records(seq.dataset.parent, "00", QUERY_FRAMES), lockstep_timeout=20.0)
     finally:
         rclpy.shutdown()

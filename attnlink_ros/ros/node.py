@@ -521,11 +521,11 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
             raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map` (or set map_mode: online)")
         self._verify = None
         if not online and c.verify and self.recognizer.can_verify:
-            from ..retrieval.loops import LoopConfig
+            from ..retrieval.loops import RELOCALIZE_YAWS_DEG, LoopConfig
 
             # relocalisation against a map with stored scans: GICP-verify the best hits, publish a metric pose
             self._verify = LoopConfig(min_score=-1.0, candidates=c.verify_candidates, min_inlier_ratio=c.min_inlier_ratio,
-                                      voxel_m=self.recognizer.map.scans.voxel)
+                                      voxel_m=self.recognizer.map.scans.voxel, yaw_guesses_deg=RELOCALIZE_YAWS_DEG)
         self._warm_up()
         self.outputs = Outputs(self, c)
         self._close_verifier()
