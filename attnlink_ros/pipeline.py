@@ -134,8 +134,10 @@ class PlaceRecognizer:
         return res
 
     def verify(self, res: Result, frame: Frame, cfg) -> Result:
-        """GICP-verifies ``res``'s best hits (``query``'s second half, callable on its own: the
-        node runs it in a worker thread). Does nothing without stored scans, a live scan or hits."""
+        """GICP-verifies ``res``'s best hits (``query``'s second half; the node with
+        ``verify_async`` runs ``verify_hits`` in a process of its own instead, retrieval/verifier.py,
+        and applies the answer with ``apply_verification``). Does nothing without stored scans, a
+        live scan or hits."""
         if not (self.can_verify and frame.points is not None and res.hits):
             return res
         from .retrieval.loops import verify_hits
