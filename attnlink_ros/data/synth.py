@@ -442,7 +442,13 @@ def write_synthetic_sequence(
         for job in jobs:
             bar.update(_write_frames(job))
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
+        # workers from a fork server, not forks of this process: a caller with threads and
+        # native state (rclpy, ONNX Runtime: a test session, a node) forked mid-flight crashed a
+        # worker in garbage collection (seen once in the full test run, session 5)
+        import multiprocessing
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_init_worker,
+                                 initargs=(config,)) as pool:
             for n in pool.map(_write_frames, jobs):
                 bar.update(n)
     bar.close()
