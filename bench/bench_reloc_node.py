@@ -94,23 +94,16 @@ def main() -> None:
 
     from attnlink_ros.data.kitti import KittiSequence
     from attnlink_ros.launch_logic import attnlink_nodes
-    from attnlink_ros.pipeline import PlaceRecognizer
-    from attnlink_ros.retrieval.build import build_map_from_sequence
     from attnlink_ros.ros.conversions import (bgr_to_image, calibration_to_camera_info, sec_to_stamp, stamp_to_sec,
                                               xyzi_to_pointcloud2)
     from attnlink_ros.ros.node import parse_match
     from attnlink_ros.ros.transport import apply_transport_profile
+    from bench_relocalize import first_half_map  # bench/ is this script's folder
 
     apply_transport_profile()
     seq = KittiSequence(args.data, args.sequence)
-    n = len(seq)
-    split = n // 2
-    pm, _ = build_map_from_sequence(PlaceRecognizer(args.model or None, None, backend=args.backend), seq, list(range(split)),
-                                    scan_voxel=0.5, progress=False)
-    tmp = Path(tempfile.mkdtemp())
-    pm.save(tmp / "map")
-    xy = seq.xy
-    queries = [q for q in range(split, n) if np.min(np.linalg.norm(xy[:split] - xy[q], axis=1)) <= 10.0][: args.queries]
+    map_dir, split, _, queries = first_half_map(seq, args.model or None, args.backend, Path(tempfile.mkdtemp()), progress=False)
+    queries = queries[: args.queries]
     calib = seq.calib.with_image_size(*seq.image_size)
     messages, truth = [], {}
     for q in queries:  # built before the clock starts
@@ -145,7 +138,7 @@ def main() -> None:
     results = {}
     try:
         for name, asynchronous in (("in the callback (verify_async false)", False), ("own process (verify_async true)", True)):
-            (spec,) = attnlink_nodes(map=str(tmp / "map"), backend=args.backend, mode=args.mode, model=args.model,
+            (spec,) = attnlink_nodes(map=str(map_dir), backend=args.backend, mode=args.mode, model=args.model,
                                      calib_file=str(seq.dir / "calib.txt"))
             spec.parameters.update(markers=False, verify_async=asynchronous)
             answers.clear()

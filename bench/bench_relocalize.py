@@ -20,12 +20,28 @@ from pathlib import Path
 import numpy as np
 
 
+def first_half_map(seq, model: str | None, backend: str, out_dir: Path, progress: bool = True):
+    """The drive's first half saved as a map with stored scans (as `build-map --scans`) under
+    ``out_dir/map``; returns (map dir, map size, build stats, queries): the second half's frames
+    with a map place within 10 m (bench_reloc_node.py uses the same split)."""
+    from attnlink_ros.pipeline import PlaceRecognizer
+    from attnlink_ros.retrieval.build import build_map_from_sequence
+
+    n = len(seq)
+    split = n // 2
+    pm, stats = build_map_from_sequence(PlaceRecognizer(model, None, backend=backend), seq, list(range(split)),
+                                        scan_voxel=0.5, progress=progress)
+    pm.save(Path(out_dir) / "map")
+    xy = seq.xy
+    queries = [q for q in range(split, n) if np.min(np.linalg.norm(xy[:split] - xy[q], axis=1)) <= 10.0]
+    return Path(out_dir) / "map", split, stats, queries
+
+
 def main() -> None:
     from tqdm import tqdm
 
     from attnlink_ros.data.kitti import KittiSequence
     from attnlink_ros.pipeline import Frame, PlaceRecognizer
-    from attnlink_ros.retrieval.build import build_map_from_sequence
     from attnlink_ros.retrieval.loops import RELOCALIZE_YAWS_DEG, LoopConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,15 +60,10 @@ def main() -> None:
 
     faiss.omp_set_num_threads(1)  # as the node does: FAISS's OpenMP team otherwise fights the encoder's threads
     seq = KittiSequence(args.data, args.sequence)
-    n = len(seq)
-    split = n // 2
-    rec = PlaceRecognizer(args.model, None, backend=args.backend)
-    pm, stats = build_map_from_sequence(rec, seq, list(range(split)), scan_voxel=0.5)
     with tempfile.TemporaryDirectory() as tmp:  # through the files, as the node loads it
-        pm.save(Path(tmp) / "map")
-        rec = PlaceRecognizer(args.model, Path(tmp) / "map", backend=args.backend)
+        map_dir, split, stats, queries = first_half_map(seq, args.model, args.backend, Path(tmp))
+        rec = PlaceRecognizer(args.model, map_dir, backend=args.backend)
     xy = seq.xy
-    queries = [q for q in range(split, n) if np.min(np.linalg.norm(xy[:split] - xy[q], axis=1)) <= 10.0]
     cfg = LoopConfig(min_score=-1.0, candidates=args.candidates, yaw_guesses_deg=tuple(float(y) for y in args.yaws.split(",")))
     rows = []
     for q in tqdm(queries, desc="relocalize"):
