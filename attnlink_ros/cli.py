@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import AttnLinkError
+from .retrieval.views import DEFAULT_VIEWS
 
 
 def _write_json(path: str | None, data: Any) -> None:
@@ -109,13 +110,19 @@ def cmd_revisits(args: argparse.Namespace) -> dict:
     times = load_times(args.times)
     if len(poses) != len(times):
         raise AttnLinkError(f"{args.poses}: {len(poses)} pose rows but {len(times)} timestamps in {args.times}")
+    from .evaluation.protocols import headings_deg
+
     xy = ground_xy(poses)
-    result = revisit_summary(xy, times)
+    result = revisit_summary(xy, times, headings_deg(poses))
     if args.plot:
         q = revisit_queries(xy, times).queries
         plot_revisits(xy, q, args.plot, title=f"{Path(args.poses).name}: {len(q)} revisit queries")
         result["plot"] = str(args.plot)
     print(f"frames {result['frames']}  path {result['path_length_m']} m  revisit queries {result['revisit_queries']}")
+    c = result["revisit_by_heading"]
+    if result["revisit_queries"]:
+        print(f"by heading: same {c['same']}  reverse {c['reverse']}  other {c['other']}; reachable by a map of K views: "
+              + "  ".join(f"K={k} {v:.3f}" for k, v in result["reachable_share"].items()) + " (K=1: the same-heading ceiling)")
     return result
 
 
@@ -230,6 +237,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from .model.io import load_model
 
     model, meta = load_model(args.model)
+    if any(k < 1 for k in args.views):
+        raise AttnLinkError(f"--views must be >= 1, got {args.views}")
     if args.loop_closure:
         return _eval_loops(args, model, meta)
     protocols = tuple(args.protocol) if args.protocol else ("cotemporal", "revisit")
@@ -238,7 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for seq in args.sequences:
             result[seq] = evaluate_sequence(model, args.data, seq, protocols, modes, Path(args.cache or tmp),
-                                            plots=args.plots, robustness=args.robustness, progress=not args.quiet)
+                                            plots=args.plots, robustness=args.robustness, progress=not args.quiet, views=args.views)
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
     return result
 
@@ -257,16 +266,23 @@ def _eval_loops(args: argparse.Namespace, model, meta) -> dict:
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seq in args.sequences:
-            plot = Path(args.plots) / f"loops_{Path(args.data).resolve().name}_{seq}_{modes[0]}.png" if args.plots else None
-            if plot:
-                plot.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                result[seq] = evaluate_loop_closure(model, args.data, seq, modes[0], cfg, Path(args.cache or tmp), plot, progress=not args.quiet)
-            except ValueError as exc:
-                raise AttnLinkError(str(exc)) from None
+            for K in args.views:
+                plot = Path(args.plots) / f"loops_{Path(args.data).resolve().name}_{seq}_{modes[0]}_K{K}.png" if args.plots else None
+                if plot:
+                    plot.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    r = evaluate_loop_closure(model, args.data, seq, modes[0], cfg, Path(args.cache or tmp), plot, progress=not args.quiet,
+                                              views=K, unverified=not args.verified_only)
+                except ValueError as exc:
+                    raise AttnLinkError(str(exc)) from None
+                if K == args.views[0]:
+                    result[seq] = r
+                if len(args.views) > 1:
+                    result[seq].setdefault("views_compared", {})[str(K)] = {k: r[k] for k in ("precision", "recall", "loops_published",
+                                                                                               "pose_error_median_m", "by_heading")}
     if len(args.sequences) == 1:  # the flat keys at the top level too
         r = result[args.sequences[0]]
-        result.update({k: r[k] for k in ("precision", "recall", "loops_published", "pose_error_median_m")})
+        result.update({k: r[k] for k in ("precision", "recall", "loops_published", "pose_error_median_m", "by_heading")})
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
     return result
 
@@ -312,11 +328,13 @@ def cmd_build_map(args: argparse.Namespace) -> dict:
     frames = None
     if args.frames:
         frames = [i for i in range(args.frames[0], min(args.frames[1], len(seq))) if seq.scan_path(i).is_file()]
+    if args.views < 1:
+        raise AttnLinkError(f"--views must be >= 1, got {args.views}")
     pm, stats = build_map_from_sequence(rec, seq, frames, args.index, args.batch, progress=not args.quiet,
-                                        scan_voxel=args.scan_voxel if args.scans else None)
+                                        scan_voxel=args.scan_voxel if args.scans else None, views=args.views)
     out = pm.save(args.out)
     scans = f"; scans stored ({stats['stored_scan_points'] / stats['places']:.0f} points a place)" if args.scans else ""
-    print(f"{out}: {stats['places']} places, {pm.dim}-D, {args.index} index; {stats['frames_per_second']:.1f} frames/s with {stats['backend']}{scans}")
+    print(f"{out}: {stats['places']} places x {pm.views} views, {pm.dim}-D, {args.index} index; {stats['frames_per_second']:.1f} frames/s with {stats['backend']}{scans}")
     return {"out": str(out), **stats, **pm.manifest}
 
 
@@ -330,7 +348,8 @@ def cmd_query(args: argparse.Namespace) -> list:
     points = seq.read_scan(args.frame) if args.mode in ("lidar", "fused") else None
     res = rec.query(Frame(float(seq.times[args.frame]), seq.calib, image, points), args.k, args.mode)
     for rank, h in enumerate(res.hits, 1):
-        print(f"{rank}. place {h['index']} (sequence {h['sequence']} frame {h['frame']}, t={h['stamp']:.2f} s) score {h['score']:.4f}")
+        print(f"{rank}. place {h['index']} (sequence {h['sequence']} frame {h['frame']}, t={h['stamp']:.2f} s) score {h['score']:.4f}"
+              f" view {h['view_yaw_deg']:+.0f} deg")
     return res.hits
 
 
@@ -391,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--loop-min-score", type=float, default=0.5, help="--loop-closure: smallest candidate score (default 0.5)")
     sp.add_argument("--min-inlier-ratio", type=float, default=0.7, help="--loop-closure: GICP acceptance (default 0.7)")
     sp.add_argument("--consistency", type=int, default=1, help="--loop-closure: consecutive agreeing detections (default 1 = off)")
+    sp.add_argument("--verified-only", action="store_true", help="--loop-closure: skip the run without verification")
+    sp.add_argument("--views", type=int, nargs="+", default=[DEFAULT_VIEWS], metavar="K",
+                    help=f"heading views a database place / keyframe (default {DEFAULT_VIEWS}); several K are compared in one run, "
+                         "the first one's table on top")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("export", cmd_export, "ONNX export per query mode (and TensorRT engines where TensorRT and a GPU are present)")
@@ -405,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="map directory to write")
     sp.add_argument("--frames", type=int, nargs=2, metavar=("START", "END"), help="map frames START <= i < END only")
     sp.add_argument("--index", choices=["flat", "ivf", "ivfpq", "hnsw"], default="flat", help="FAISS index (default exact)")
+    sp.add_argument("--views", type=int, default=DEFAULT_VIEWS,
+                    help=f"heading views a place (its scan turned by 360/K steps): found from any direction; 1 = camera view only (default {DEFAULT_VIEWS})")
     sp.add_argument("--scans", action="store_true",
                     help="store each place's scan (downsampled) so the node verifies relocalisation by GICP and publishes a metric pose")
     sp.add_argument("--scan-voxel", type=float, default=0.5, help="voxel (m) of the stored scans (default 0.5)")

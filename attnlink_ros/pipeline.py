@@ -112,6 +112,19 @@ class PlaceRecognizer:
         t2 = time.perf_counter()
         return Result(mode, desc, timings_ms={"prepare": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1)})
 
+    def encode_views(self, points: np.ndarray, calib: Calibration, yaws_deg, image_size: tuple[int, int] | None = None) -> np.ndarray:
+        """(K, D) LiDAR descriptors of a scan's heading views (retrieval/views.py), one batch: a
+        place of the map, or an online keyframe. View yaw 0 is the plain LiDAR descriptor.
+        ``image_size`` (w, h): the camera image's, where the calibration does not know it."""
+        from .retrieval.views import rotate_scan
+
+        size = image_size or calib.image_size
+        if size is None:
+            raise AttnLinkError("a LiDAR-only frame needs the calibration's image size")
+        grid = self.grid(calib, *size)
+        depth = np.stack([sparse_depth(rotate_scan(points, y), calib, grid)[None] for y in yaws_deg])  # (K, 1, h, w)
+        return self.backend("lidar").encode(depth=depth)
+
     @property
     def can_verify(self) -> bool:
         """Whether the loaded map stores its places' scans (``build-map --scans``)."""

@@ -119,10 +119,11 @@ def test_export_build_map_query(lite_model, synth_root, tmp_path):
         "--json", tmp_path / "b.json")
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["places"] == 24 and b["descriptor_dim"] == 256 and b["index_type"] == "flat"
+    assert b["views"] == 4 and b["vectors"] == 96 and b["view_yaws_deg"] == [0.0, 90.0, 180.0, -90.0] and b["format_version"] == 2
     run("query", "--map", tmp_path / "map", "--model", lite_model, "--data", synth_root, "--frame", "5", "--k", "4",
         "--mode", "lidar", "--backend", "torch", "--json", tmp_path / "q.json")
     hits = json.loads((tmp_path / "q.json").read_text())
-    assert len(hits) == 4 and set(hits[0]) == {"index", "sequence", "frame", "stamp", "pose", "score"}
+    assert len(hits) == 4 and set(hits[0]) == {"index", "sequence", "frame", "stamp", "pose", "score", "view", "view_yaw_deg"}
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True) and all(s <= 1.001 for s in scores) and len(hits[0]["pose"]) == 4
     # an untrained model is not discriminative; that its own scan scores ~1 is checked with the trained one
@@ -149,3 +150,47 @@ def test_shipped_model_finds_a_scans_own_place(synth_root, tmp_path):
             "--backend", "onnxruntime", "--json", tmp_path / "q.json")
         hits = json.loads((tmp_path / "q.json").read_text())
         assert abs(hits[0]["frame"] - frame) <= 1 and hits[0]["score"] > 0.99
+
+
+def test_views_1_map_is_the_camera_view_map(synth_root, tmp_path):
+    """build-map --views 1 holds exactly the one-view descriptors (each frame's FoV LiDAR
+    descriptor, as before heading views), and view 0 of a 4-view map is the same vectors."""
+    import numpy as np
+
+    from attnlink_ros.data.kitti import KittiSequence
+    from attnlink_ros.pipeline import Frame, PlaceRecognizer
+    from attnlink_ros.retrieval.place_map import PlaceMap
+
+    for k in (1, 4):
+        run("build-map", "--data", synth_root, "--out", tmp_path / f"m{k}", "--views", k, "--backend", "onnxruntime", "--quiet")
+    m1, m4 = PlaceMap.load(tmp_path / "m1"), PlaceMap.load(tmp_path / "m4")
+    v1 = m1.index.reconstruct_n(0, m1.index.ntotal)  # fp16 storage
+    v4 = m4.index.reconstruct_n(0, m4.index.ntotal).reshape(24, 4, -1)
+    seq = KittiSequence(synth_root, "00")
+    rec = PlaceRecognizer(None, None, backend="onnxruntime")
+    ref = np.stack([rec.encode(Frame(0.0, seq.calib, points=seq.read_scan(i)), "lidar").descriptor for i in range(24)])
+    assert m1.views == 1 and m1.manifest["view_yaws_deg"] == [0.0]
+    np.testing.assert_allclose(v1, ref, atol=1e-3)  # fp16 rounding of the stored vectors
+    np.testing.assert_allclose(v4[:, 0], v1, atol=1e-3)
+    assert np.abs(v4[:, 2] - v1).max() > 0.1  # the rear view is another descriptor
+    p = run("build-map", "--data", synth_root, "--out", tmp_path / "bad", "--views", 0, check=False)
+    assert p.returncode == 1 and "--views must be >= 1" in p.stderr
+
+
+def test_a_place_is_found_from_behind(synth_root, tmp_path):
+    """The shipped model and a 4-view map: a scan turned 180 degrees (the place driven the other way)
+    finds its own place through the rear view (yaw 180); the one-view map does not."""
+    from attnlink_ros.data.kitti import KittiSequence
+    from attnlink_ros.pipeline import Frame, PlaceRecognizer
+    from attnlink_ros.retrieval.views import rotate_scan
+
+    seq = KittiSequence(synth_root, "00")
+    run("build-map", "--data", synth_root, "--out", tmp_path / "m4", "--views", "4", "--backend", "onnxruntime", "--quiet")
+    run("build-map", "--data", synth_root, "--out", tmp_path / "m1", "--views", "1", "--backend", "onnxruntime", "--quiet")
+    rec4 = PlaceRecognizer(None, tmp_path / "m4", backend="onnxruntime")
+    rec1 = PlaceRecognizer(None, tmp_path / "m1", backend="onnxruntime")
+    for frame in (4, 20):
+        f = Frame(0.0, seq.calib, points=rotate_scan(seq.read_scan(frame), 180.0))
+        top = rec4.query(f, 3, "lidar").hits[0]
+        assert abs(top["frame"] - frame) <= 1 and top["view_yaw_deg"] == 180.0 and top["score"] > 0.95
+        assert rec1.query(f, 3, "lidar").hits[0]["score"] < 0.9

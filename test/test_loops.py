@@ -66,7 +66,36 @@ def test_online_map_exclusion_and_keyframes():
     assert sum(added) == 40 and m.frames[:3] == [0, 2, 4]
     assert m.search(d[0], 29.0, 3) == []  # nothing is 30 s older yet
     hits = m.search(d[0], 39.0, 3)
-    assert hits[0][0] == 0 and all(m.stamps[i] <= 9.0 for i, _ in hits)  # only keyframes <= t - 30 s
+    assert hits[0][0] == 0 and all(m.stamps[i] <= 9.0 for i, *_ in hits)  # only keyframes <= t - 30 s
+
+
+def test_online_map_answers_keyframes_at_their_best_view():
+    """K = 4 views a keyframe: a query like keyframe 3's rear view finds keyframe 3 with yaw 180."""
+    rng = np.random.default_rng(1)
+    d = rng.normal(size=(10, 4, 16)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=2, keepdims=True)
+    m = OnlineMap(16, LoopConfig(exclusion_s=0.0, keyframe_interval_s=1.0), views=4)
+    for i in range(10):
+        assert m.maybe_add(float(i), d[i], None, frame=i)
+    hits = m.search(d[3, 2], 100.0, 3)
+    assert hits[0][0] == 3 and hits[0][1] == pytest.approx(1.0) and hits[0][2] == 180.0
+    assert len({h[0] for h in hits}) == 3
+    with pytest.raises(ValueError, match="2 view descriptors"):
+        m.maybe_add(20.0, d[0, :2], None)
+
+
+def test_verify_registers_a_reverse_revisit_from_the_view_yaw(loop_drive):
+    """The same place passed the other way round (the live scan turned 180 degrees, 1.5 m across):
+    from the rear view's yaw GICP finds the true pose; from the forward starts it does not."""
+    from attnlink_ros.retrieval.views import rotate_scan
+
+    ps = downsample(loop_drive.read_scan(25), 0.5)
+    qs = rotate_scan(ps, 180.0) + np.array([1.5, 0.3, 0.0], np.float32)
+    truth = np.linalg.inv(np.array([[-1, 0, 0, 1.5], [0, -1, 0, 0.3], [0, 0, 1, 0], [0, 0, 0, 1]]))  # query LiDAR in the place frame
+    cfg = LoopConfig(yaw_guesses_deg=RELOCALIZE_YAWS_DEG)
+    v = verify(qs, ps, cfg, yaw_deg=180.0)
+    assert v.ok and np.linalg.norm(v.T[:3, 3] - truth[:3, 3]) < 0.05 and abs(v.T[0, 0] + 1) < 1e-3
+    assert not verify(qs, ps, cfg).ok
 
 
 def test_scan_store_round_trip_and_corruption(tmp_path):
@@ -169,13 +198,17 @@ def test_eval_loop_closure_cli(loop_drive, tmp_path):
     assert main(["eval", "--loop-closure", "--data", str(root), "--sequences", "00", "--plots", str(tmp_path),
                  "--json", str(tmp_path / "l.json"), "--quiet"]) == 0
     r = json.loads((tmp_path / "l.json").read_text())
-    for k in ("precision", "recall", "loops_published", "pose_error_median_m"):
+    for k in ("precision", "recall", "loops_published", "pose_error_median_m", "by_heading"):
         assert k in r and k in r["00"]
     v, u = r["00"]["verified"], r["00"]["unverified"]
+    assert r["00"]["views"] == 4 and v["by_heading"]["same"]["revisit_queries"] == len(QUERY_FRAMES)
+    assert set(v["by_heading"]) == {"same", "reverse", "other"} and v["false_loops"] == []
+    # without verification a false loop gets through, and it is listed with its figures
+    assert u["precision"] < 1.0 and {"query_frame", "match_frame", "distance_m", "score", "inlier_ratio"} <= set(u["false_loops"][0])
     assert v["revisit_queries"] == len(QUERY_FRAMES) and v["loops_published"] >= 5
     assert v["precision"] == 1.0 and v["recall"] >= 0.7 and v["pose_error_median_m"] < 0.2
     assert u["pose_error_median_m"] is None and len(v["curve"]) == 41
-    assert (tmp_path / f"loops_{root.name}_00_lidar.png").stat().st_size > 10_000
+    assert (tmp_path / f"loops_{root.name}_00_lidar_K4.png").stat().st_size > 10_000
     assert main(["eval", "--loop-closure", "--data", str(root), "--mode", "image", "--mode", "lidar", "--quiet"]) == 1
 
 
@@ -213,16 +246,21 @@ def test_map_with_scans_round_trip_and_refusals(scans_map, tmp_path, capsys):
     shutil.copytree(scans_map, bad)
     raw = (bad / "scans.npz").read_bytes()
     (bad / "scans.npz").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(DataError, match="scans.npz.*truncated or corrupt"):
+    with pytest.raises(DataError, match="scans.npz: stored scans does not match its sha256"):
         PlaceMap.load(bad)
     (bad / "scans.npz").unlink()
-    with pytest.raises(DataError, match="file is missing"):
+    with pytest.raises(DataError, match="stored scans not found"):
         PlaceMap.load(bad)
+    # a miscounted scan file (its checksum made to match) is still refused, after the checksum
+    from attnlink_ros.retrieval.place_map import sha256_file
+
     ScanStore(pm.scans.scans[:-1]).save(bad / "scans.npz")
+    man = json.loads((bad / "manifest.json").read_text())
+    man["files"]["scans.npz"] = sha256_file(bad / "scans.npz")
+    (bad / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(DataError, match=f"{len(MAP_FRAMES) - 1} stored scans for {len(MAP_FRAMES)} places"):
         PlaceMap.load(bad)
     # a map without scans still loads (relocalisation then publishes place poses, unverified)
-    man = json.loads((bad / "manifest.json").read_text())
     del man["scan_voxel_m"]
     (bad / "manifest.json").write_text(json.dumps(man))
     assert PlaceMap.load(bad).scans is None

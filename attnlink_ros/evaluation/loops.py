@@ -23,34 +23,67 @@ def _gt_relative(seq, place: int, query: int) -> np.ndarray:
     return np.linalg.inv(Tr) @ np.linalg.inv(seq.poses[place]) @ seq.poses[query] @ Tr
 
 
-def run_online(seq, desc: np.ndarray, frames: np.ndarray, cfg: LoopConfig, progress: bool = False) -> tuple[list[tuple[int, Loop]], list[int]]:
+def run_online(seq, desc: np.ndarray, frames: np.ndarray, cfg: LoopConfig, progress: bool = False,
+               key_desc: np.ndarray | None = None) -> tuple[list[tuple[int, Loop]], list[int]]:
     """(frame, loop) per frame of the drive, in time order, through one :class:`LoopDetector`;
-    and the frame of each keyframe index."""
+    and the frame of each keyframe index. ``key_desc`` (N, K, D): each frame's heading views, what
+    it holds as a keyframe (default: its query descriptor, one view)."""
     from tqdm import tqdm
 
-    det = LoopDetector(desc.shape[1], cfg)
+    views = 1 if key_desc is None else key_desc.shape[1]
+    det = LoopDetector(desc.shape[1], cfg, views=views)
     out = []
-    for j, f in enumerate(tqdm(frames, desc=f"loops {'verified' if cfg.verify else 'descriptor'}", disable=not progress)):
+    for j, f in enumerate(tqdm(frames, desc=f"loops {'verified' if cfg.verify else 'descriptor'} K={views}", disable=not progress)):
         scan = seq.read_scan(int(f))
-        out.append((int(f), det.step(float(seq.times[f]), desc[j], scan, frame=int(f))))
+        out.append((int(f), det.step(float(seq.times[f]), desc[j], scan, frame=int(f), key_desc=None if key_desc is None else key_desc[j])))
     return out, list(det.map.frames)
 
 
-def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits: set, thresholds: np.ndarray) -> dict:
-    """Precision / recall / pose error of published loops, and the curve over score thresholds."""
+def _heading_class(dh_deg: float) -> str:
+    from .protocols import SAME_HEADING_DEG
+
+    a = abs(float(dh_deg))
+    return "same" if a < SAME_HEADING_DEG else "reverse" if a > 180.0 - SAME_HEADING_DEG else "other"
+
+
+def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits: dict, thresholds: np.ndarray,
+                heading: np.ndarray | None = None) -> dict:
+    """Precision / recall / pose error of published loops, and the curve over score thresholds.
+
+    ``revisits``: revisit query frame -> its heading class. Precision is split by the heading
+    between the query and the matched place (``by_heading``), recall by the query's class; every
+    false loop is listed with its query, match, distance and registration figures."""
+    from ..retrieval.views import wrap_deg
+    from .protocols import HEADING_CLASSES
+
     published, true_pub, errors, rot_errors = 0, 0, [], []
     rows = []  # (score, is_true, is_revisit) of published loops
     recalled = set()
+    pub_by = {c: [0, 0] for c in HEADING_CLASSES}  # published, true
+    false_loops = []
     for f, loop in results:
         if not loop.published:
             continue
         place = keyframes[loop.index]
-        ok = float(np.linalg.norm(seq.xy[place] - seq.xy[f])) <= SUCCESS_RADIUS
+        dist = float(np.linalg.norm(seq.xy[place] - seq.xy[f]))
+        ok = dist <= SUCCESS_RADIUS
         published += 1
         true_pub += ok
         rows.append((loop.score, ok, f in revisits))
         if ok and f in revisits:
             recalled.add(f)
+        dh = float(wrap_deg(heading[place] - heading[f])) if heading is not None else 0.0
+        c = _heading_class(dh)
+        pub_by[c][0] += 1
+        pub_by[c][1] += ok
+        if not ok:
+            false_loops.append({"query_frame": int(f), "match_frame": int(place), "distance_m": round(dist, 2),
+                                "heading_difference_deg": round(dh, 1), "score": round(float(loop.score), 4),
+                                "view_yaw_deg": float(loop.view_yaw_deg), "verified": bool(loop.verified),
+                                "inlier_ratio": round(float(loop.inlier_ratio), 4),
+                                "error_per_inlier": round(float(loop.error_per_inlier), 5),
+                                "registered_offset_m": round(float(np.linalg.norm(loop.T[:3, 3])), 2) if loop.T is not None else None,
+                                "revisit_query": f in revisits})
         if loop.verified and loop.T is not None and seq.has_poses:
             gt = _gt_relative(seq, place, f)
             errors.append(float(np.linalg.norm(loop.T[:3, 3] - gt[:3, 3])))
@@ -63,7 +96,12 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
         rec = len({f for (f, loop) in results if loop.published and loop.score >= th and f in revisits
                    and np.linalg.norm(seq.xy[keyframes[loop.index]] - seq.xy[f]) <= SUCCESS_RADIUS}) / max(1, len(revisits))
         curve.append({"threshold": float(th), "precision": p, "recall": rec, "published": len(sel)})
+    by_heading = {c: {"published": pub_by[c][0], "precision": pub_by[c][1] / pub_by[c][0] if pub_by[c][0] else None,
+                      "revisit_queries": sum(1 for v in revisits.values() if v == c),
+                      "recall": (sum(1 for f in recalled if revisits[f] == c) / max(1, sum(1 for v in revisits.values() if v == c)))
+                      if any(v == c for v in revisits.values()) else None} for c in HEADING_CLASSES}
     return {"precision": true_pub / published if published else 1.0, "recall": len(recalled) / max(1, len(revisits)),
+            "by_heading": by_heading, "false_loops": false_loops,
             "loops_published": published, "true_loops_published": int(true_pub), "revisit_queries": len(revisits),
             "pose_error_median_m": float(np.median(errors)) if errors else None,
             "pose_error_p90_m": float(np.percentile(errors, 90)) if errors else None,
@@ -71,7 +109,10 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
 
 
 def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar", cfg: LoopConfig = LoopConfig(), cache_dir=None,
-                          plot: str | Path | None = None, progress: bool = False, echo=print) -> dict:
+                          plot: str | Path | None = None, progress: bool = False, echo=print, views: int = 1,
+                          unverified: bool = True) -> dict:
+    """Online loop closure over one drive (keyframes of ``views`` heading views), verified and
+    (``unverified``) without verification."""
     import tempfile
 
     from ..data.cache import FrameCache, build_cache
@@ -86,23 +127,39 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
     if not (path / "manifest.json").is_file():
         build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
     cache = FrameCache.open(path)
-    desc = encode_cache(model, cache, modes=(mode,), progress=progress)[mode]
+    from ..retrieval.views import view_yaws
+    from .protocols import heading_classes, headings_deg
+    from .recall import encode_views
+
+    enc = encode_cache(model, cache, modes=tuple(dict.fromkeys((mode, "lidar"))), progress=progress)
+    desc = enc[mode]
+    key_desc = encode_views(model, cache, seq, view_yaws(views), progress=progress, lidar=enc["lidar"])  # keyframes are LiDAR
     frames = np.asarray(cache.frames) if hasattr(cache, "frames") else np.arange(len(cache))
+    heading = np.zeros(len(seq.poses))
+    heading[frames] = headings_deg(seq.poses[frames])
     proto = revisit_queries(seq.xy[frames], seq.times[frames])
-    revisits = {int(frames[q]) for q in proto.queries}
+    cls = heading_classes(seq.xy[frames], heading[frames], proto)
+    revisits = {int(frames[q]): str(c) for q, c in zip(proto.queries, cls)}
     thresholds = np.round(np.linspace(0.0, 1.0, 41), 3)
-    out = {"sequence": sequence, "mode": mode, "config": dataclasses.asdict(cfg)}
+    out = {"sequence": sequence, "mode": mode, "views": int(views), "config": dataclasses.asdict(cfg)}
     for name, verify in (("verified", True), ("unverified", False)):
+        if not verify and not unverified:
+            continue
         c = dataclasses.replace(cfg, verify=verify)
-        det_results, keyframes = run_online(seq, desc, frames, c, progress)
-        out[name] = score_loops(seq, det_results, keyframes, revisits, thresholds)
+        det_results, keyframes = run_online(seq, desc, frames, c, progress, key_desc=key_desc)
+        out[name] = score_loops(seq, det_results, keyframes, revisits, thresholds, heading)
         r = out[name]
-        echo(f"{sequence} {mode} {name}: precision {r['precision']:.3f}, recall {r['recall']:.3f} of {r['revisit_queries']} revisit "
+        split = ", ".join(f"{k}: P {v['precision']:.3f} R {v['recall']:.3f}" if v["precision"] is not None and v["recall"] is not None
+                          else f"{k}: {v['published']} published, {v['revisit_queries']} queries" for k, v in r["by_heading"].items())
+        echo(f"{sequence} {mode} K={views} {name}: precision {r['precision']:.3f}, recall {r['recall']:.3f} of {r['revisit_queries']} revisit "
              f"queries, {r['loops_published']} loops published"
-             + (f", pose error median {r['pose_error_median_m']:.3f} m" if r["pose_error_median_m"] is not None else ""))
+             + (f", pose error median {r['pose_error_median_m']:.3f} m" if r["pose_error_median_m"] is not None else "") + f" [{split}]")
+        for fl in r["false_loops"][:20]:
+            echo(f"  false loop: query {fl['query_frame']} -> {fl['match_frame']} ({fl['distance_m']} m apart, heading {fl['heading_difference_deg']:+.0f} deg), "
+                 f"score {fl['score']}, view {fl['view_yaw_deg']:+.0f}, inliers {fl['inlier_ratio']}, error/inlier {fl['error_per_inlier']}")
     top = out["verified"]
-    out.update({k: top[k] for k in ("precision", "recall", "loops_published", "pose_error_median_m")})
-    if plot:
+    out.update({k: top[k] for k in ("precision", "recall", "loops_published", "pose_error_median_m", "by_heading")})
+    if plot and "unverified" in out:
         out["plot"] = str(plot_pr(out, plot, f"{Path(root).resolve().name} {sequence}: loop closures ({mode})"))
     return out
 

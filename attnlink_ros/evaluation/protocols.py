@@ -10,6 +10,13 @@ Protocols (each gives, for every query, the database it is matched against):
   same sequence, all of them (the query's own scan included).
 * ``revisit``: a query is a frame that has an earlier frame at least ``min_gap_s`` (30 s) older
   within ``SUCCESS_RADIUS``; its database is the frames at least ``min_gap_s`` older than it.
+
+Headings (:func:`heading_classes`): a revisit query is ``same`` when a database frame within
+``SUCCESS_RADIUS`` was driven within ``SAME_HEADING_DEG`` (45) of its heading, else ``reverse``
+when one was driven within 45 degrees of the opposite heading, else ``other`` (crossing at a
+turn). A map of K heading views can reach a query when some view turns a nearby place's heading
+to within 45 degrees of the query's (:func:`reachable`); with K = 1 that is the ``same`` share,
+the ceiling of a camera-view map.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ POSITIVE_RADIUS = 5.0
 SUCCESS_RADIUS = 10.0
 REVISIT_GAP_S = 30.0
 PROTOCOLS = ("cotemporal", "revisit")
+SAME_HEADING_DEG = 45.0
+HEADING_CLASSES = ("same", "reverse", "other")
 
 
 @dataclass(frozen=True)
@@ -117,10 +126,63 @@ def recall_curve(query_xy: np.ndarray, db_xy: np.ndarray, ranked: np.ndarray, db
     }
 
 
-def revisit_summary(xy: np.ndarray, times: np.ndarray) -> dict:
-    """What ``attnlink revisits`` reports: frames, path length, revisit queries."""
+def headings_deg(poses: np.ndarray) -> np.ndarray:
+    """(N,) driving direction in degrees in the ground plane (x-z of KITTI's camera-0 poses: the
+    camera's forward axis z projected onto it)."""
+    poses = np.asarray(poses)
+    return np.degrees(np.arctan2(poses[:, 2, 2], poses[:, 0, 2]))
+
+
+def _near_heading_offsets(xy, heading, proto: Protocol, radius: float = SUCCESS_RADIUS):
+    """Per query, the heading differences (degrees, wrapped) to its database frames within ``radius``."""
+    from ..retrieval.views import wrap_deg
+
+    xy = np.asarray(xy, np.float64)
+    for q, e in zip(proto.queries, proto.db_end):
+        near = np.flatnonzero(np.linalg.norm(xy[:e] - xy[q], axis=1) <= radius)
+        yield wrap_deg(heading[near] - heading[q])
+
+
+def heading_classes(xy: np.ndarray, heading: np.ndarray, proto: Protocol) -> np.ndarray:
+    """(Q,) class of each query of ``proto``: ``same``, ``reverse`` or ``other`` (module docstring)."""
+    out = []
+    for dh in _near_heading_offsets(xy, heading, proto):
+        a = np.abs(dh)
+        out.append("same" if np.any(a < SAME_HEADING_DEG) else "reverse" if np.any(a > 180.0 - SAME_HEADING_DEG) else "other")
+    return np.asarray(out, dtype="<U7")
+
+
+def reachable(xy: np.ndarray, heading: np.ndarray, proto: Protocol, yaws_deg) -> np.ndarray:
+    """(Q,) bool: a place within 10 m has a view (yaws ``yaws_deg``) within 45 degrees of the
+    query's heading (the ceiling of a map of those views)."""
+    from ..retrieval.views import wrap_deg
+
+    yaws = np.asarray(yaws_deg, np.float64)
+    return np.asarray([bool(len(dh)) and bool(np.any(np.abs(wrap_deg(dh[:, None] + yaws[None, :])) < SAME_HEADING_DEG))
+                       for dh in _near_heading_offsets(xy, heading, proto)], dtype=bool)
+
+
+def heading_summary(xy: np.ndarray, times: np.ndarray, heading: np.ndarray, views=(1, 2, 4, 8)) -> dict:
+    """Revisit queries by heading class and the share a map of K views can reach, per K."""
+    from ..retrieval.views import view_yaws
+
+    proto = revisit_queries(xy, times)
+    n = max(1, len(proto.queries))
+    cls = heading_classes(xy, heading, proto)
+    return {"revisit_by_heading": {c: int(np.sum(cls == c)) for c in HEADING_CLASSES},
+            "same_heading_share": round(float(np.sum(cls == "same")) / n, 3) if len(proto.queries) else None,
+            "reachable_share": {str(k): round(float(reachable(xy, heading, proto, view_yaws(k)).mean()), 3) if len(proto.queries) else None
+                                for k in views}}
+
+
+def revisit_summary(xy: np.ndarray, times: np.ndarray, heading: np.ndarray | None = None) -> dict:
+    """What ``attnlink revisits`` reports: frames, path length, revisit queries (and with
+    ``heading``, their heading classes and the ceiling of maps of 1, 2, 4, 8 views)."""
     from ..geometry.poses import path_length
 
     proto = revisit_queries(xy, times)
-    return {"frames": int(len(xy)), "path_length_m": round(path_length(xy), 1), "revisit_queries": int(len(proto.queries)),
-            "duration_s": round(float(times[-1] - times[0]), 1) if len(times) else 0.0}
+    out = {"frames": int(len(xy)), "path_length_m": round(path_length(xy), 1), "revisit_queries": int(len(proto.queries)),
+           "duration_s": round(float(times[-1] - times[0]), 1) if len(times) else 0.0}
+    if heading is not None:
+        out.update(heading_summary(xy, times, heading))
+    return out

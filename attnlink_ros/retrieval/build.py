@@ -12,10 +12,11 @@ from .place_map import PlaceMap, PlaceTable
 
 
 def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: int = 16, progress: bool = True,
-                            scan_voxel: float | None = None) -> tuple[PlaceMap, dict]:
+                            scan_voxel: float | None = None, views: int = 1) -> tuple[PlaceMap, dict]:
     """(map, stats) of ``seq``'s frames (default: every frame with a scan) encoded by ``rec``
-    (a :class:`~attnlink_ros.pipeline.PlaceRecognizer`) in LiDAR mode; with ``scan_voxel`` each
-    place's scan is stored too, downsampled to that voxel (m), for verified relocalisation."""
+    (a :class:`~attnlink_ros.pipeline.PlaceRecognizer`) in LiDAR mode, each place from ``views``
+    headings (retrieval/views.py; 1 = the camera's only); with ``scan_voxel`` each place's scan
+    is stored too, downsampled to that voxel (m), for verified relocalisation."""
     from tqdm import tqdm
 
     from ..pipeline import Frame
@@ -28,17 +29,21 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     calib = seq.calib
     if calib.image_size is None:
         raise AttnLinkError(f"{seq.dir}: no image to take the image size from")
+    from .views import rotate_scan, view_yaws
+
+    yaws = view_yaws(views)
     backend = rec.backend("lidar")
     t0 = time.perf_counter()
     descs = []
     from .loops import ScanStore
 
     store = ScanStore(voxel=scan_voxel) if scan_voxel else None
-    for s in tqdm(range(0, len(frames), batch), desc=f"map {seq.name}", unit="batch", disable=not progress):
-        scans = [seq.read_scan(i) for i in frames[s : s + batch]]
-        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=p), "lidar")["depth"]
-                                for i, p in zip(frames[s : s + batch], scans)])
-        descs.append(backend.encode(depth=depth))
+    step = max(1, batch // len(yaws))  # places a batch: views x places stays near ``batch``
+    for s in tqdm(range(0, len(frames), step), desc=f"map {seq.name} ({len(yaws)} views)", unit="batch", disable=not progress):
+        scans = [seq.read_scan(i) for i in frames[s : s + step]]
+        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=rotate_scan(p, y)), "lidar")["depth"]
+                                for i, p in zip(frames[s : s + step], scans) for y in yaws])  # place-major
+        descs.append(backend.encode(depth=depth).reshape(len(scans), len(yaws), -1))
         if store is not None:
             for p in scans:
                 store.add(p)
@@ -46,8 +51,10 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     poses = seq.poses[frames] if seq.has_poses else np.tile(np.eye(4), (len(frames), 1, 1))
     table = PlaceTable(poses, seq.times[frames], np.full(len(frames), seq.name), frames,
                        poses[:, [0, 2], 3] if seq.has_poses else np.zeros((len(frames), 2)))
-    pm = PlaceMap.build(np.concatenate(descs), table, rec.fingerprint, index, extra={"source": str(seq.dir), "backend": backend.describe()})
-    stats = {"places": int(len(frames)), "frames_per_second": round(len(frames) / elapsed, 2), "backend": backend.describe()}
+    pm = PlaceMap.build(np.concatenate(descs), table, rec.fingerprint, index, extra={"source": str(seq.dir), "backend": backend.describe()},
+                        view_yaws_deg=yaws)
+    stats = {"places": int(len(frames)), "views": len(yaws), "frames_per_second": round(len(frames) / elapsed, 2),
+             "seconds": round(elapsed, 2), "backend": backend.describe()}
     if store is not None:
         pm.attach_scans(store)
         stats["stored_scan_points"] = int(sum(len(x) for x in store.scans))

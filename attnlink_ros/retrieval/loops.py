@@ -1,10 +1,11 @@
 """Loop closures for SLAM: an online map that grows from the drive, geometric verification of
 candidates by GICP against the place's stored scan, temporal consistency (no rclpy here).
 
-* :class:`OnlineMap`: a keyframe's descriptor (and its downsampled scan) is added every
-  ``keyframe_interval_s``; a query matches only keyframes older than ``exclusion_s``.
+* :class:`OnlineMap`: a keyframe's descriptors (its K heading views, retrieval/views.py) and its
+  downsampled scan are added every ``keyframe_interval_s``; a query matches only keyframes older
+  than ``exclusion_s``, each keyframe at its best view.
 * :func:`verify`: GICP (small_gicp) of the live scan against the place's scan, from a few yaw
-  guesses (coarse, 1 m voxels) then refined; accepted on convergence, inlier ratio and a registered
+  guesses around the matched view's yaw (coarse, 1 m voxels) then refined; accepted on convergence, inlier ratio and a registered
   offset within ``max_distance_m`` (the loop radius SLAM and the ground truth use); the
   relative pose comes with a covariance from the registration's Hessian.
 * :class:`LoopDetector`: candidates in score order -> first verified one (or the top-1 when
@@ -32,15 +33,15 @@ class LoopConfig:
     voxel_m: float = 0.5  # stored-scan and fine-registration voxel
     min_inlier_ratio: float = 0.7  # share of the live scan's voxels with a correspondence after refinement
     max_correspondence_m: float = 1.0  # fine registration
-    yaw_guesses_deg: tuple = (0.0, 30.0, -30.0, 90.0, -90.0)  # coarse starts (revisits in another lane, at a turn)
+    yaw_guesses_deg: tuple = (0.0, 30.0, -30.0, 90.0, -90.0)  # coarse starts, added to the matched view's yaw (another lane, a turn)
     max_distance_m: float = 10.0  # a verified loop whose registered offset is farther is refused (SLAM's loop radius)
     consistency: int = 1  # consecutive detections that must agree before a loop is published (1 = off)
     consistency_window_s: float = 3.0  # agreeing: matched stamps within this of the previous detection's
 
 
 # Relocalisation against a prebuilt map (the node's verification in relocalize mode): a place
-# found by a FoV-limited descriptor is seen in the same direction, so the +-90 degree starts the
-# online loop closures need (revisits at a turn) are skipped. bench/bench_relocalize.py on town
+# found by a FoV-limited descriptor is seen in the direction of the matched view, so the +-90
+# degree starts the online loop closures need (revisits at a turn) are skipped. bench/bench_relocalize.py on town
 # 301 (358 queries): the same verified queries and errors with 3 starts as with 5, verification
 # 149 ms against 265 ms a query (2 cores).
 RELOCALIZE_YAWS_DEG = (0.0, 30.0, -30.0)
@@ -95,14 +96,21 @@ class ScanStore:
 
 
 class OnlineMap:
-    """The drive's own keyframes: descriptors, stamps, downsampled scans (and poses when known)."""
+    """The drive's own keyframes: descriptors (K heading views each), stamps, downsampled scans."""
 
-    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig()) -> None:
+    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig(), views: int = 1) -> None:
+        from .views import view_yaws
+
         self.cfg = cfg
-        self.desc = np.zeros((0, dim), np.float32)
+        self.view_yaws = view_yaws(views)  # (K,) degrees
+        self.desc = np.zeros((0, views, dim), np.float32)  # (M, K, D)
         self.stamps = np.zeros(0)
         self.scans = ScanStore(voxel=cfg.voxel_m)
         self.frames: list = []  # caller's frame ids (e.g. frame index), for evaluation
+
+    @property
+    def views(self) -> int:
+        return len(self.view_yaws)
 
     def __len__(self) -> int:
         return len(self.stamps)
@@ -112,23 +120,30 @@ class OnlineMap:
         return not len(self.stamps) or stamp - self.stamps[-1] >= self.cfg.keyframe_interval_s - 1e-3
 
     def maybe_add(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None, frame=None) -> bool:
-        """Adds a keyframe when ``keyframe_interval_s`` has passed since the last one."""
+        """Adds a keyframe when ``keyframe_interval_s`` has passed since the last one; ``desc`` is
+        (K, D), the keyframe's views at ``view_yaws`` (or (D,) when K = 1)."""
         if not self.due(stamp):
             return False
-        self.desc = np.concatenate([self.desc, np.asarray(desc, np.float32).reshape(1, -1)])
+        d = np.asarray(desc, np.float32).reshape(-1, self.desc.shape[2])
+        if len(d) != self.views:
+            raise ValueError(f"keyframe has {len(d)} view descriptors, the online map holds {self.views} a keyframe")
+        self.desc = np.concatenate([self.desc, d[None]])
         self.stamps = np.append(self.stamps, stamp)
         self.scans.scans.append(downsample(scan, self.cfg.voxel_m) if scan is not None else np.zeros((0, 3), np.float32))
         self.frames.append(frame)
         return True
 
-    def search(self, desc: np.ndarray, stamp: float, k: int) -> list[tuple[int, float]]:
-        """(keyframe index, score) of the k best keyframes older than the exclusion window."""
+    def search(self, desc: np.ndarray, stamp: float, k: int) -> list[tuple[int, float, float]]:
+        """(keyframe index, score, view yaw in degrees) of the k best keyframes older than the
+        exclusion window, each at its best view."""
         m = int(np.searchsorted(self.stamps, stamp - self.cfg.exclusion_s, side="right"))  # stamps ascend
         if m == 0:
             return []
-        scores = self.desc[:m] @ np.asarray(desc, np.float32).reshape(-1)
-        top = np.argsort(-scores)[:k]
-        return [(int(i), float(scores[i])) for i in top]
+        sims = self.desc[:m] @ np.asarray(desc, np.float32).reshape(-1)  # (m, K)
+        view = sims.argmax(1)
+        scores = sims[np.arange(m), view]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(i), float(scores[i]), float(self.view_yaws[view[i]])) for i in top]
 
 
 @dataclass
@@ -147,8 +162,9 @@ def _yaw(deg: float) -> np.ndarray:
     return T
 
 
-def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = LoopConfig()) -> Verification:
-    """GICP of the live scan (source) onto the place's scan (target)."""
+def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = LoopConfig(), yaw_deg: float = 0.0) -> Verification:
+    """GICP of the live scan (source) onto the place's scan (target), the coarse starts at
+    ``yaw_deg`` (the matched view's yaw) plus each of ``cfg.yaw_guesses_deg``."""
     import small_gicp
 
     fail = Verification(False, np.eye(4), np.full((6, 6), np.nan), 0.0, float("inf"))
@@ -160,7 +176,7 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
     src_c, _ = small_gicp.preprocess_points(q, downsampling_resolution=2 * cfg.voxel_m)
     best = None
     for yaw in cfg.yaw_guesses_deg:
-        r = small_gicp.align(tgt_c, src_c, tree_c, _yaw(yaw), max_correspondence_distance=5 * cfg.max_correspondence_m, max_iterations=30)
+        r = small_gicp.align(tgt_c, src_c, tree_c, _yaw(yaw_deg + yaw), max_correspondence_distance=5 * cfg.max_correspondence_m, max_iterations=30)
         if best is None or r.num_inliers > best.num_inliers:
             best = r
     tgt, tree = small_gicp.preprocess_points(p, downsampling_resolution=cfg.voxel_m)
@@ -183,7 +199,8 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
 
 def verify_hits(hits: list[dict], query_points: np.ndarray, scans: "ScanStore", cfg: LoopConfig = LoopConfig()) -> tuple[list[dict], int]:
     """Relocalisation against a prebuilt map with stored scans: GICP-verifies the first
-    ``cfg.candidates`` hits (best score first, those above ``cfg.min_score``); the first verified
+    ``cfg.candidates`` hits (best score first, those above ``cfg.min_score``; GICP starts from each
+    hit's ``view_yaw_deg``); the first verified
     one moves to the front with ``verified`` True, ``relative_pose`` (4x4, the live scan's LiDAR
     frame in the place scan's LiDAR frame) and ``covariance`` (6x6). Every hit gets a ``verified``
     flag. Returns (hits, registrations run); the given hits are copied, not changed."""
@@ -193,7 +210,7 @@ def verify_hits(hits: list[dict], query_points: np.ndarray, scans: "ScanStore", 
     for r, h in enumerate(out[: cfg.candidates]):
         if h["score"] < cfg.min_score:
             break
-        v = verify(qs, scans[h["index"]], cfg)
+        v = verify(qs, scans[h["index"]], cfg, h.get("view_yaw_deg", 0.0))
         checked += 1
         if v.ok:
             h.update(verified=True, relative_pose=v.T, covariance=v.covariance, inlier_ratio=v.inlier_ratio)
@@ -210,7 +227,10 @@ class Loop:
     index: int = -1  # keyframe / place index of the match
     t_match: float = float("nan")
     score: float = float("nan")
+    view_yaw_deg: float = 0.0  # yaw of the keyframe's view that matched
     verified: bool = False
+    inlier_ratio: float = float("nan")  # of the chosen candidate's registration (verified loops)
+    error_per_inlier: float = float("nan")
     T: np.ndarray | None = None
     covariance: np.ndarray | None = None
     published: bool = False
@@ -221,16 +241,18 @@ class Loop:
 class LoopDetector:
     """Online loop detection over an :class:`OnlineMap` (or any ``search``/``scans``/``stamps`` holder)."""
 
-    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig(), online_map: OnlineMap | None = None) -> None:
+    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig(), online_map: OnlineMap | None = None, views: int = 1) -> None:
         self.cfg = cfg
-        self.map = online_map if online_map is not None else OnlineMap(dim, cfg)
+        self.map = online_map if online_map is not None else OnlineMap(dim, cfg, views)
         self._streak: list[Loop] = []
 
-    def step(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None = None, frame=None, add: bool = True) -> Loop:
-        """Queries the map with this frame, then (``add``) offers it as a keyframe."""
+    def step(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None = None, frame=None, add: bool = True,
+             key_desc: np.ndarray | None = None) -> Loop:
+        """Queries the map with this frame, then (``add``) offers it as a keyframe with its view
+        descriptors ``key_desc`` (K, D) (default: ``desc``, for a one-view map)."""
         loop = self.query(stamp, desc, scan)
         if add:
-            self.map.maybe_add(stamp, desc, scan, frame)
+            self.map.maybe_add(stamp, desc if key_desc is None else key_desc, scan, frame)
         return loop
 
     def query(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None) -> Loop:
@@ -243,31 +265,32 @@ class LoopDetector:
             return loop
         chosen = None
         if cfg.verify and scan is None:
-            i, s = cands[0]
-            loop.index, loop.t_match, loop.score = i, float(self.map.stamps[i]), s
+            i, s, yaw = cands[0]
+            loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, yaw
             loop.reason = "no live scan to verify with"  # never published unverified when verification is on
             self._streak = []
             return loop
         if cfg.verify:
             qs = downsample(scan, cfg.voxel_m)
-            for i, s in cands:
-                v = verify(qs, self.map.scans[i], cfg)
+            for i, s, yaw in cands:
+                v = verify(qs, self.map.scans[i], cfg, yaw)
                 loop.checked.append((i, s, v.ok, v.inlier_ratio))
                 if v.ok:
-                    chosen = (i, s, v)
+                    chosen = (i, s, yaw, v)
                     break
             if chosen is None:
-                i, s = cands[0]
-                loop.index, loop.t_match, loop.score = i, float(self.map.stamps[i]), s
+                i, s, yaw = cands[0]
+                loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, yaw
                 loop.reason = "no candidate verified"
                 self._streak = []
                 return loop
         else:
-            chosen = (cands[0][0], cands[0][1], None)
-        i, s, v = chosen
-        loop.index, loop.t_match, loop.score = i, float(self.map.stamps[i]), s
+            chosen = (*cands[0], None)
+        i, s, yaw, v = chosen
+        loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, yaw
         if v is not None:
             loop.verified, loop.T, loop.covariance = True, v.T, v.covariance
+            loop.inlier_ratio, loop.error_per_inlier = v.inlier_ratio, v.error_per_inlier
         # temporal consistency: the previous detections matched nearby places
         if self._streak and abs(self._streak[-1].t_match - loop.t_match) > cfg.consistency_window_s:
             self._streak = []

@@ -2,9 +2,11 @@
 
 On disk (DESIGN.md 4.1), a directory:
 
-    manifest.json   format version, descriptor dimension, metric, index type, storage,
-                    model fingerprint, counts, creation time
-    index.faiss     the FAISS index (FAISS's own binary format, no pickle)
+    manifest.json   format version (2), descriptor dimension, metric, index type, storage,
+                    model fingerprint, counts (places, views per place, vectors), the views'
+                    yaws, creation time, and the sha256 of every other file (``files``)
+    index.faiss     the FAISS index (FAISS's own binary format, no pickle) over places x views
+                    vectors, place-major: vector ``j`` is view ``j % K`` of place ``j // K``
     places.npz      poses (N, 4, 4), stamps (N,), sequence (N,) str, frame (N,) int64, xy (N, 2)
                     (loaded with allow_pickle=False)
     scans.npz       optional (``build-map --scans``; manifest ``scan_voxel_m``): each place's LiDAR
@@ -13,10 +15,19 @@ On disk (DESIGN.md 4.1), a directory:
 
 Written to a temporary directory and renamed, so a crash never leaves half a map. The metric is
 inner product on L2-normalised descriptors (= cosine similarity; higher is better).
+
+Every file's sha256 is checked against the manifest before the file is parsed: ``faiss.read_index``
+trusts its input (reading an index from an untrusted file is a memory-corruption risk, faiss
+#5400), so a map that was altered after it was written is refused before FAISS sees a byte.
+Format 1 maps (no checksums, one view) are refused with one line: rebuild them.
+
+A place may be held as K heading views (retrieval/views.py): search answers places, each at its
+best view, with the view's yaw.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +41,7 @@ import numpy as np
 
 from ..errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METRIC = "inner_product"
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 
@@ -115,12 +126,24 @@ def faiss_metric_l2() -> int:
     return faiss.METRIC_L2
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
 class PlaceMap:
     def __init__(self, index, table: PlaceTable, manifest: dict, scans=None) -> None:
         self.index = index
         self.table = table
         self.manifest = manifest
         self.scans = scans  # retrieval.loops.ScanStore of the places, or None
+        self.view_yaws = np.asarray(manifest.get("view_yaws_deg", [0.0]), dtype=np.float64)  # (K,)
 
     def attach_scans(self, scans) -> None:
         """Stores each place's downsampled scan with the map (one per place, in place order)."""
@@ -133,20 +156,36 @@ class PlaceMap:
     def dim(self) -> int:
         return int(self.manifest["descriptor_dim"])
 
+    @property
+    def views(self) -> int:
+        """Views per place (K)."""
+        return len(self.view_yaws)
+
     def __len__(self) -> int:
         return len(self.table)
 
     @classmethod
     def build(cls, descriptors: np.ndarray, table: PlaceTable, model_fingerprint: str, index_type: str = "flat",
-              storage: str = "fp16", extra: dict | None = None) -> "PlaceMap":
+              storage: str = "fp16", extra: dict | None = None, view_yaws_deg=None) -> "PlaceMap":
+        """A map of ``descriptors`` (N, D), or (N, K, D) for K heading views per place taken at
+        ``view_yaws_deg`` (K,) degrees (default: retrieval.views.view_yaws(K))."""
+        from .views import view_yaws
+
         descriptors = _as_f32(descriptors)
-        if descriptors.ndim != 2 or len(descriptors) != len(table):
+        if descriptors.ndim == 2:
+            descriptors = descriptors[:, None, :]
+        if descriptors.ndim != 3 or len(descriptors) != len(table):
             raise ValueError(f"descriptors {descriptors.shape} do not match {len(table)} places")
-        index = make_index(descriptors, index_type, storage)
+        n, k, d = descriptors.shape
+        yaws = view_yaws(k) if view_yaws_deg is None else np.asarray(view_yaws_deg, dtype=np.float64)
+        if len(yaws) != k:
+            raise ValueError(f"{len(yaws)} view yaws for {k} views a place")
+        index = make_index(descriptors.reshape(n * k, d), index_type, storage)
         manifest = {
-            "format_version": FORMAT_VERSION, "descriptor_dim": int(descriptors.shape[1]), "metric": METRIC,
+            "format_version": FORMAT_VERSION, "descriptor_dim": int(d), "metric": METRIC,
             "index_type": index_type, "storage": storage, "model_fingerprint": model_fingerprint,
-            "places": len(table), "sequences": sorted(set(map(str, table.sequence))),
+            "places": len(table), "views": int(k), "vectors": int(n * k), "view_yaws_deg": [float(y) for y in yaws],
+            "sequences": sorted(set(map(str, table.sequence))),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
         }
         return cls(index, table, manifest)
@@ -168,29 +207,57 @@ class PlaceMap:
             return f"cpu: {self.manifest.get('index_type')} index has no GPU version ({str(exc).splitlines()[0][:60]})"
         return "gpu 0"
 
-    def search(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (B, k), indices (B, k)), best first; -1 where the map has fewer than k places."""
+    def search_views(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores (B, k), place indices (B, k), view indices (B, k)), best first, each place once
+        (at its best view); -1 (score -inf) where the map has fewer than k places."""
         q = _as_f32(queries)
         if q.ndim == 1:
             q = q[None]
         if q.shape[1] != self.dim:
             raise DataError(None, f"query descriptor dimension {q.shape[1]} does not match the map's {self.dim}")
-        scores, idx = self.index.search(q, int(k))
+        K, k = self.views, int(k)
+        # k places need at most k * K vectors (each place holds K of them)
+        scores, idx = self.index.search(q, min(k * K, int(self.index.ntotal)) if K > 1 else k)
         if self.index.metric_type == faiss_metric_l2():
             scores = 1.0 - scores / 2.0  # squared L2 between unit vectors = 2 - 2 cos
+        if K == 1:
+            return scores, idx, np.where(idx >= 0, 0, -1)
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        out_v = np.full((len(q), k), -1, np.int64)
+        for b in range(len(q)):
+            seen: set = set()
+            r = 0
+            for s, j in zip(scores[b], idx[b]):
+                if j < 0 or r == k:
+                    break
+                place = int(j) // K
+                if place in seen:
+                    continue
+                seen.add(place)
+                out_s[b, r], out_i[b, r], out_v[b, r] = s, place, int(j) % K
+                r += 1
+        return out_s, out_i, out_v
+
+    def search(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (B, k), place indices (B, k)), best first; -1 where the map has fewer than k places."""
+        scores, idx, _ = self.search_views(queries, k)
         return scores, idx
 
     def hits(self, queries: np.ndarray, k: int = 5) -> list[list[dict]]:
-        """Per query, the top-k places as dicts (index, sequence, frame, stamp, pose, score)."""
-        scores, idx = self.search(queries, k)
+        """Per query, the top-k places as dicts (index, sequence, frame, stamp, pose, score, and the
+        best view: ``view`` and ``view_yaw_deg``)."""
+        scores, idx, view = self.search_views(queries, k)
         t = self.table
         return [[{"index": int(i), "sequence": str(t.sequence[i]), "frame": int(t.frame[i]), "stamp": float(t.stamps[i]),
-                  "pose": t.poses[i].tolist(), "score": float(s)} for s, i in zip(srow, irow) if i >= 0]
-                for srow, irow in zip(scores, idx)]
+                  "pose": t.poses[i].tolist(), "score": float(s), "view": int(v), "view_yaw_deg": float(self.view_yaws[v])}
+                 for s, i, v in zip(srow, irow, vrow) if i >= 0]
+                for srow, irow, vrow in zip(scores, idx, view)]
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, out: str | Path) -> Path:
-        """Writes the map directory atomically (temporary sibling, then rename)."""
+        """Writes the map directory atomically (temporary sibling, then rename), every file's
+        sha256 in the manifest."""
         import faiss
 
         out = Path(out)
@@ -203,6 +270,7 @@ class PlaceMap:
                      sequence=np.asarray(t.sequence).astype(str), frame=t.frame.astype(np.int64), xy=t.xy.astype(np.float64))
             if self.scans is not None:
                 self.scans.save(tmp / "scans.npz")
+            self.manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
             (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
             if out.exists():
                 old = out.with_name(f".{out.name}.old")
@@ -217,10 +285,24 @@ class PlaceMap:
             raise
         return out
 
+    @staticmethod
+    def _checked(path: Path, manifest: dict, name: str, what: str) -> Path:
+        """``path / name`` after its sha256 matched the manifest's (before anything parses it)."""
+        f = path / name
+        want = (manifest.get("files") or {}).get(name)
+        if want is None:
+            raise DataError(path / "manifest.json", f"the manifest has no checksum for {name}")
+        if not f.is_file():
+            raise DataError(f, f"{what} not found")
+        if sha256_file(f) != want:
+            raise DataError(f, f"{what} does not match its sha256 in the manifest (altered or truncated): rebuild the map")
+        return f
+
     @classmethod
     def load(cls, path: str | Path, model_fingerprint: str | None = None, descriptor_dim: int | None = None) -> "PlaceMap":
         """Opens a map directory, refusing (DataError, one clear line) a wrong format version,
-        metric, dimension or model fingerprint, and a truncated or corrupt index or table."""
+        metric, dimension or model fingerprint, a file whose sha256 differs from the manifest's
+        (checked before the file is parsed), and inconsistent counts."""
         import faiss
 
         path = Path(path)
@@ -229,10 +311,14 @@ class PlaceMap:
             manifest = json.loads(man_path.read_text())
         except FileNotFoundError:
             raise DataError(path, "not a place map (no manifest.json)") from None
-        except json.JSONDecodeError as exc:
-            raise DataError(man_path, f"manifest is not valid JSON ({exc.msg})") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise DataError(man_path, f"map format version {manifest.get('format_version')} is not {FORMAT_VERSION}; rebuild the map")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(man_path, f"manifest is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        if not isinstance(manifest, dict):
+            raise DataError(man_path, "manifest is not a JSON object")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DataError(man_path, f"map format version {version} is not {FORMAT_VERSION} (checksummed, heading views): "
+                                      "rebuild the map with `attnlink build-map`")
         if manifest.get("metric") != METRIC:
             raise DataError(man_path, f"map metric {manifest.get('metric')!r} is not {METRIC!r}")
         if descriptor_dim is not None and manifest.get("descriptor_dim") != descriptor_dim:
@@ -240,29 +326,30 @@ class PlaceMap:
         if model_fingerprint is not None and manifest.get("model_fingerprint") != model_fingerprint:
             raise DataError(man_path, f"map was built with model {str(manifest.get('model_fingerprint'))[:12]}, "
                                       f"the loaded model is {model_fingerprint[:12]}: rebuild the map with this model")
+        n, views = manifest.get("places"), manifest.get("views")
+        yaws = manifest.get("view_yaws_deg")
+        if not isinstance(views, int) or views < 1 or not isinstance(yaws, list) or len(yaws) != views:
+            raise DataError(man_path, f"manifest views {views!r} and view_yaws_deg {yaws!r} disagree")
+        index_file = cls._checked(path, manifest, "index.faiss", "index")
+        table_file = cls._checked(path, manifest, "places.npz", "place table")
         try:
-            index = faiss.read_index(str(path / "index.faiss"))
+            index = faiss.read_index(str(index_file))
         except RuntimeError as exc:
-            raise DataError(path / "index.faiss", f"index unreadable: truncated or corrupt ({str(exc).splitlines()[0][:80]})") from None
+            raise DataError(index_file, f"index unreadable: truncated or corrupt ({str(exc).splitlines()[0][:80]})") from None
         try:
-            with np.load(path / "places.npz", allow_pickle=False) as z:
+            with np.load(table_file, allow_pickle=False) as z:
                 table = PlaceTable(z["poses"], z["stamps"], z["sequence"], z["frame"], z["xy"])
-        except FileNotFoundError:
-            raise DataError(path / "places.npz", "place table not found") from None
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(path / "places.npz", f"place table unreadable: truncated or corrupt ({exc})") from None
-        n = manifest.get("places")
+            raise DataError(table_file, f"place table unreadable: truncated or corrupt ({exc})") from None
         if index.d != manifest.get("descriptor_dim"):
-            raise DataError(path / "index.faiss", f"index is {index.d}-D, manifest says {manifest.get('descriptor_dim')}")
-        if index.ntotal != n or len(table) != n:
-            raise DataError(path, f"manifest counts {n} places, index holds {index.ntotal}, table {len(table)}")
+            raise DataError(index_file, f"index is {index.d}-D, manifest says {manifest.get('descriptor_dim')}")
+        if not isinstance(n, int) or index.ntotal != n * views or len(table) != n:
+            raise DataError(path, f"manifest counts {n} places x {views} views, index holds {index.ntotal} vectors, table {len(table)} places")
         scans = None
         if manifest.get("scan_voxel_m") is not None:
             from .loops import ScanStore
 
-            if not (path / "scans.npz").is_file():
-                raise DataError(path / "scans.npz", "the manifest lists stored scans but the file is missing")
-            scans = ScanStore.load(path / "scans.npz")
+            scans = ScanStore.load(cls._checked(path, manifest, "scans.npz", "stored scans"))
             if len(scans) != n:
                 raise DataError(path / "scans.npz", f"{len(scans)} stored scans for {n} places")
         return cls(index, table, manifest, scans)

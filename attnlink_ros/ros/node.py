@@ -59,11 +59,12 @@ MODES = NODE_PARAM_DOCS["mode"][1]
 # is "hit" (size = hits), dim[1] is "field" (size = len(MATCH_FIELDS)), its label the column names
 # joined by ",". place_*: the matched place's pose in the map frame (quaternion x, y, z, w);
 # rel_*: the query's pose relative to the place from geometric verification, NaN when the hit is
-# not verified (verified 0). Online mode answers a query without any candidate with one row whose
-# map_index is -1.
+# not verified (verified 0). view_yaw_deg: the heading view of the place that matched (degrees,
+# counter-clockwise about the LiDAR's z axis; 180 = the place was mapped driving the other way).
+# Online mode answers a query without any candidate with one row whose map_index is -1.
 MATCH_FIELDS = ("query_stamp", "map_index", "place_stamp", "score", "verified",
                 "place_x", "place_y", "place_z", "place_qx", "place_qy", "place_qz", "place_qw",
-                "rel_x", "rel_y", "rel_z", "rel_qx", "rel_qy", "rel_qz", "rel_qw")
+                "rel_x", "rel_y", "rel_z", "rel_qx", "rel_qy", "rel_qz", "rel_qw", "view_yaw_deg")
 LOOP_TOPIC = "lio_loop/loop_closure_detection"
 # online mode, a query without any candidate: one ~/match row with map_index -1 (score NaN)
 NO_CANDIDATE = {"index": -1, "stamp": float("nan"), "score": float("nan"), "pose": None, "verified": False}
@@ -115,6 +116,7 @@ def match_rows(query_stamp: float, hits: list[dict]) -> np.ndarray:
             rel = np.asarray(rel)
             rows[r, 12:15] = rel[:3, 3]
             rows[r, 15:19] = rotation_to_quaternion(rel[:3, :3])
+        rows[r, 19] = h.get("view_yaw_deg", 0.0)
     return rows
 
 
@@ -516,7 +518,8 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
 
             self.detector = LoopDetector(self.recognizer.cfg.descriptor_dim, LoopConfig(
                 exclusion_s=c.loop_min_gap, keyframe_interval_s=c.keyframe_interval, min_score=c.loop_min_score,
-                candidates=c.verify_candidates, verify=c.verify, min_inlier_ratio=c.min_inlier_ratio, consistency=c.consistency))
+                candidates=c.verify_candidates, verify=c.verify, min_inlier_ratio=c.min_inlier_ratio, consistency=c.consistency),
+                views=c.keyframe_views)
         elif self.recognizer.map is None:
             raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map` (or set map_mode: online)")
         self._verify = None
@@ -621,7 +624,11 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
             loop = det.query(frame.stamp, res.descriptor, frame.points if self.cfg.verify else None)
             t2 = time.perf_counter()
             if frame.points is not None and det.map.due(frame.stamp):
-                key = res.descriptor if mode == "lidar" else self.recognizer.encode(Frame(frame.stamp, frame.calib, points=frame.points), "lidar").descriptor
+                if det.map.views == 1:
+                    key = res.descriptor if mode == "lidar" else self.recognizer.encode(Frame(frame.stamp, frame.calib, points=frame.points), "lidar").descriptor
+                else:  # the keyframe's heading views, one batch (once a keyframe_interval, not per frame)
+                    size = (frame.image.shape[1], frame.image.shape[0]) if frame.image is not None else None
+                    key = self.recognizer.encode_views(frame.points, frame.calib, det.map.view_yaws, size)
                 det.map.maybe_add(frame.stamp, key, frame.points)
         except (AttnLinkError, ValueError) as exc:
             self._bad("query", str(exc))
@@ -631,7 +638,7 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
             if not loop.published:
                 self.counters["loop_candidates_rejected"] += 1
             hit = {"index": loop.index, "stamp": loop.t_match, "score": loop.score, "pose": None, "verified": loop.verified,
-                   "relative_pose": loop.T}
+                   "relative_pose": loop.T, "view_yaw_deg": loop.view_yaw_deg}
             self.outputs.publish(header, frame.stamp, [hit], self.counters, loop=loop.published)
         else:
             self.outputs.publish_match(frame.stamp, [NO_CANDIDATE])  # answered: one row, map_index -1
