@@ -139,24 +139,32 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     from .evaluation.protocols import revisit_queries
 
     out = Path(args.out)
+    if args.views < 1:
+        raise AttnLinkError(f"--views must be >= 1, got {args.views}")
     if args.data:
         seq = KittiSequence(args.data, args.sequence)
+        frames = [int(i) for i in seq.available_frames()]
+        map_frames, query_frames = frames[: len(frames) // 2], frames[len(frames) // 2 :]
     else:
-        write_synthetic_sequence(out / "town", SynthConfig(frames=args.frames, seed=args.seed), workers=args.workers, progress=not args.quiet)
+        # the synthetic route laps its first block clockwise twice, then drives it the other way
+        # round: the first lap (3/8 of the drive) is the map, the second half the live queries,
+        # which revisit the map in its own direction first, then in reverse; only those frames are rendered
+        n = args.frames
+        map_frames, query_frames = list(range(int(0.375 * n))), list(range(n // 2, n))
+        write_synthetic_sequence(out / "town", SynthConfig(frames=n, seed=args.seed), workers=args.workers, progress=not args.quiet,
+                                 only=map_frames + query_frames)
         seq = KittiSequence(out / "town", "00")
-    frames = [int(i) for i in seq.available_frames()]
-    if len(frames) < 2:
+    if len(map_frames) < 1 or len(query_frames) < 1:
         raise AttnLinkError(f"{seq.dir}: fewer than two frames with both a scan and an image")
     if not seq.has_poses:
         raise AttnLinkError(f"{seq.dir}: the demo needs ground-truth poses (dataset/poses/{seq.name}.txt) to score the hits")
-    result: dict[str, Any] = {"sequence_dir": str(seq.dir), "frames": len(frames)}
+    result: dict[str, Any] = {"sequence_dir": str(seq.dir), "frames": len(map_frames) + len(query_frames)}
     proto = revisit_queries(seq.xy, seq.times)
     result["trajectory_plot"] = str(plot_revisits(seq.xy, proto.queries, out / "trajectory.png", title=f"{seq.dir}"))
-    split = len(frames) // 2
     from .ros.demo import run_demo
 
-    result.update(run_demo(seq, out, args.model, args.mode, args.backend, frames[:split], frames[split:], rate=args.rate,
-                           progress=not args.quiet, print_every=args.print_every))
+    result.update(run_demo(seq, out, args.model, args.mode, args.backend, map_frames, query_frames, rate=args.rate,
+                           progress=not args.quiet, print_every=args.print_every, views=args.views))
     return result
 
 
@@ -478,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="out/demo", help="working folder (default out/demo)")
     sp.add_argument("--data", help="use this KITTI folder instead of a synthetic drive")
     sp.add_argument("--sequence", default="00", help="sequence of --data (default 00)")
-    sp.add_argument("--frames", type=int, default=600, help="frames of the synthetic drive (default 600)")
+    sp.add_argument("--frames", type=int, default=1200,
+                    help="frames of the synthetic drive (default 1200: map = its first 3/8, queries = its second half, with reverse revisits)")
+    sp.add_argument("--views", type=int, default=DEFAULT_VIEWS, help=f"heading views a map place (default {DEFAULT_VIEWS}; 1 = camera view only)")
     sp.add_argument("--seed", type=int, default=7, help="seed of the synthetic town (default 7)")
     sp.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
     sp.add_argument("--model", help="model artifact; default: the shipped model")

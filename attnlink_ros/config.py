@@ -135,7 +135,7 @@ class NodeConfig:
     loop_min_score: float = 0.5
     loop_min_gap: float = 30.0
     keyframe_interval: float = 1.0
-    keyframe_views: int = 4  # = retrieval.views.DEFAULT_VIEWS
+    keyframe_views: int = 2  # = retrieval.views.DEFAULT_VIEWS
     verify: bool = True
     verify_candidates: int = 3
     verify_async: bool = True

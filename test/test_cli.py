@@ -95,7 +95,9 @@ def test_synth_and_demo_on_it(tmp_path):
 def test_demo_default_path_small(tmp_path):
     run("demo", "--out", tmp_path / "demo", "--frames", "20", "--workers", "1", "--quiet", "--json", tmp_path / "d.json")
     d = json.loads((tmp_path / "d.json").read_text())
-    assert d["frames"] == 20 and d["answers"] == d["frames_replayed"] == 10 and d["mode"] == "fused"
+    # the map is the drive's first 3/8 (7 frames), the live queries its second half (10 frames); only those are rendered
+    assert d["frames"] == 17 and d["map_places"] == 7 and d["answers"] == d["frames_replayed"] == 10 and d["mode"] == "fused"
+    assert d["map_views"] == 2 and len(list((tmp_path / "demo/town/dataset/sequences/00/velodyne").glob("*.bin"))) == 17
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def test_export_build_map_query(lite_model, synth_root, tmp_path):
         "--json", tmp_path / "b.json")
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["places"] == 24 and b["descriptor_dim"] == 256 and b["index_type"] == "flat"
-    assert b["views"] == 4 and b["vectors"] == 96 and b["view_yaws_deg"] == [0.0, 90.0, 180.0, -90.0] and b["format_version"] == 2
+    assert b["views"] == 2 and b["vectors"] == 48 and b["view_yaws_deg"] == [0.0, 180.0] and b["format_version"] == 2
     run("query", "--map", tmp_path / "map", "--model", lite_model, "--data", synth_root, "--frame", "5", "--k", "4",
         "--mode", "lidar", "--backend", "torch", "--json", tmp_path / "q.json")
     hits = json.loads((tmp_path / "q.json").read_text())

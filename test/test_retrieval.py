@@ -182,3 +182,10 @@ def test_view_rotation_convention():
     back = (T[:3, :3] @ rotate_scan(p, 90.0)[:, :3].T).T
     np.testing.assert_allclose(back, p[:, :3], atol=1e-6)
     assert yaw_of(T) == pytest.approx(90.0)
+
+
+def test_node_and_cli_share_the_default_view_count():
+    from attnlink_ros.config import NodeConfig
+    from attnlink_ros.retrieval.views import DEFAULT_VIEWS
+
+    assert NodeConfig().keyframe_views == DEFAULT_VIEWS

@@ -22,7 +22,7 @@ import numpy as np
 
 # Views a place of a built map (``build-map --views``) and an online keyframe hold by default;
 # chosen on the validation towns (docs/model.md, "Heading views").
-DEFAULT_VIEWS = 4
+DEFAULT_VIEWS = 2
 
 
 def view_yaws(k: int) -> np.ndarray:

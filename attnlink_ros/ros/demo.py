@@ -15,7 +15,7 @@ import numpy as np
 
 
 def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "auto", map_frames=None, query_frames=None,
-             rate: float = 0.0, radius_m: float = 10.0, progress: bool = True, print_every: int = 10) -> dict:
+             rate: float = 0.0, radius_m: float = 10.0, progress: bool = True, print_every: int = 10, views: int = 4) -> dict:
     from ..evaluation.plots import plot_matches
     from ..pipeline import PlaceRecognizer
     from ..retrieval.build import build_map_from_sequence
@@ -26,15 +26,26 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     map_frames = list(range(n // 2)) if map_frames is None else list(map_frames)
     query_frames = list(range(n // 2, n)) if query_frames is None else list(query_frames)
     rec = PlaceRecognizer(model, None, backend=backend)
-    pm, stats = build_map_from_sequence(rec, seq, map_frames, progress=progress)
+    pm, stats = build_map_from_sequence(rec, seq, map_frames, progress=progress, views=views)
     map_dir = pm.save(out / "map")
-    print(f"map: {stats['places']} places of frames {map_frames[0]}-{map_frames[-1]} ({stats['frames_per_second']:.0f} frames/s, {stats['backend']})")
+    print(f"map: {stats['places']} places x {pm.views} heading views of frames {map_frames[0]}-{map_frames[-1]} "
+          f"({stats['frames_per_second']:.0f} frames/s, {stats['backend']})")
     del rec
-    # ground truth: a query counts when a map place lies within radius_m
+    # ground truth: a query counts when a map place lies within radius_m; its heading class says
+    # whether such a place was mapped driving the same way (same), only the other way (reverse) or across (other)
+    from ..evaluation.protocols import SAME_HEADING_DEG, headings_deg
+    from ..retrieval.views import wrap_deg
+
     xy = seq.xy
     mxy = xy[map_frames]
-    nearest = np.array([np.min(np.linalg.norm(mxy - xy[q], axis=1)) for q in query_frames])
-    answerable = {round(float(seq.times[q]), 6): bool(d <= radius_m) for q, d in zip(query_frames, nearest)}
+    heading = headings_deg(seq.poses)
+    answerable, heading_class = {}, {}
+    for q in query_frames:
+        t = round(float(seq.times[q]), 6)
+        near = np.linalg.norm(mxy - xy[q], axis=1) <= radius_m
+        answerable[t] = bool(near.any())
+        a = np.abs(wrap_deg(heading[map_frames][near] - heading[q]))
+        heading_class[t] = "same" if np.any(a < SAME_HEADING_DEG) else "reverse" if np.any(a > 180 - SAME_HEADING_DEG) else "other"
     truth_xy = {round(float(seq.times[q]), 6): xy[q] for q in query_frames}
 
     apply_transport_profile()
@@ -66,8 +77,9 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
             d = float(np.hypot(top["place_x"] - truth_xy[t][0], top["place_z"] - truth_xy[t][1])) if t in truth_xy else float("nan")
             if len(results) % print_every == 1 or print_every == 1:
                 ok = "ok" if d <= radius_m else ("--" if not answerable.get(t, False) else "WRONG")
+                how = f"{heading_class.get(t, '?')} heading" if answerable.get(t, False) else "no place near"
                 print(f"  t={t:7.1f} s  top-1 place {int(top['map_index']):4d} (t={top['place_stamp']:6.1f} s)  "
-                      f"score {top['score']:.3f}  {d:6.1f} m from truth  {ok}", flush=True)
+                      f"view {top['view_yaw_deg']:+4.0f} deg  score {top['score']:.3f}  {d:6.1f} m from truth  {ok:5s} ({how})", flush=True)
 
         listener.create_subscription(Float64MultiArray, "/attnlink/match", on_match, 50)
         ex = MultiThreadedExecutor(num_threads=2)
@@ -105,6 +117,11 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     qs = [t for t in results if answerable.get(t)]
     correct = [float(np.hypot(results[t][0]["place_x"] - truth_xy[t][0], results[t][0]["place_z"] - truth_xy[t][1])) <= radius_m for t in qs]
     r1 = float(np.mean(correct)) if qs else float("nan")
+    by_heading = {}
+    for c in ("same", "reverse", "other"):
+        ok_c = [ok for t, ok in zip(qs, correct) if heading_class[t] == c]
+        if ok_c:
+            by_heading[c] = {"recall@1": round(float(np.mean(ok_c)), 4), "queries": len(ok_c)}
     # plot: query positions, their top-1 places, green when right
     tq = np.array(sorted(qs))
     qi = np.array([int(np.argmin(np.abs(seq.times - t))) for t in tq], dtype=int)
@@ -114,6 +131,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     result = {
         "mode": mode, "map_places": int(len(map_frames)), "frames_replayed": int(rstats.frames), "answers": len(results),
         "queries_with_a_place_within_%gm" % radius_m: len(qs), "recall@1": round(r1, 4) if qs else None,
+        "map_views": int(views), "recall@1_by_heading": by_heading,
         "frame_rate_hz": round(rstats.frames / rstats.wall_s, 2) if rstats.wall_s else 0.0,
         "latency_ms_end_to_end_p50": round(float(np.percentile(e2e, 50)), 2) if len(e2e) else None,
         "latency_ms_end_to_end_p99": round(float(np.percentile(e2e, 99)), 2) if len(e2e) else None,
@@ -124,6 +142,8 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
           f"recall@1 {r1:.3f} over {len(qs)} queries with a map place within {radius_m:g} m; "
           f"latency (publish -> ~/match) p50 {result['latency_ms_end_to_end_p50']} ms, p99 {result['latency_ms_end_to_end_p99']} ms "
           f"(node {result['latency_ms_node_p50']} ms); {backend_desc}")
+    print("recall@1 by the heading the place was mapped in: " + ", ".join(
+        f"{c} {v['recall@1']:.3f} ({v['queries']} queries)" for c, v in by_heading.items()) + f"  [map of {views} heading views]")
     if plot:
         print(f"trajectory with matches: {plot}")
     return result
