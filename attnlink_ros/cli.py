@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import AttnLinkError
-from .retrieval.views import DEFAULT_VIEWS
+from .retrieval.views import DEFAULT_REVERSE_OFFSET_M, DEFAULT_VIEWS
 
 
 def _write_json(path: str | None, data: Any) -> None:
@@ -255,7 +255,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for seq in args.sequences:
             result[seq] = evaluate_sequence(model, args.data, seq, protocols, modes, Path(args.cache or tmp),
-                                            plots=args.plots, robustness=args.robustness, progress=not args.quiet, views=args.views)
+                                            plots=args.plots, robustness=args.robustness, progress=not args.quiet, views=args.views,
+                                            reverse_offset_m=args.reverse_offset)
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
     return result
 
@@ -280,7 +281,7 @@ def _eval_loops(args: argparse.Namespace, model, meta) -> dict:
                     plot.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     r = evaluate_loop_closure(model, args.data, seq, modes[0], cfg, Path(args.cache or tmp), plot, progress=not args.quiet,
-                                              views=K, unverified=not args.verified_only)
+                                              views=K, unverified=not args.verified_only, reverse_offset_m=args.reverse_offset)
                 except ValueError as exc:
                     raise AttnLinkError(str(exc)) from None
                 if K == args.views[0]:
@@ -339,7 +340,8 @@ def cmd_build_map(args: argparse.Namespace) -> dict:
     if args.views < 1:
         raise AttnLinkError(f"--views must be >= 1, got {args.views}")
     pm, stats = build_map_from_sequence(rec, seq, frames, args.index, args.batch, progress=not args.quiet,
-                                        scan_voxel=args.scan_voxel if args.scans else None, views=args.views)
+                                        scan_voxel=args.scan_voxel if args.scans else None, views=args.views,
+                                        reverse_offset_m=args.reverse_offset)
     out = pm.save(args.out)
     scans = f"; scans stored ({stats['stored_scan_points'] / stats['places']:.0f} points a place)" if args.scans else ""
     print(f"{out}: {stats['places']} places x {pm.views} views, {pm.dim}-D, {args.index} index; {stats['frames_per_second']:.1f} frames/s with {stats['backend']}{scans}")
@@ -422,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--views", type=int, nargs="+", default=[DEFAULT_VIEWS], metavar="K",
                     help=f"heading views a database place / keyframe (default {DEFAULT_VIEWS}); several K are compared in one run, "
                          "the first one's table on top")
+    sp.add_argument("--reverse-offset", type=float, default=DEFAULT_REVERSE_OFFSET_M, metavar="M",
+                    help=f"rear views are taken this far to the left of the scan (right-hand traffic; default {DEFAULT_REVERSE_OFFSET_M})")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("export", cmd_export, "ONNX export per query mode (and TensorRT engines where TensorRT and a GPU are present)")
@@ -438,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--index", choices=["flat", "ivf", "ivfpq", "hnsw"], default="flat", help="FAISS index (default exact)")
     sp.add_argument("--views", type=int, default=DEFAULT_VIEWS,
                     help=f"heading views a place (its scan turned by 360/K steps): found from any direction; 1 = camera view only (default {DEFAULT_VIEWS})")
+    sp.add_argument("--reverse-offset", type=float, default=DEFAULT_REVERSE_OFFSET_M, metavar="M",
+                    help=f"rear views are taken this far to the left of the scan, where the drive the other way passes "
+                         f"(right-hand traffic; negative for left-hand; default {DEFAULT_REVERSE_OFFSET_M})")
     sp.add_argument("--scans", action="store_true",
                     help="store each place's scan (downsampled) so the node verifies relocalisation by GICP and publishes a metric pose")
     sp.add_argument("--scan-voxel", type=float, default=0.5, help="voxel (m) of the stored scans (default 0.5)")

@@ -136,6 +136,7 @@ class NodeConfig:
     loop_min_gap: float = 30.0
     keyframe_interval: float = 1.0
     keyframe_views: int = 2  # = retrieval.views.DEFAULT_VIEWS
+    reverse_offset: float = 1.75  # = retrieval.views.DEFAULT_REVERSE_OFFSET_M
     verify: bool = True
     verify_candidates: int = 3
     verify_async: bool = True
@@ -175,6 +176,7 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "loop_min_gap": ("smallest |t_query - t_match| (s) of a loop; online: the exclusion window of recent frames", None, (0.0, 1e9)),
     "keyframe_interval": ("online: one keyframe (descriptor + downsampled scan) per this many seconds", None, (0.0, 3600.0)),
     "keyframe_views": ("online: heading views a keyframe holds (its scan turned by 360/K steps): loops are found driving either way; 1 = camera view only", None, (1, 36)),
+    "reverse_offset": ("online: a keyframe's rear views are taken this far (m) to its left, where the drive the other way passes (right-hand traffic; negative for left-hand)", None, (-20.0, 20.0)),
     "verify": ("GICP-verify candidates against the place's stored scan (needs the LiDAR; relocalize: a map built with --scans), publish verified loops only", None, None),
     "verify_candidates": ("candidates verified per query, best score first", None, (1, 20)),
     "verify_async": ("relocalize: verify in a process of its own; a frame arriving while it is busy is answered at once, unverified (counted verify_busy), so the node keeps the sensor rate", None, None),

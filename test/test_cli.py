@@ -125,7 +125,7 @@ def test_export_build_map_query(lite_model, synth_root, tmp_path):
     run("query", "--map", tmp_path / "map", "--model", lite_model, "--data", synth_root, "--frame", "5", "--k", "4",
         "--mode", "lidar", "--backend", "torch", "--json", tmp_path / "q.json")
     hits = json.loads((tmp_path / "q.json").read_text())
-    assert len(hits) == 4 and set(hits[0]) == {"index", "sequence", "frame", "stamp", "pose", "score", "view", "view_yaw_deg"}
+    assert len(hits) == 4 and set(hits[0]) == {"index", "sequence", "frame", "stamp", "pose", "score", "view", "view_yaw_deg", "view_offset_m"}
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True) and all(s <= 1.001 for s in scores) and len(hits[0]["pose"]) == 4
     # an untrained model is not discriminative; that its own scan scores ~1 is checked with the trained one
@@ -184,15 +184,18 @@ def test_a_place_is_found_from_behind(synth_root, tmp_path):
     finds its own place through the rear view (yaw 180); the one-view map does not."""
     from attnlink_ros.data.kitti import KittiSequence
     from attnlink_ros.pipeline import Frame, PlaceRecognizer
-    from attnlink_ros.retrieval.views import rotate_scan
+    from attnlink_ros.retrieval.views import rotate_scan, vertical_axis
 
     seq = KittiSequence(synth_root, "00")
+    up = vertical_axis(seq.calib.T_cam_lidar)
     run("build-map", "--data", synth_root, "--out", tmp_path / "m4", "--views", "4", "--backend", "onnxruntime", "--quiet")
     run("build-map", "--data", synth_root, "--out", tmp_path / "m1", "--views", "1", "--backend", "onnxruntime", "--quiet")
     rec4 = PlaceRecognizer(None, tmp_path / "m4", backend="onnxruntime")
     rec1 = PlaceRecognizer(None, tmp_path / "m1", backend="onnxruntime")
     for frame in (4, 20):
-        f = Frame(0.0, seq.calib, points=rotate_scan(seq.read_scan(frame), 180.0))
+        # the vehicle the other way round, on the other side of the road (the rear view's offset)
+        f = Frame(0.0, seq.calib, points=rotate_scan(seq.read_scan(frame), 180.0, up, (0.0, 1.75)))
         top = rec4.query(f, 3, "lidar").hits[0]
         assert abs(top["frame"] - frame) <= 1 and top["view_yaw_deg"] == 180.0 and top["score"] > 0.95
+        assert top["view_offset_m"] == [0.0, 1.75]
         assert rec1.query(f, 3, "lidar").hits[0]["score"] < 0.9

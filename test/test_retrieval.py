@@ -50,7 +50,7 @@ def test_round_trip_and_hits(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["map"]  # no temporary left behind
     pm2 = PlaceMap.load(tmp_path / "map", model_fingerprint="a" * 64, descriptor_dim=32)
     hits = pm2.hits(db[7:8], 3)[0]
-    assert hits[0]["index"] == 7 and set(hits[0]) == {"index", "sequence", "frame", "stamp", "pose", "score", "view", "view_yaw_deg"}
+    assert hits[0]["index"] == 7 and set(hits[0]) == {"index", "sequence", "frame", "stamp", "pose", "score", "view", "view_yaw_deg", "view_offset_m"}
     assert hits[0]["view"] == 0 and hits[0]["view_yaw_deg"] == 0.0
     assert hits[0]["pose"][0][3] == 7.0 and hits[0]["sequence"] == "00"
     man = json.loads((tmp_path / "map/manifest.json").read_text())
@@ -182,10 +182,25 @@ def test_view_rotation_convention():
     back = (T[:3, :3] @ rotate_scan(p, 90.0)[:, :3].T).T
     np.testing.assert_allclose(back, p[:, :3], atol=1e-6)
     assert yaw_of(T) == pytest.approx(90.0)
+    # about a tilted vertical (a LiDAR mounted with a lean): the axis is kept, lengths too
+    from attnlink_ros.retrieval.views import vertical_axis, view_rotation
+
+    Tr = np.eye(4)
+    Tr[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]  # LiDAR x forward, z up -> camera z forward, y down
+    np.testing.assert_allclose(vertical_axis(Tr), [0, 0, 1], atol=1e-12)
+    u = np.array([0.01, -0.008, 1.0])
+    u /= np.linalg.norm(u)
+    q = rotate_scan(p, 180.0, u)
+    np.testing.assert_allclose(np.linalg.norm(q[:, :3], axis=1), np.linalg.norm(p[:, :3], axis=1), rtol=1e-6)
+    np.testing.assert_allclose(q[:, :3] @ u, p[:, :3] @ u, atol=1e-6)  # height above the vertical axis kept
+    np.testing.assert_allclose(view_rotation(90.0, u) @ view_rotation(-90.0, u), np.eye(3), atol=1e-12)
+    np.testing.assert_array_equal(q[:, 3], p[:, 3])
 
 
 def test_node_and_cli_share_the_default_view_count():
     from attnlink_ros.config import NodeConfig
     from attnlink_ros.retrieval.views import DEFAULT_VIEWS
 
-    assert NodeConfig().keyframe_views == DEFAULT_VIEWS
+    from attnlink_ros.retrieval.views import DEFAULT_REVERSE_OFFSET_M
+
+    assert NodeConfig().keyframe_views == DEFAULT_VIEWS and NodeConfig().reverse_offset == DEFAULT_REVERSE_OFFSET_M

@@ -24,14 +24,14 @@ def _gt_relative(seq, place: int, query: int) -> np.ndarray:
 
 
 def run_online(seq, desc: np.ndarray, frames: np.ndarray, cfg: LoopConfig, progress: bool = False,
-               key_desc: np.ndarray | None = None) -> tuple[list[tuple[int, Loop]], list[int]]:
+               key_desc: np.ndarray | None = None, reverse_offset_m: float | None = None) -> tuple[list[tuple[int, Loop]], list[int]]:
     """(frame, loop) per frame of the drive, in time order, through one :class:`LoopDetector`;
     and the frame of each keyframe index. ``key_desc`` (N, K, D): each frame's heading views, what
     it holds as a keyframe (default: its query descriptor, one view)."""
     from tqdm import tqdm
 
     views = 1 if key_desc is None else key_desc.shape[1]
-    det = LoopDetector(desc.shape[1], cfg, views=views)
+    det = LoopDetector(desc.shape[1], cfg, views=views, reverse_offset_m=reverse_offset_m)
     out = []
     for j, f in enumerate(tqdm(frames, desc=f"loops {'verified' if cfg.verify else 'descriptor'} K={views}", disable=not progress)):
         scan = seq.read_scan(int(f))
@@ -110,7 +110,7 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
 
 def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar", cfg: LoopConfig = LoopConfig(), cache_dir=None,
                           plot: str | Path | None = None, progress: bool = False, echo=print, views: int = 1,
-                          unverified: bool = True) -> dict:
+                          unverified: bool = True, reverse_offset_m: float | None = None) -> dict:
     """Online loop closure over one drive (keyframes of ``views`` heading views), verified and
     (``unverified``) without verification."""
     import tempfile
@@ -133,7 +133,8 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
 
     enc = encode_cache(model, cache, modes=tuple(dict.fromkeys((mode, "lidar"))), progress=progress)
     desc = enc[mode]
-    key_desc = encode_views(model, cache, seq, view_yaws(views), progress=progress, lidar=enc["lidar"])  # keyframes are LiDAR
+    key_desc = encode_views(model, cache, seq, view_yaws(views), progress=progress, lidar=enc["lidar"],
+                            reverse_offset_m=reverse_offset_m)  # keyframes are LiDAR
     frames = np.asarray(cache.frames) if hasattr(cache, "frames") else np.arange(len(cache))
     heading = np.zeros(len(seq.poses))
     heading[frames] = headings_deg(seq.poses[frames])
@@ -146,7 +147,7 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
         if not verify and not unverified:
             continue
         c = dataclasses.replace(cfg, verify=verify)
-        det_results, keyframes = run_online(seq, desc, frames, c, progress, key_desc=key_desc)
+        det_results, keyframes = run_online(seq, desc, frames, c, progress, key_desc=key_desc, reverse_offset_m=reverse_offset_m)
         out[name] = score_loops(seq, det_results, keyframes, revisits, thresholds, heading)
         r = out[name]
         split = ", ".join(f"{k}: P {v['precision']:.3f} R {v['recall']:.3f}" if v["precision"] is not None and v["recall"] is not None

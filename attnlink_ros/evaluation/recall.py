@@ -69,23 +69,28 @@ def model_key(model: AttnLink) -> str:
 
 @torch.no_grad()
 def encode_views(model: AttnLink, cache: FrameCache, seq, yaws_deg, batch: int = 32, progress: bool = False,
-                 lidar: np.ndarray | None = None, store: bool = True) -> np.ndarray:
+                 lidar: np.ndarray | None = None, store: bool = True, reverse_offset_m: float | None = None) -> np.ndarray:
     """(N, K, D) LiDAR descriptors of the cached frames' heading views: each frame's full scan
     (read from ``seq``, the cache holds only the camera's part) turned by each yaw, FoV-converted
-    on the cache's grid and encoded. Yaw 0 is taken from ``lidar`` (N, D) when given: the same
+    on the cache's grid and encoded (rear views from ``reverse_offset_m`` to the left, default
+    retrieval.views.DEFAULT_REVERSE_OFFSET_M). Yaw 0 is taken from ``lidar`` (N, D) when given: the same
     descriptors the one-view evaluation uses, so K = 1 is exactly that. With ``store`` each yaw's
-    descriptors are kept in the cache folder (``views/<model digest>_<yaw>.npy``) and reused."""
+    descriptors are kept in the cache folder (``views/<model digest>_v<yaw>[_l<offset>].npy``) and reused."""
     from tqdm import tqdm
 
     from ..geometry.projection import sparse_depth
-    from ..retrieval.views import rotate_scan
+    from ..retrieval.views import DEFAULT_REVERSE_OFFSET_M, rotate_scan, vertical_axis, view_offsets
 
+    up = vertical_axis(seq.calib.T_cam_lidar)  # the cache's calibration holds only the projection
     yaws = [float(y) for y in yaws_deg]
+    rev = DEFAULT_REVERSE_OFFSET_M if reverse_offset_m is None else float(reverse_offset_m)
+    offset = {y: o for y, o in zip(yaws, view_offsets(yaws, rev))}
+    tag = {y: f"v{y:+.3f}" + (f"_l{offset[y][1]:.2f}" if offset[y][1] else "") for y in yaws}
     vdir = Path(cache.path) / "views" if store and getattr(cache, "path", None) else None
     key = model_key(model) if vdir else ""
     stored = {}
     for y in yaws:
-        f = vdir / f"{key}_{y:+.3f}.npy" if vdir else None
+        f = vdir / f"{key}_{tag[y]}.npy" if vdir else None
         if f is not None and f.is_file() and not (y == 0.0 and lidar is not None):
             stored[y] = np.load(f, allow_pickle=False)
     todo = [y for y in yaws if not (y == 0.0 and lidar is not None) and y not in stored]
@@ -97,7 +102,7 @@ def encode_views(model: AttnLink, cache: FrameCache, seq, yaws_deg, batch: int =
         depth = []
         for k in range(s, min(s + per, len(cache))):
             pts = seq.read_scan(int(cache.frames[k]))
-            depth.extend(sparse_depth(rotate_scan(pts, y), cache.calib, grid)[None] for y in todo)
+            depth.extend(sparse_depth(rotate_scan(pts, y, up, offset[y]), cache.calib, grid)[None] for y in todo)
         d = model(depth=torch.from_numpy(np.stack(depth))).descriptor.float().numpy().reshape(-1, len(todo), model.cfg.descriptor_dim)
         for j, y in enumerate(todo):
             got[y].append(d[:, j])
@@ -105,9 +110,9 @@ def encode_views(model: AttnLink, cache: FrameCache, seq, yaws_deg, batch: int =
         got[y] = np.concatenate(got[y])
         if vdir is not None:
             vdir.mkdir(exist_ok=True)
-            tmp = vdir / f".{key}_{y:+.3f}.tmp.npy"
+            tmp = vdir / f".{key}_{tag[y]}.tmp.npy"
             np.save(tmp, got[y])
-            tmp.replace(vdir / f"{key}_{y:+.3f}.npy")
+            tmp.replace(vdir / f"{key}_{tag[y]}.npy")
     got.update(stored)
     cols = [lidar if (y == 0.0 and lidar is not None) else got[y] for y in yaws]
     return np.stack(cols, 1).astype(np.float32)
@@ -177,7 +182,7 @@ def evaluate_descriptors(desc: dict[str, np.ndarray], xy: np.ndarray, times: np.
 
 def evaluate_sequence(model: AttnLink, root, sequence: str, protocols=PROTOCOLS, modes=("image", "lidar", "fused"),
                       cache_dir=None, plots=None, robustness: bool = False, progress: bool = False, echo=print,
-                      views=(1,)) -> dict:
+                      views=(1,), reverse_offset_m: float | None = None) -> dict:
     """What ``attnlink eval`` does for one sequence: cache, encode, recall per protocol and mode,
     fusion analysis, optional robustness study and PNG plots (Recall@N curves, top-1 match maps).
 
@@ -203,7 +208,8 @@ def evaluate_sequence(model: AttnLink, root, sequence: str, protocols=PROTOCOLS,
     heading = headings_deg(seq.poses[cache.frames]) if seq.has_poses else None
     views = [int(k) for k in views]
     all_yaws = sorted({float(y) for k in views for y in view_yaws(k)}, key=lambda y: (y != 0.0, y))
-    all_db = encode_views(model, cache, seq, all_yaws, progress=progress, lidar=desc["lidar"]) if all_yaws != [0.0] else desc["lidar"][:, None]
+    all_db = (encode_views(model, cache, seq, all_yaws, progress=progress, lidar=desc["lidar"], reverse_offset_m=reverse_offset_m)
+              if all_yaws != [0.0] else desc["lidar"][:, None])
     tables, top1 = {}, {}
     for K in views:
         yaws = view_yaws(K)

@@ -12,10 +12,11 @@ from .place_map import PlaceMap, PlaceTable
 
 
 def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: int = 16, progress: bool = True,
-                            scan_voxel: float | None = None, views: int = 1) -> tuple[PlaceMap, dict]:
+                            scan_voxel: float | None = None, views: int = 1, reverse_offset_m: float | None = None) -> tuple[PlaceMap, dict]:
     """(map, stats) of ``seq``'s frames (default: every frame with a scan) encoded by ``rec``
     (a :class:`~attnlink_ros.pipeline.PlaceRecognizer`) in LiDAR mode, each place from ``views``
-    headings (retrieval/views.py; 1 = the camera's only); with ``scan_voxel`` each place's scan
+    headings (retrieval/views.py; 1 = the camera's only; rear views taken ``reverse_offset_m`` to
+    the left, default ``DEFAULT_REVERSE_OFFSET_M``); with ``scan_voxel`` each place's scan
     is stored too, downsampled to that voxel (m), for verified relocalisation."""
     from tqdm import tqdm
 
@@ -29,9 +30,11 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     calib = seq.calib
     if calib.image_size is None:
         raise AttnLinkError(f"{seq.dir}: no image to take the image size from")
-    from .views import rotate_scan, view_yaws
+    from .views import DEFAULT_REVERSE_OFFSET_M, rotate_scan, vertical_axis, view_offsets, view_yaws
 
     yaws = view_yaws(views)
+    offsets = view_offsets(yaws, DEFAULT_REVERSE_OFFSET_M if reverse_offset_m is None else reverse_offset_m)
+    up = vertical_axis(calib.T_cam_lidar)
     backend = rec.backend("lidar")
     t0 = time.perf_counter()
     descs = []
@@ -41,8 +44,8 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     step = max(1, batch // len(yaws))  # places a batch: views x places stays near ``batch``
     for s in tqdm(range(0, len(frames), step), desc=f"map {seq.name} ({len(yaws)} views)", unit="batch", disable=not progress):
         scans = [seq.read_scan(i) for i in frames[s : s + step]]
-        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=rotate_scan(p, y)), "lidar")["depth"]
-                                for i, p in zip(frames[s : s + step], scans) for y in yaws])  # place-major
+        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=rotate_scan(p, y, up, o)), "lidar")["depth"]
+                                for i, p in zip(frames[s : s + step], scans) for y, o in zip(yaws, offsets)])  # place-major
         descs.append(backend.encode(depth=depth).reshape(len(scans), len(yaws), -1))
         if store is not None:
             for p in scans:
@@ -52,7 +55,7 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     table = PlaceTable(poses, seq.times[frames], np.full(len(frames), seq.name), frames,
                        poses[:, [0, 2], 3] if seq.has_poses else np.zeros((len(frames), 2)))
     pm = PlaceMap.build(np.concatenate(descs), table, rec.fingerprint, index, extra={"source": str(seq.dir), "backend": backend.describe()},
-                        view_yaws_deg=yaws)
+                        view_yaws_deg=yaws, view_offsets_m=offsets)
     stats = {"places": int(len(frames)), "views": len(yaws), "frames_per_second": round(len(frames) / elapsed, 2),
              "seconds": round(elapsed, 2), "backend": backend.describe()}
     if store is not None:

@@ -98,11 +98,12 @@ class ScanStore:
 class OnlineMap:
     """The drive's own keyframes: descriptors (K heading views each), stamps, downsampled scans."""
 
-    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig(), views: int = 1) -> None:
-        from .views import view_yaws
+    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig(), views: int = 1, reverse_offset_m: float | None = None) -> None:
+        from .views import DEFAULT_REVERSE_OFFSET_M, view_offsets, view_yaws
 
         self.cfg = cfg
         self.view_yaws = view_yaws(views)  # (K,) degrees
+        self.view_offsets = view_offsets(self.view_yaws, DEFAULT_REVERSE_OFFSET_M if reverse_offset_m is None else reverse_offset_m)  # (K, 2)
         self.desc = np.zeros((0, views, dim), np.float32)  # (M, K, D)
         self.stamps = np.zeros(0)
         self.scans = ScanStore(voxel=cfg.voxel_m)
@@ -121,7 +122,7 @@ class OnlineMap:
 
     def maybe_add(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None, frame=None) -> bool:
         """Adds a keyframe when ``keyframe_interval_s`` has passed since the last one; ``desc`` is
-        (K, D), the keyframe's views at ``view_yaws`` (or (D,) when K = 1)."""
+        (K, D), the keyframe's views at ``view_yaws`` from ``view_offsets`` (or (D,) when K = 1)."""
         if not self.due(stamp):
             return False
         d = np.asarray(desc, np.float32).reshape(-1, self.desc.shape[2])
@@ -133,9 +134,9 @@ class OnlineMap:
         self.frames.append(frame)
         return True
 
-    def search(self, desc: np.ndarray, stamp: float, k: int) -> list[tuple[int, float, float]]:
-        """(keyframe index, score, view yaw in degrees) of the k best keyframes older than the
-        exclusion window, each at its best view."""
+    def search(self, desc: np.ndarray, stamp: float, k: int) -> list[tuple[int, float, int]]:
+        """(keyframe index, score, view index) of the k best keyframes older than the exclusion
+        window, each at its best view (``view_yaws[view]``, ``view_offsets[view]``)."""
         m = int(np.searchsorted(self.stamps, stamp - self.cfg.exclusion_s, side="right"))  # stamps ascend
         if m == 0:
             return []
@@ -143,7 +144,7 @@ class OnlineMap:
         view = sims.argmax(1)
         scores = sims[np.arange(m), view]
         top = np.argsort(-scores, kind="stable")[:k]
-        return [(int(i), float(scores[i]), float(self.view_yaws[view[i]])) for i in top]
+        return [(int(i), float(scores[i]), int(view[i])) for i in top]
 
 
 @dataclass
@@ -162,9 +163,10 @@ def _yaw(deg: float) -> np.ndarray:
     return T
 
 
-def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = LoopConfig(), yaw_deg: float = 0.0) -> Verification:
-    """GICP of the live scan (source) onto the place's scan (target), the coarse starts at
-    ``yaw_deg`` (the matched view's yaw) plus each of ``cfg.yaw_guesses_deg``."""
+def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = LoopConfig(), yaw_deg: float = 0.0,
+           offset=None) -> Verification:
+    """GICP of the live scan (source) onto the place's scan (target), the coarse starts at the
+    matched view's pose (``yaw_deg`` plus each of ``cfg.yaw_guesses_deg``, at ``offset`` (x, y))."""
     import small_gicp
 
     fail = Verification(False, np.eye(4), np.full((6, 6), np.nan), 0.0, float("inf"))
@@ -176,7 +178,10 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
     src_c, _ = small_gicp.preprocess_points(q, downsampling_resolution=2 * cfg.voxel_m)
     best = None
     for yaw in cfg.yaw_guesses_deg:
-        r = small_gicp.align(tgt_c, src_c, tree_c, _yaw(yaw_deg + yaw), max_correspondence_distance=5 * cfg.max_correspondence_m, max_iterations=30)
+        start = _yaw(yaw_deg + yaw)
+        if offset is not None:
+            start[:2, 3] = offset
+        r = small_gicp.align(tgt_c, src_c, tree_c, start, max_correspondence_distance=5 * cfg.max_correspondence_m, max_iterations=30)
         if best is None or r.num_inliers > best.num_inliers:
             best = r
     tgt, tree = small_gicp.preprocess_points(p, downsampling_resolution=cfg.voxel_m)
@@ -200,7 +205,7 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
 def verify_hits(hits: list[dict], query_points: np.ndarray, scans: "ScanStore", cfg: LoopConfig = LoopConfig()) -> tuple[list[dict], int]:
     """Relocalisation against a prebuilt map with stored scans: GICP-verifies the first
     ``cfg.candidates`` hits (best score first, those above ``cfg.min_score``; GICP starts from each
-    hit's ``view_yaw_deg``); the first verified
+    hit's view: ``view_yaw_deg``, ``view_offset_m``); the first verified
     one moves to the front with ``verified`` True, ``relative_pose`` (4x4, the live scan's LiDAR
     frame in the place scan's LiDAR frame) and ``covariance`` (6x6). Every hit gets a ``verified``
     flag. Returns (hits, registrations run); the given hits are copied, not changed."""
@@ -210,7 +215,7 @@ def verify_hits(hits: list[dict], query_points: np.ndarray, scans: "ScanStore", 
     for r, h in enumerate(out[: cfg.candidates]):
         if h["score"] < cfg.min_score:
             break
-        v = verify(qs, scans[h["index"]], cfg, h.get("view_yaw_deg", 0.0))
+        v = verify(qs, scans[h["index"]], cfg, h.get("view_yaw_deg", 0.0), h.get("view_offset_m"))
         checked += 1
         if v.ok:
             h.update(verified=True, relative_pose=v.T, covariance=v.covariance, inlier_ratio=v.inlier_ratio)
@@ -241,9 +246,10 @@ class Loop:
 class LoopDetector:
     """Online loop detection over an :class:`OnlineMap` (or any ``search``/``scans``/``stamps`` holder)."""
 
-    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig(), online_map: OnlineMap | None = None, views: int = 1) -> None:
+    def __init__(self, dim: int, cfg: LoopConfig = LoopConfig(), online_map: OnlineMap | None = None, views: int = 1,
+                 reverse_offset_m: float | None = None) -> None:
         self.cfg = cfg
-        self.map = online_map if online_map is not None else OnlineMap(dim, cfg, views)
+        self.map = online_map if online_map is not None else OnlineMap(dim, cfg, views, reverse_offset_m)
         self._streak: list[Loop] = []
 
     def step(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None = None, frame=None, add: bool = True,
@@ -255,6 +261,14 @@ class LoopDetector:
             self.map.maybe_add(stamp, desc if key_desc is None else key_desc, scan, frame)
         return loop
 
+    def _yaw(self, view: int) -> float:
+        yaws = getattr(self.map, "view_yaws", None)
+        return 0.0 if yaws is None else float(yaws[view])
+
+    def _offset(self, view: int):
+        offs = getattr(self.map, "view_offsets", None)
+        return None if offs is None else offs[view]
+
     def query(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None) -> Loop:
         cfg = self.cfg
         loop = Loop(stamp)
@@ -265,29 +279,29 @@ class LoopDetector:
             return loop
         chosen = None
         if cfg.verify and scan is None:
-            i, s, yaw = cands[0]
-            loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, yaw
+            i, s, view = cands[0]
+            loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, self._yaw(view)
             loop.reason = "no live scan to verify with"  # never published unverified when verification is on
             self._streak = []
             return loop
         if cfg.verify:
             qs = downsample(scan, cfg.voxel_m)
-            for i, s, yaw in cands:
-                v = verify(qs, self.map.scans[i], cfg, yaw)
+            for i, s, view in cands:
+                v = verify(qs, self.map.scans[i], cfg, self._yaw(view), self._offset(view))
                 loop.checked.append((i, s, v.ok, v.inlier_ratio))
                 if v.ok:
-                    chosen = (i, s, yaw, v)
+                    chosen = (i, s, view, v)
                     break
             if chosen is None:
-                i, s, yaw = cands[0]
-                loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, yaw
+                i, s, view = cands[0]
+                loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, self._yaw(view)
                 loop.reason = "no candidate verified"
                 self._streak = []
                 return loop
         else:
             chosen = (*cands[0], None)
-        i, s, yaw, v = chosen
-        loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, yaw
+        i, s, view, v = chosen
+        loop.index, loop.t_match, loop.score, loop.view_yaw_deg = i, float(self.map.stamps[i]), s, self._yaw(view)
         if v is not None:
             loop.verified, loop.T, loop.covariance = True, v.T, v.covariance
             loop.inlier_ratio, loop.error_per_inlier = v.inlier_ratio, v.error_per_inlier

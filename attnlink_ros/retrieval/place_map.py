@@ -144,6 +144,7 @@ class PlaceMap:
         self.manifest = manifest
         self.scans = scans  # retrieval.loops.ScanStore of the places, or None
         self.view_yaws = np.asarray(manifest.get("view_yaws_deg", [0.0]), dtype=np.float64)  # (K,)
+        self.view_offsets = np.asarray(manifest.get("view_offsets_m", np.zeros((len(self.view_yaws), 2))), dtype=np.float64)  # (K, 2)
 
     def attach_scans(self, scans) -> None:
         """Stores each place's downsampled scan with the map (one per place, in place order)."""
@@ -166,9 +167,10 @@ class PlaceMap:
 
     @classmethod
     def build(cls, descriptors: np.ndarray, table: PlaceTable, model_fingerprint: str, index_type: str = "flat",
-              storage: str = "fp16", extra: dict | None = None, view_yaws_deg=None) -> "PlaceMap":
+              storage: str = "fp16", extra: dict | None = None, view_yaws_deg=None, view_offsets_m=None) -> "PlaceMap":
         """A map of ``descriptors`` (N, D), or (N, K, D) for K heading views per place taken at
-        ``view_yaws_deg`` (K,) degrees (default: retrieval.views.view_yaws(K))."""
+        ``view_yaws_deg`` (K,) degrees (default: retrieval.views.view_yaws(K)) from
+        ``view_offsets_m`` (K, 2) (x, y in the place's LiDAR frame; default all at the scan)."""
         from .views import view_yaws
 
         descriptors = _as_f32(descriptors)
@@ -180,11 +182,13 @@ class PlaceMap:
         yaws = view_yaws(k) if view_yaws_deg is None else np.asarray(view_yaws_deg, dtype=np.float64)
         if len(yaws) != k:
             raise ValueError(f"{len(yaws)} view yaws for {k} views a place")
+        offsets = np.zeros((k, 2)) if view_offsets_m is None else np.asarray(view_offsets_m, dtype=np.float64).reshape(k, 2)
         index = make_index(descriptors.reshape(n * k, d), index_type, storage)
         manifest = {
             "format_version": FORMAT_VERSION, "descriptor_dim": int(d), "metric": METRIC,
             "index_type": index_type, "storage": storage, "model_fingerprint": model_fingerprint,
             "places": len(table), "views": int(k), "vectors": int(n * k), "view_yaws_deg": [float(y) for y in yaws],
+            "view_offsets_m": offsets.tolist(),
             "sequences": sorted(set(map(str, table.sequence))),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
         }
@@ -246,11 +250,12 @@ class PlaceMap:
 
     def hits(self, queries: np.ndarray, k: int = 5) -> list[list[dict]]:
         """Per query, the top-k places as dicts (index, sequence, frame, stamp, pose, score, and the
-        best view: ``view`` and ``view_yaw_deg``)."""
+        best view: ``view``, ``view_yaw_deg`` and ``view_offset_m`` (x, y))."""
         scores, idx, view = self.search_views(queries, k)
         t = self.table
         return [[{"index": int(i), "sequence": str(t.sequence[i]), "frame": int(t.frame[i]), "stamp": float(t.stamps[i]),
-                  "pose": t.poses[i].tolist(), "score": float(s), "view": int(v), "view_yaw_deg": float(self.view_yaws[v])}
+                  "pose": t.poses[i].tolist(), "score": float(s), "view": int(v), "view_yaw_deg": float(self.view_yaws[v]),
+                  "view_offset_m": self.view_offsets[v].tolist()}
                  for s, i, v in zip(srow, irow, vrow) if i >= 0]
                 for srow, irow, vrow in zip(scores, idx, view)]
 
@@ -328,8 +333,10 @@ class PlaceMap:
                                       f"the loaded model is {model_fingerprint[:12]}: rebuild the map with this model")
         n, views = manifest.get("places"), manifest.get("views")
         yaws = manifest.get("view_yaws_deg")
-        if not isinstance(views, int) or views < 1 or not isinstance(yaws, list) or len(yaws) != views:
-            raise DataError(man_path, f"manifest views {views!r} and view_yaws_deg {yaws!r} disagree")
+        offs = manifest.get("view_offsets_m")
+        if (not isinstance(views, int) or views < 1 or not isinstance(yaws, list) or len(yaws) != views
+                or not isinstance(offs, list) or np.asarray(offs).shape != (views, 2)):
+            raise DataError(man_path, f"manifest views {views!r}, view_yaws_deg {yaws!r} and view_offsets_m {offs!r} disagree")
         index_file = cls._checked(path, manifest, "index.faiss", "index")
         table_file = cls._checked(path, manifest, "places.npz", "place table")
         try:

@@ -519,7 +519,7 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
             self.detector = LoopDetector(self.recognizer.cfg.descriptor_dim, LoopConfig(
                 exclusion_s=c.loop_min_gap, keyframe_interval_s=c.keyframe_interval, min_score=c.loop_min_score,
                 candidates=c.verify_candidates, verify=c.verify, min_inlier_ratio=c.min_inlier_ratio, consistency=c.consistency),
-                views=c.keyframe_views)
+                views=c.keyframe_views, reverse_offset_m=c.reverse_offset)
         elif self.recognizer.map is None:
             raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map` (or set map_mode: online)")
         self._verify = None
@@ -628,7 +628,7 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
                     key = res.descriptor if mode == "lidar" else self.recognizer.encode(Frame(frame.stamp, frame.calib, points=frame.points), "lidar").descriptor
                 else:  # the keyframe's heading views, one batch (once a keyframe_interval, not per frame)
                     size = (frame.image.shape[1], frame.image.shape[0]) if frame.image is not None else None
-                    key = self.recognizer.encode_views(frame.points, frame.calib, det.map.view_yaws, size)
+                    key = self.recognizer.encode_views(frame.points, frame.calib, det.map.view_yaws, size, det.map.view_offsets)
                 det.map.maybe_add(frame.stamp, key, frame.points)
         except (AttnLinkError, ValueError) as exc:
             self._bad("query", str(exc))
