@@ -36,10 +36,12 @@ def model_and_map(synth_root, tmp_path_factory):
     save_model(AttnLink(variant("attnlink-lite")).eval(), tmp / "lite")
     seq = KittiSequence(synth_root, "00")
     rec = PlaceRecognizer(tmp / "lite", None, backend="torch")
-    depth = np.concatenate([rec.prepare(Frame(0.0, seq.calib, points=seq.read_scan(i)), "lidar")["depth"] for i in range(len(seq))])
-    desc = rec.backend("lidar").encode(depth=depth)
+    from attnlink_ros.retrieval.views import view_offsets, view_yaws
+
+    yaws = view_yaws(2)  # places held as two heading views (0, 180)
+    desc = np.stack([rec.encode_views(seq.read_scan(i), seq.calib, yaws, offsets=view_offsets(yaws)) for i in range(len(seq))])
     table = PlaceTable(seq.poses, seq.times, np.full(len(seq), "00"), np.arange(len(seq)), seq.xy)
-    PlaceMap.build(desc, table, rec.fingerprint).save(tmp / "map")
+    PlaceMap.build(desc, table, rec.fingerprint, view_yaws_deg=yaws, view_offsets_m=view_offsets(yaws)).save(tmp / "map")
     return tmp / "lite", tmp / "map", seq
 
 
@@ -123,6 +125,8 @@ def test_node_end_to_end(ros, model_and_map):
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert hits[0]["place_x"] == pytest.approx(places[-1].pose.pose.position.x)
     assert hits[0]["place_stamp"] == pytest.approx(float(seq.times[int(hits[0]["map_index"])]))
+    # each place once, at its best heading view (column view_yaw_deg)
+    assert len({h["map_index"] for h in hits}) == 5 and all(h["view_yaw_deg"] in (0.0, 180.0) for h in hits)
     # LIO-SAM pairs [t_query, t_match] (thresholds opened in this test), markers: map places + match
     assert len(loops) == len(places) and list(loops[-1].data) == pytest.approx([hits[0]["query_stamp"], hits[0]["place_stamp"]])
     assert markers and len(markers[0].markers[0].points) == 24

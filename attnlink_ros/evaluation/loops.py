@@ -57,6 +57,7 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
     from .protocols import HEADING_CLASSES
 
     published, true_pub, errors, rot_errors = 0, 0, [], []
+    true_fit = []  # (inlier ratio, error per inlier) of true verified loops
     rows = []  # (score, is_true, is_revisit) of published loops
     recalled = set()
     pub_by = {c: [0, 0] for c in HEADING_CLASSES}  # published, true
@@ -76,6 +77,8 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
         c = _heading_class(dh)
         pub_by[c][0] += 1
         pub_by[c][1] += ok
+        if ok and loop.verified:
+            true_fit.append((loop.inlier_ratio, loop.error_per_inlier))
         if not ok:
             false_loops.append({"query_frame": int(f), "match_frame": int(place), "distance_m": round(dist, 2),
                                 "heading_difference_deg": round(dh, 1), "score": round(float(loop.score), 4),
@@ -102,6 +105,11 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
                       if any(v == c for v in revisits.values()) else None} for c in HEADING_CLASSES}
     return {"precision": true_pub / published if published else 1.0, "recall": len(recalled) / max(1, len(revisits)),
             "by_heading": by_heading, "false_loops": false_loops,
+            "true_loop_registration": {"inlier_ratio_p5": float(np.percentile([f[0] for f in true_fit], 5)),
+                                       "error_per_inlier_p50": float(np.percentile([f[1] for f in true_fit], 50)),
+                                       "error_per_inlier_p95": float(np.percentile([f[1] for f in true_fit], 95)),
+                                       "error_per_inlier_p99": float(np.percentile([f[1] for f in true_fit], 99)),
+                                       "error_per_inlier_max": float(np.max([f[1] for f in true_fit]))} if true_fit else None,
             "loops_published": published, "true_loops_published": int(true_pub), "revisit_queries": len(revisits),
             "pose_error_median_m": float(np.median(errors)) if errors else None,
             "pose_error_p90_m": float(np.percentile(errors, 90)) if errors else None,
@@ -142,6 +150,8 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
     cls = heading_classes(seq.xy[frames], heading[frames], proto)
     revisits = {int(frames[q]): str(c) for q, c in zip(proto.queries, cls)}
     thresholds = np.round(np.linspace(0.0, 1.0, 41), 3)
+    if cfg.distance_point == (0.0, 0.0, 0.0):  # the loop radius between camera centres, as the ground truth
+        cfg = dataclasses.replace(cfg, distance_point=tuple(float(v) for v in np.linalg.inv(seq.calib.T_cam_lidar)[:3, 3]))
     out = {"sequence": sequence, "mode": mode, "views": int(views), "config": dataclasses.asdict(cfg)}
     for name, verify in (("verified", True), ("unverified", False)):
         if not verify and not unverified:

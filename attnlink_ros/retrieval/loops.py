@@ -35,6 +35,11 @@ class LoopConfig:
     max_correspondence_m: float = 1.0  # fine registration
     yaw_guesses_deg: tuple = (0.0, 30.0, -30.0, 90.0, -90.0)  # coarse starts, added to the matched view's yaw (another lane, a turn)
     max_distance_m: float = 10.0  # a verified loop whose registered offset is farther is refused (SLAM's loop radius)
+    # where the distance above is measured: this point of the LiDAR frame (x, y, z), e.g. the camera
+    # centre the ground truth and the map poses use (inv(T_cam_lidar)[:3, 3]); KITTI's camera sits
+    # 0.27 m ahead of the LiDAR, so two LiDARs 9.8 m apart driving opposite ways carry cameras 10.3 m apart
+    distance_point: tuple = (0.0, 0.0, 0.0)
+    max_error_per_inlier: float = float("inf")  # GICP cost per inlier above which a registration is refused
     consistency: int = 1  # consecutive detections that must agree before a loop is published (1 = off)
     consistency_window_s: float = 3.0  # agreeing: matched stamps within this of the previous detection's
 
@@ -197,8 +202,10 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
     except np.linalg.LinAlgError:
         cov = np.full((6, 6), np.nan)
     T = np.asarray(r.T_target_source)
+    c = np.append(np.asarray(cfg.distance_point, np.float64), 1.0)
+    dist = float(np.linalg.norm((T @ c - c)[:3]))  # how far the query's reference point lies from the place's
     ok = (bool(r.converged) and ratio >= cfg.min_inlier_ratio and bool(np.all(np.isfinite(cov)))
-          and float(np.linalg.norm(T[:3, 3])) <= cfg.max_distance_m)
+          and dist <= cfg.max_distance_m and per <= cfg.max_error_per_inlier)
     return Verification(ok, T, cov, float(ratio), float(per))
 
 

@@ -510,6 +510,8 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
         self.front = SensorFrontEnd(c, self.counters, self._bad)
         self.front.stage_ms = self.stage_ms  # conversion times beside the pipeline's, in /diagnostics
         online = c.map_mode == "online"
+        # loop radius between camera centres, as the map poses and SLAM's ground truth measure it
+        camera = tuple(float(v) for v in np.linalg.inv(self.front.T)[:3, 3]) if self.front.T is not None else (0.0, 0.0, 0.0)
         self.recognizer = PlaceRecognizer(c.model or None, None if online else (c.map or None), backend=c.backend,
                                           crop_top=None if c.crop_top < 0 else c.crop_top)
         self.detector = None
@@ -518,7 +520,8 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
 
             self.detector = LoopDetector(self.recognizer.cfg.descriptor_dim, LoopConfig(
                 exclusion_s=c.loop_min_gap, keyframe_interval_s=c.keyframe_interval, min_score=c.loop_min_score,
-                candidates=c.verify_candidates, verify=c.verify, min_inlier_ratio=c.min_inlier_ratio, consistency=c.consistency),
+                candidates=c.verify_candidates, verify=c.verify, min_inlier_ratio=c.min_inlier_ratio, consistency=c.consistency,
+                distance_point=camera),
                 views=c.keyframe_views, reverse_offset_m=c.reverse_offset)
         elif self.recognizer.map is None:
             raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map` (or set map_mode: online)")
@@ -528,7 +531,8 @@ class AttnLinkNode(_SensorNodeMixin, _AttnLinkLifecycle):
 
             # relocalisation against a map with stored scans: GICP-verify the best hits, publish a metric pose
             self._verify = LoopConfig(min_score=-1.0, candidates=c.verify_candidates, min_inlier_ratio=c.min_inlier_ratio,
-                                      voxel_m=self.recognizer.map.scans.voxel, yaw_guesses_deg=RELOCALIZE_YAWS_DEG)
+                                      voxel_m=self.recognizer.map.scans.voxel, yaw_guesses_deg=RELOCALIZE_YAWS_DEG,
+                                      distance_point=camera)
         self._warm_up()
         self.outputs = Outputs(self, c)
         self._close_verifier()
