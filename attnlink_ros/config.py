@@ -136,7 +136,7 @@ class NodeConfig:
     loop_min_gap: float = 30.0
     keyframe_interval: float = 1.0
     keyframe_views: int = 2  # = retrieval.views.DEFAULT_VIEWS
-    reverse_offset: float = 1.75  # = retrieval.views.DEFAULT_REVERSE_OFFSET_M
+    reverse_offset: float = 3.5  # = retrieval.views.DEFAULT_REVERSE_OFFSET_M
     verify: bool = True
     verify_candidates: int = 3
     verify_async: bool = True

@@ -194,8 +194,8 @@ def test_a_place_is_found_from_behind(synth_root, tmp_path):
     rec1 = PlaceRecognizer(None, tmp_path / "m1", backend="onnxruntime")
     for frame in (4, 20):
         # the vehicle the other way round, on the other side of the road (the rear view's offset)
-        f = Frame(0.0, seq.calib, points=rotate_scan(seq.read_scan(frame), 180.0, up, (0.0, 1.75)))
+        f = Frame(0.0, seq.calib, points=rotate_scan(seq.read_scan(frame), 180.0, up, (0.0, 3.5)))
         top = rec4.query(f, 3, "lidar").hits[0]
         assert abs(top["frame"] - frame) <= 1 and top["view_yaw_deg"] == 180.0 and top["score"] > 0.95
-        assert top["view_offset_m"] == [0.0, 1.75]
+        assert top["view_offset_m"] == [0.0, 3.5]
         assert rec1.query(f, 3, "lidar").hits[0]["score"] < 0.9

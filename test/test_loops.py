@@ -79,7 +79,7 @@ def test_online_map_answers_keyframes_at_their_best_view():
         assert m.maybe_add(float(i), d[i], None, frame=i)
     hits = m.search(d[3, 2], 100.0, 3)
     assert hits[0][0] == 3 and hits[0][1] == pytest.approx(1.0) and m.view_yaws[hits[0][2]] == 180.0
-    assert list(m.view_offsets[:, 1]) == [0.0, 0.0, 1.75, 0.0]  # the rear view from the reverse lane's side
+    assert list(m.view_offsets[:, 1]) == [0.0, 0.0, 3.5, 0.0]  # the rear view from the reverse lane's side
     assert len({h[0] for h in hits}) == 3
     with pytest.raises(ValueError, match="2 view descriptors"):
         m.maybe_add(20.0, d[0, :2], None)

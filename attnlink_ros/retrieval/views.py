@@ -26,7 +26,7 @@ DEFAULT_VIEWS = 2
 # A rear view (|yaw| > 90 degrees) is taken from a point this far to the left of where the place was
 # scanned: in right-hand traffic the drive the other way passes on the other side of the road
 # (negative for left-hand traffic). Chosen on the validation towns (docs/model.md).
-DEFAULT_REVERSE_OFFSET_M = 1.75
+DEFAULT_REVERSE_OFFSET_M = 3.5
 
 
 def view_yaws(k: int) -> np.ndarray:
