@@ -273,7 +273,7 @@ def _eval_loops(args: argparse.Namespace, model, meta) -> dict:
     if len(modes) != 1:
         raise AttnLinkError("--loop-closure takes one --mode (the query mode; keyframes are LiDAR)")
     cfg = LoopConfig(min_score=args.loop_min_score, consistency=args.consistency, min_inlier_ratio=args.min_inlier_ratio,
-                     max_error_per_inlier=args.max_error_per_inlier)
+                     max_error_per_inlier=args.max_error_per_inlier, candidates=args.candidates)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seq in args.sequences:
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--loop-min-score", type=float, default=0.5, help="--loop-closure: smallest candidate score (default 0.5)")
     sp.add_argument("--min-inlier-ratio", type=float, default=0.7, help="--loop-closure: GICP acceptance (default 0.7)")
     sp.add_argument("--consistency", type=int, default=1, help="--loop-closure: consecutive agreeing detections (default 1 = off)")
+    sp.add_argument("--candidates", type=int, default=LoopConfig.candidates,
+                    help=f"--loop-closure: candidates verified per query, best score first (default {LoopConfig.candidates})")
     sp.add_argument("--max-error-per-inlier", type=float, default=LoopConfig.max_error_per_inlier,
                     help=f"--loop-closure: GICP cost per inlier above which a registration is refused (default {LoopConfig.max_error_per_inlier})")
     sp.add_argument("--verified-only", action="store_true", help="--loop-closure: skip the run without verification")
