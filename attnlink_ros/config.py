@@ -138,7 +138,7 @@ class NodeConfig:
     keyframe_views: int = 2  # = retrieval.views.DEFAULT_VIEWS
     reverse_offset: float = 3.5  # = retrieval.views.DEFAULT_REVERSE_OFFSET_M
     verify: bool = True
-    verify_candidates: int = 3
+    verify_candidates: int = 6  # = retrieval.loops.LoopConfig.candidates
     verify_async: bool = True
     min_inlier_ratio: float = 0.7
     consistency: int = 1

@@ -30,12 +30,16 @@ def run_online(seq, desc: np.ndarray, frames: np.ndarray, cfg: LoopConfig, progr
     it holds as a keyframe (default: its query descriptor, one view)."""
     from tqdm import tqdm
 
+    import time
+
     views = 1 if key_desc is None else key_desc.shape[1]
     det = LoopDetector(desc.shape[1], cfg, views=views, reverse_offset_m=reverse_offset_m)
     out = []
+    t0 = time.perf_counter()
     for j, f in enumerate(tqdm(frames, desc=f"loops {'verified' if cfg.verify else 'descriptor'} K={views}", disable=not progress)):
         scan = seq.read_scan(int(f))
         out.append((int(f), det.step(float(seq.times[f]), desc[j], scan, frame=int(f), key_desc=None if key_desc is None else key_desc[j])))
+    run_online.last_seconds = time.perf_counter() - t0  # scan reading + search + verification, the whole drive
     return out, list(det.map.frames)
 
 
@@ -160,11 +164,14 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
         det_results, keyframes = run_online(seq, desc, frames, c, progress, key_desc=key_desc, reverse_offset_m=reverse_offset_m)
         out[name] = score_loops(seq, det_results, keyframes, revisits, thresholds, heading)
         r = out[name]
+        r["registrations_per_query"] = round(sum(len(lp.checked) for _, lp in det_results) / max(1, len(det_results)), 3)
+        r["ms_per_query"] = round(1e3 * run_online.last_seconds / max(1, len(det_results)), 1)
         split = ", ".join(f"{k}: P {v['precision']:.3f} R {v['recall']:.3f}" if v["precision"] is not None and v["recall"] is not None
                           else f"{k}: {v['published']} published, {v['revisit_queries']} queries" for k, v in r["by_heading"].items())
         echo(f"{sequence} {mode} K={views} {name}: precision {r['precision']:.3f}, recall {r['recall']:.3f} of {r['revisit_queries']} revisit "
              f"queries, {r['loops_published']} loops published"
-             + (f", pose error median {r['pose_error_median_m']:.3f} m" if r["pose_error_median_m"] is not None else "") + f" [{split}]")
+             + (f", pose error median {r['pose_error_median_m']:.3f} m" if r["pose_error_median_m"] is not None else "") + f" [{split}]"
+             + f"; {r['registrations_per_query']} registrations, {r['ms_per_query']} ms a query")
         for fl in r["false_loops"][:20]:
             echo(f"  false loop: query {fl['query_frame']} -> {fl['match_frame']} ({fl['distance_m']} m apart, heading {fl['heading_difference_deg']:+.0f} deg), "
                  f"score {fl['score']}, view {fl['view_yaw_deg']:+.0f}, inliers {fl['inlier_ratio']}, error/inlier {fl['error_per_inlier']}")

@@ -28,7 +28,10 @@ class LoopConfig:
     exclusion_s: float = 30.0  # a query matches only places at least this much older
     keyframe_interval_s: float = 1.0  # online map: one keyframe per this many seconds
     min_score: float = 0.5  # smallest descriptor score (cosine) of a candidate
-    candidates: int = 3  # candidates verified per query, best score first
+    # candidates verified per query, best score first: validation town 601 (K = 2), 3 -> 6 took loop
+    # recall 0.805 -> 0.872 (reverse 0.687 -> 0.835) at precision 1.000 both; costs GICP time only
+    # when the better candidates fail
+    candidates: int = 6
     verify: bool = True  # GICP verification (needs the live scan and the place's stored scan)
     voxel_m: float = 0.5  # stored-scan and fine-registration voxel
     min_inlier_ratio: float = 0.7  # share of the live scan's voxels with a correspondence after refinement
