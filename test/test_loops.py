@@ -204,6 +204,7 @@ def test_eval_loop_closure_cli(loop_drive, tmp_path):
     v, u = r["00"]["verified"], r["00"]["unverified"]
     assert r["00"]["views"] == 2 and v["by_heading"]["same"]["revisit_queries"] == len(QUERY_FRAMES)
     assert set(v["by_heading"]) == {"same", "reverse", "other"} and v["false_loops"] == []
+    assert v["registrations_per_query"] > 0 and v["ms_per_query"] > 0 and v["true_loop_registration"]["error_per_inlier_max"] <= 1.5
     # without verification a false loop gets through, and it is listed with its figures
     assert u["precision"] < 1.0 and {"query_frame", "match_frame", "distance_m", "score", "inlier_ratio"} <= set(u["false_loops"][0])
     assert v["revisit_queries"] == len(QUERY_FRAMES) and v["loops_published"] >= 5
