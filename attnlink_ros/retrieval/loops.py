@@ -5,9 +5,11 @@ candidates by GICP against the place's stored scan, temporal consistency (no rcl
   downsampled scan are added every ``keyframe_interval_s``; a query matches only keyframes older
   than ``exclusion_s``, each keyframe at its best view.
 * :func:`verify`: GICP (small_gicp) of the live scan against the place's scan, from a few yaw
-  guesses around the matched view's yaw (coarse, 1 m voxels) then refined; accepted on convergence, inlier ratio and a registered
-  offset within ``max_distance_m`` (the loop radius SLAM and the ground truth use); the
-  relative pose comes with a covariance from the registration's Hessian.
+  guesses around the matched view's pose (coarse, 1 m voxels) then refined; accepted on
+  convergence, inlier ratio, GICP cost per inlier (a wrong block of repetitive facades can match
+  many voxels, but badly) and a registered offset between camera centres within
+  ``max_distance_m`` (the loop radius SLAM and the ground truth use); the relative pose comes
+  with a covariance from the registration's Hessian.
 * :class:`LoopDetector`: candidates in score order -> first verified one (or the top-1 when
   verification is off) -> optional consistency over consecutive queries -> a :class:`Loop`.
 """
