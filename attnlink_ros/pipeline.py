@@ -112,22 +112,27 @@ class PlaceRecognizer:
         t2 = time.perf_counter()
         return Result(mode, desc, timings_ms={"prepare": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1)})
 
-    def encode_views(self, points: np.ndarray, calib: Calibration, yaws_deg, image_size: tuple[int, int] | None = None,
-                     offsets=None) -> np.ndarray:
-        """(K, D) LiDAR descriptors of a scan's heading views (retrieval/views.py), one batch: a
-        place of the map, or an online keyframe. View yaw 0 is the plain LiDAR descriptor.
-        ``offsets`` (K, 2): where each view is taken from (default: the scan's origin);
-        ``image_size`` (w, h): the camera image's, where the calibration does not know it."""
+    def view_depths(self, points: np.ndarray, calib: Calibration, yaws_deg, offsets=None,
+                    image_size: tuple[int, int] | None = None) -> np.ndarray:
+        """(K, 1, h, w) network depth inputs of a scan's heading views (retrieval/views.py): the
+        scan turned by each yaw about the vehicle's vertical, seen from each of ``offsets`` (K, 2)
+        (default: the scan's origin). ``image_size`` (w, h): the camera image's, where the
+        calibration does not know it."""
         from .retrieval.views import rotate_scan, vertical_axis
 
-        up = vertical_axis(calib.T_cam_lidar)
         size = image_size or calib.image_size
         if size is None:
             raise AttnLinkError("a LiDAR-only frame needs the calibration's image size")
+        up = vertical_axis(calib.T_cam_lidar)
         grid = self.grid(calib, *size)
         offsets = [None] * len(yaws_deg) if offsets is None else offsets
-        depth = np.stack([sparse_depth(rotate_scan(points, y, up, o), calib, grid)[None] for y, o in zip(yaws_deg, offsets)])  # (K, 1, h, w)
-        return self.backend("lidar").encode(depth=depth)
+        return np.stack([sparse_depth(rotate_scan(points, y, up, o), calib, grid)[None] for y, o in zip(yaws_deg, offsets)])
+
+    def encode_views(self, points: np.ndarray, calib: Calibration, yaws_deg, image_size: tuple[int, int] | None = None,
+                     offsets=None) -> np.ndarray:
+        """(K, D) LiDAR descriptors of a scan's heading views, one batch: a place of the map, or an
+        online keyframe. View yaw 0 is the plain LiDAR descriptor."""
+        return self.backend("lidar").encode(depth=self.view_depths(points, calib, yaws_deg, offsets, image_size))
 
     @property
     def can_verify(self) -> bool:

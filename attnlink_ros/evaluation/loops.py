@@ -43,12 +43,6 @@ def run_online(seq, desc: np.ndarray, frames: np.ndarray, cfg: LoopConfig, progr
     return out, list(det.map.frames)
 
 
-def _heading_class(dh_deg: float) -> str:
-    from .protocols import SAME_HEADING_DEG
-
-    a = abs(float(dh_deg))
-    return "same" if a < SAME_HEADING_DEG else "reverse" if a > 180.0 - SAME_HEADING_DEG else "other"
-
 
 def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits: dict, thresholds: np.ndarray,
                 heading: np.ndarray | None = None) -> dict:
@@ -58,7 +52,7 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
     between the query and the matched place (``by_heading``), recall by the query's class; every
     false loop is listed with its query, match, distance and registration figures."""
     from ..retrieval.views import wrap_deg
-    from .protocols import HEADING_CLASSES
+    from .protocols import HEADING_CLASSES, heading_class
 
     published, true_pub, errors, rot_errors = 0, 0, [], []
     true_fit = []  # (inlier ratio, error per inlier) of true verified loops
@@ -78,7 +72,7 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
         if ok and f in revisits:
             recalled.add(f)
         dh = float(wrap_deg(heading[place] - heading[f])) if heading is not None else 0.0
-        c = _heading_class(dh)
+        c = heading_class(dh)
         pub_by[c][0] += 1
         pub_by[c][1] += ok
         if ok and loop.verified:

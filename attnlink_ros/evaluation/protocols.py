@@ -143,13 +143,16 @@ def _near_heading_offsets(xy, heading, proto: Protocol, radius: float = SUCCESS_
         yield wrap_deg(heading[near] - heading[q])
 
 
+def heading_class(dh_deg) -> str:
+    """Class of a query from the heading differences (degrees) to its places within 10 m: ``same``
+    when one is within 45 degrees, else ``reverse`` when one is within 45 of the opposite, else ``other``."""
+    a = np.abs(np.atleast_1d(np.asarray(dh_deg, np.float64)))
+    return "same" if np.any(a < SAME_HEADING_DEG) else "reverse" if np.any(a > 180.0 - SAME_HEADING_DEG) else "other"
+
+
 def heading_classes(xy: np.ndarray, heading: np.ndarray, proto: Protocol) -> np.ndarray:
     """(Q,) class of each query of ``proto``: ``same``, ``reverse`` or ``other`` (module docstring)."""
-    out = []
-    for dh in _near_heading_offsets(xy, heading, proto):
-        a = np.abs(dh)
-        out.append("same" if np.any(a < SAME_HEADING_DEG) else "reverse" if np.any(a > 180.0 - SAME_HEADING_DEG) else "other")
-    return np.asarray(out, dtype="<U7")
+    return np.asarray([heading_class(dh) for dh in _near_heading_offsets(xy, heading, proto)], dtype="<U7")
 
 
 def reachable(xy: np.ndarray, heading: np.ndarray, proto: Protocol, yaws_deg) -> np.ndarray:

@@ -20,8 +20,6 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     is stored too, downsampled to that voxel (m), for verified relocalisation."""
     from tqdm import tqdm
 
-    from ..pipeline import Frame
-
     if frames is None:
         frames = [i for i in range(len(seq)) if seq.scan_path(i).is_file()]
     frames = np.asarray(frames, dtype=np.int64)
@@ -30,11 +28,10 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     calib = seq.calib
     if calib.image_size is None:
         raise AttnLinkError(f"{seq.dir}: no image to take the image size from")
-    from .views import DEFAULT_REVERSE_OFFSET_M, rotate_scan, vertical_axis, view_offsets, view_yaws
+    from .views import DEFAULT_REVERSE_OFFSET_M, view_offsets, view_yaws
 
     yaws = view_yaws(views)
     offsets = view_offsets(yaws, DEFAULT_REVERSE_OFFSET_M if reverse_offset_m is None else reverse_offset_m)
-    up = vertical_axis(calib.T_cam_lidar)
     backend = rec.backend("lidar")
     t0 = time.perf_counter()
     descs = []
@@ -44,8 +41,7 @@ def build_map_from_sequence(rec, seq, frames=None, index: str = "flat", batch: i
     step = max(1, batch // len(yaws))  # places a batch: views x places stays near ``batch``
     for s in tqdm(range(0, len(frames), step), desc=f"map {seq.name} ({len(yaws)} views)", unit="batch", disable=not progress):
         scans = [seq.read_scan(i) for i in frames[s : s + step]]
-        depth = np.concatenate([rec.prepare(Frame(float(seq.times[i]), calib, points=rotate_scan(p, y, up, o)), "lidar")["depth"]
-                                for i, p in zip(frames[s : s + step], scans) for y, o in zip(yaws, offsets)])  # place-major
+        depth = np.concatenate([rec.view_depths(p, calib, yaws, offsets) for p in scans])  # place-major
         descs.append(backend.encode(depth=depth).reshape(len(scans), len(yaws), -1))
         if store is not None:
             for p in scans:

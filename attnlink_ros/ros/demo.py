@@ -33,19 +33,18 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     del rec
     # ground truth: a query counts when a map place lies within radius_m; its heading class says
     # whether such a place was mapped driving the same way (same), only the other way (reverse) or across (other)
-    from ..evaluation.protocols import SAME_HEADING_DEG, headings_deg
+    from ..evaluation.protocols import heading_class, headings_deg
     from ..retrieval.views import wrap_deg
 
     xy = seq.xy
     mxy = xy[map_frames]
     heading = headings_deg(seq.poses)
-    answerable, heading_class = {}, {}
+    answerable, query_class = {}, {}
     for q in query_frames:
         t = round(float(seq.times[q]), 6)
         near = np.linalg.norm(mxy - xy[q], axis=1) <= radius_m
         answerable[t] = bool(near.any())
-        a = np.abs(wrap_deg(heading[map_frames][near] - heading[q]))
-        heading_class[t] = "same" if np.any(a < SAME_HEADING_DEG) else "reverse" if np.any(a > 180 - SAME_HEADING_DEG) else "other"
+        query_class[t] = heading_class(wrap_deg(heading[map_frames][near] - heading[q]))
     truth_xy = {round(float(seq.times[q]), 6): xy[q] for q in query_frames}
 
     apply_transport_profile()
@@ -77,7 +76,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
             d = float(np.hypot(top["place_x"] - truth_xy[t][0], top["place_z"] - truth_xy[t][1])) if t in truth_xy else float("nan")
             if len(results) % print_every == 1 or print_every == 1:
                 ok = "ok" if d <= radius_m else ("--" if not answerable.get(t, False) else "WRONG")
-                how = f"{heading_class.get(t, '?')} heading" if answerable.get(t, False) else "no place near"
+                how = f"{query_class.get(t, '?')} heading" if answerable.get(t, False) else "no place near"
                 print(f"  t={t:7.1f} s  top-1 place {int(top['map_index']):4d} (t={top['place_stamp']:6.1f} s)  "
                       f"view {top['view_yaw_deg']:+4.0f} deg  score {top['score']:.3f}  {d:6.1f} m from truth  {ok:5s} ({how})", flush=True)
 
@@ -119,7 +118,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     r1 = float(np.mean(correct)) if qs else float("nan")
     by_heading = {}
     for c in ("same", "reverse", "other"):
-        ok_c = [ok for t, ok in zip(qs, correct) if heading_class[t] == c]
+        ok_c = [ok for t, ok in zip(qs, correct) if query_class[t] == c]
         if ok_c:
             by_heading[c] = {"recall@1": round(float(np.mean(ok_c)), 4), "queries": len(ok_c)}
     # plot: query positions, their top-1 places, green when right
