@@ -8,11 +8,22 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt setup.py setup.cfg package.xml
+MSGS   := $(wildcard attnlink_msgs/msg/*.msg) attnlink_msgs/CMakeLists.txt attnlink_msgs/package.xml
+
+$(STAMP): requirements.txt attnlink_ros/setup.py attnlink_ros/setup.cfg attnlink_ros/package.xml $(MSGS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	# attnlink_msgs: generated and installed into the venv (the venv is the ROS prefix of the
+	# ros-jazzy-* wheels); ~10 s. rosidl finds the typesupports through AMENT_PREFIX_PATH.
+	rm -rf build/attnlink_msgs && mkdir -p build
+	PATH="$(abspath $(BIN)):$$PATH" AMENT_PREFIX_PATH="$${AMENT_PREFIX_PATH:-$(abspath $(VENV))}" \
+	  $(BIN)/cmake -S attnlink_msgs -B build/attnlink_msgs -DCMAKE_INSTALL_PREFIX="$(abspath $(VENV))" \
+	  -DPython3_EXECUTABLE="$(abspath $(BIN))/python" -DBUILD_TESTING=OFF > build/attnlink_msgs.log 2>&1 \
+	  && $(BIN)/cmake --build build/attnlink_msgs -j2 >> build/attnlink_msgs.log 2>&1 \
+	  && $(BIN)/cmake --install build/attnlink_msgs >> build/attnlink_msgs.log 2>&1 \
+	  || { tail -n 40 build/attnlink_msgs.log; echo "attnlink_msgs: build failed (log: build/attnlink_msgs.log)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat -e attnlink_ros
 	touch $(STAMP)
 
 # The main job on the embedded default (see README).
@@ -21,10 +32,10 @@ demo: $(STAMP)
 
 # The whole test suite (CI runs exactly this through .ci/run).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra test
+	$(BIN)/python -m pytest -q -ra attnlink_ros/test
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_projection.py
+	$(BIN)/python attnlink_ros/bench/bench_projection.py
 
 # Synthetic towns of the lite model's training (train 101-103, validation 201, test 301), ~15 min on 2 cores.
 towns: $(STAMP)
@@ -33,7 +44,7 @@ towns: $(STAMP)
 
 # Train (or resume) the shipped lite model on the towns.
 train-lite: towns
-	$(BIN)/attnlink train --config config/train_lite_synth.yaml
+	$(BIN)/attnlink train --config attnlink_ros/config/train_lite_synth.yaml
 
 clean:
-	rm -rf build install log out .pytest_cache *.egg-info
+	rm -rf build install log out .pytest_cache attnlink_ros/*.egg-info

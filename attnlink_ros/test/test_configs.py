@@ -8,12 +8,12 @@ import torch
 from attnlink_ros.model import AttnLink
 from attnlink_ros.train.trainer import RunConfig
 
-from .conftest import REPO
+from .conftest import PKG
 
-CONFIGS = sorted(REPO.glob("config/train_*.yaml")) + sorted(REPO.glob("config/ablations/*.yaml")) + sorted(REPO.glob("config/experiments/*.yaml"))
+CONFIGS = sorted(PKG.glob("config/train_*.yaml")) + sorted(PKG.glob("config/ablations/*.yaml")) + sorted(PKG.glob("config/experiments/*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(Path(p).relative_to(REPO)))
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(Path(p).relative_to(PKG)))
 def test_config_builds_its_model(path):
     cfg = RunConfig.load(path)
     mcfg = cfg.model_config()
@@ -32,7 +32,7 @@ def test_config_builds_its_model(path):
 
 
 def test_ablations_change_what_they_say():
-    by_name = {p.stem: RunConfig.load(p).model_config() for p in REPO.glob("config/ablations/*.yaml")}
+    by_name = {p.stem: RunConfig.load(p).model_config() for p in PKG.glob("config/ablations/*.yaml")}
     assert by_name["no_adcn"].adcn is False
     assert by_name["no_spatial_attention"].spatial_attention is False
     assert by_name["no_context_gating"].context_gating is False

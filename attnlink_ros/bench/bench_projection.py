@@ -68,7 +68,7 @@ def timeit(fn, scans, repeats: int) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--kitti", default=str(REPO.parent / "shared" / "data" / "kitti"))
+    ap.add_argument("--kitti", default=str(REPO.parents[1] / "shared" / "data" / "kitti"))
     ap.add_argument("--json", help="write the table as JSON")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -98,7 +98,7 @@ def measure(pubs, answers: dict, frames: list, topic_ready, n: int, timeout: flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--relay", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "kitti"))
+    ap.add_argument("--data", default=str(REPO.parents[1] / "shared" / "data" / "kitti"))
     ap.add_argument("--sequence", default="00")
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--mode", default="fused", choices=["image", "lidar", "fused"])

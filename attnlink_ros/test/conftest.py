@@ -16,7 +16,8 @@ from attnlink_ros.ros.transport import apply_transport_profile  # noqa: E402
 
 apply_transport_profile()
 
-REPO = Path(__file__).resolve().parents[1]
+PKG = Path(__file__).resolve().parents[1]  # the attnlink_ros package folder (package.xml, setup.py, config, ...)
+REPO = PKG.parent  # the repository: README, Makefile, .ci, docs, attnlink_msgs
 KITTI_ROOT = Path(os.environ.get("ATTNLINK_KITTI", REPO.parent / "shared" / "data" / "kitti"))
 
 

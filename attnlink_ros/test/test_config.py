@@ -4,11 +4,11 @@ from attnlink_ros.config import NODE_PARAM_DOCS, InputConfig, NodeConfig, from_d
 from attnlink_ros.data.synth import SynthConfig
 from attnlink_ros.errors import ConfigError
 
-from .conftest import REPO
+from .conftest import PKG
 
 
 def test_shipped_yaml_resolves():
-    data = load_yaml(REPO / "config/offline.yaml")
+    data = load_yaml(PKG / "config/offline.yaml")
     assert from_dict(InputConfig, data["input"]) == InputConfig()
     assert from_dict(SynthConfig, data["synth"]) == SynthConfig()
 
@@ -38,10 +38,10 @@ def test_bad_yaml(tmp_path):
 def test_node_params_file_matches_nodeconfig():
     """config/attnlink.yaml is a ROS 2 params file whose keys are NodeConfig's, with its defaults,
     each documented on its line; every NodeConfig field has a description."""
-    params = node_params_from_yaml(REPO / "config/attnlink.yaml")
+    params = node_params_from_yaml(PKG / "config/attnlink.yaml")
     assert NodeConfig(**params) == NodeConfig()
     assert set(params) | {"lidar_to_camera"} == set(NodeConfig.__dataclass_fields__) == set(NODE_PARAM_DOCS)
-    text = (REPO / "config/attnlink.yaml").read_text()
+    text = (PKG / "config/attnlink.yaml").read_text()
     for name in NodeConfig.__dataclass_fields__:
         line = next(ln for ln in text.splitlines() if ln.strip().lstrip("# ").startswith(name + ":"))
         assert "#" in line.split(":", 1)[1], f"{name} has no comment"

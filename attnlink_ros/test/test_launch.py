@@ -13,14 +13,14 @@ from rclpy.executors import SingleThreadedExecutor
 
 from attnlink_ros.launch_logic import ENTRY_POINTS, attnlink_nodes, calib_of, default_params_file, launch_environment, replay_command
 
-from .conftest import REPO
+from .conftest import PKG
 
 
 def test_node_lists():
     (single,) = attnlink_nodes(map="/m", mode="lidar", namespace="car1", use_sim_time="true")
     assert (single.executable, single.name, single.namespace) == ("attnlink_node", "attnlink", "car1")
     assert single.parameters == {"map": "/m", "mode": "lidar", "use_sim_time": True}  # empty args keep the file's values
-    assert single.params_file == default_params_file() and (REPO / "config/attnlink.yaml").samefile(single.params_file)
+    assert single.params_file == default_params_file() and (PKG / "config/attnlink.yaml").samefile(single.params_file)
     front, retr = attnlink_nodes(map="/m", split="true", calib_file="/c.txt")
     assert "map" not in front.parameters and front.parameters["calib_file"] == "/c.txt"
     assert retr.parameters["map"] == "/m" and retr.remappings == [("descriptor", "attnlink_frontend/descriptor")]
@@ -28,7 +28,7 @@ def test_node_lists():
     assert cmd[cmd.index("--params-file") + 1] == single.params_file
     assert "map:=/m" in cmd and "use_sim_time:=true" in cmd and "__ns:=/car1" in cmd
     assert set(ENTRY_POINTS) == {"attnlink_node", "attnlink_frontend", "attnlink_retrieval"}
-    setup = (REPO / "setup.py").read_text()
+    setup = (PKG / "setup.py").read_text()
     assert all(f"{k} = {m}:{f}" in setup for k, (m, f) in ENTRY_POINTS.items())
 
 
@@ -49,7 +49,7 @@ def test_launch_files_use_the_logic(name):
     imported from attnlink_ros.launch_logic exists there; with launch installed, it is built."""
     import attnlink_ros.launch_logic as logic
 
-    tree = ast.parse((REPO / "launch" / name).read_text())
+    tree = ast.parse((PKG / "launch" / name).read_text())
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
     imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "attnlink_ros.launch_logic" for a in n.names]
     assert imported and all(hasattr(logic, a) for a in imported)
@@ -60,7 +60,7 @@ def test_launch_files_use_the_logic(name):
         return
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lf", REPO / "launch" / name)
+    spec = importlib.util.spec_from_file_location("lf", PKG / "launch" / name)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.generate_launch_description().entities
