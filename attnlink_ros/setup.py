@@ -36,8 +36,8 @@ setup(
         "console_scripts": [
             "attnlink = attnlink_ros.cli:main",
             "attnlink_node = attnlink_ros.ros.node:main",
-            "attnlink_frontend = attnlink_ros.ros.node:main_frontend",
-            "attnlink_retrieval = attnlink_ros.ros.node:main_retrieval",
+            "attnlink_frontend = attnlink_ros.ros.split:main_frontend",
+            "attnlink_retrieval = attnlink_ros.ros.split:main_retrieval",
         ],
     },
 )

@@ -143,6 +143,9 @@ class NodeConfig:
     min_inlier_ratio: float = 0.7
     consistency: int = 1
     markers: bool = True
+    pose_topic: str = ""  # online: nav_msgs/Odometry of the LiDAR's pose (e.g. SLAM's); empty: none
+    pose_tolerance: float = 0.1
+    saved_map: str = "attnlink_drive_map"
     autostart: bool = True
 
     def __post_init__(self) -> None:
@@ -171,7 +174,7 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "reliability": ("sensor subscription reliability", ("best_effort", "reliable"), None),
     "map_frame": ("frame_id of ~/place and ~/markers", None, None),
     "map_mode": ("relocalize: match the prebuilt map | online: the map grows from the drive (SLAM loop closure)", ("relocalize", "online"), None),
-    "loops": ("publish LIO-SAM loop pairs [t_query, t_match] on lio_loop/loop_closure_detection", None, None),
+    "loops": ("publish loops: LIO-SAM pairs [t_query, t_match] on lio_loop/loop_closure_detection and attnlink_msgs/LoopClosure on ~/loop", None, None),
     "loop_min_score": ("smallest descriptor score (cosine) of a loop candidate", None, (-1.0, 1.0)),
     "loop_min_gap": ("smallest |t_query - t_match| (s) of a loop; online: the exclusion window of recent frames", None, (0.0, 1e9)),
     "keyframe_interval": ("online: one keyframe (descriptor + downsampled scan) per this many seconds", None, (0.0, 3600.0)),
@@ -183,6 +186,10 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "min_inlier_ratio": ("share of the live scan's voxels matched after GICP to accept a candidate", None, (0.0, 1.0)),
     "consistency": ("online: consecutive agreeing detections before a loop is published (1 = off)", None, (1, 20)),
     "markers": ("publish ~/markers (map places once, then the current match)", None, None),
+    "pose_topic": ("online: nav_msgs/Odometry topic of the LiDAR's pose in a world frame (e.g. SLAM's odometry); "
+                   "keyframes take it and ~/save_map stores it; empty: the saved map holds no poses", None, None),
+    "pose_tolerance": ("online: largest gap (s) between a keyframe and the nearest pose on pose_topic", None, (0.0, 10.0)),
+    "saved_map": ("online: directory ~/save_map writes the drive's map to (replaced atomically)", None, None),
     "autostart": ("configure and activate at start-up (false: drive the lifecycle from outside)", None, None),
 }
 

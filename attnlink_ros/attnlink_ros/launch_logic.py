@@ -41,8 +41,8 @@ class NodeSpec:
 
 ENTRY_POINTS = {
     "attnlink_node": ("attnlink_ros.ros.node", "main"),
-    "attnlink_frontend": ("attnlink_ros.ros.node", "main_frontend"),
-    "attnlink_retrieval": ("attnlink_ros.ros.node", "main_retrieval"),
+    "attnlink_frontend": ("attnlink_ros.ros.split", "main_frontend"),
+    "attnlink_retrieval": ("attnlink_ros.ros.split", "main_retrieval"),
 }
 
 

@@ -175,7 +175,7 @@ class PlaceRecognizer:
         its covariance in the world."""
         res.hits, res.registrations = hits, registrations
         top = hits[0]
-        if top["verified"]:
+        if top["verified"] and top.get("pose") is not None:  # a pose-less place (map saved without poses): no world pose
             top["vehicle_pose"] = vehicle_pose(np.asarray(top["pose"]), top["relative_pose"], frame.calib.T_cam_lidar)
             R = (np.asarray(top["pose"], np.float64) @ np.asarray(frame.calib.T_cam_lidar, np.float64))[:3, :3]
             top["vehicle_covariance"] = world_covariance(top["covariance"], R)

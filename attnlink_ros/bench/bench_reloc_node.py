@@ -90,13 +90,14 @@ def main() -> None:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-    from std_msgs.msg import Float64MultiArray, Header
+    from attnlink_msgs.msg import PlaceMatches
+    from std_msgs.msg import Header
 
     from attnlink_ros.data.kitti import KittiSequence
     from attnlink_ros.launch_logic import attnlink_nodes
     from attnlink_ros.ros.conversions import (bgr_to_image, calibration_to_camera_info, sec_to_stamp, stamp_to_sec,
                                               xyzi_to_pointcloud2)
-    from attnlink_ros.ros.node import parse_match
+    from attnlink_ros.ros.messages import parse_matches
     from attnlink_ros.ros.transport import apply_transport_profile
     from bench_relocalize import first_half_map  # bench/ is this script's folder
 
@@ -122,14 +123,14 @@ def main() -> None:
     places: dict = {}
 
     def on_match(m) -> None:
-        top = parse_match(m)[0]
-        answers[round(top["query_stamp"], 6)] = (time.monotonic(), top["verified"] == 1.0)
+        top = parse_matches(m)[0]
+        answers[round(top["query_stamp"], 6)] = (time.monotonic(), top["verified"])
 
     def on_place(m) -> None:
         p = m.pose.pose.position
         places[round(stamp_to_sec(m.header.stamp), 6)] = np.array([p.x, p.y, p.z])
 
-    io.create_subscription(Float64MultiArray, "/attnlink/match", on_match, 200)
+    io.create_subscription(PlaceMatches, "/attnlink/match", on_match, 200)
     io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", on_place, 200)
     ex = SingleThreadedExecutor()
     ex.add_node(io)

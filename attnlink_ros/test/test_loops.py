@@ -141,10 +141,13 @@ def test_node_online_mode_feeds_lio_sam(loop_drive):
     [t_query, t_match] pairs for the revisit frames, each a true loop (<= 10 m), >= 30 s apart."""
     import rclpy
     from rclpy.parameter import Parameter
+    from attnlink_msgs.msg import LoopClosure, PlaceMatches
     from std_msgs.msg import Float64MultiArray
 
     from attnlink_ros.data.bags import kitti_records
-    from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode, parse_match
+    from attnlink_ros.ros.conversions import stamp_to_sec
+    from attnlink_ros.ros.messages import LOOP_TOPIC, parse_matches
+    from attnlink_ros.ros.node import AttnLinkNode
 
     from .conftest import replay_through_node
 
@@ -157,9 +160,10 @@ def test_node_online_mode_feeds_lio_sam(loop_drive):
             Parameter("reliability", value="reliable")])  # every frame whole: the test counts keyframes
         assert node.detector is not None
         lio = rclpy.create_node("lio_sam_like")
-        pairs, matches = [], []
+        pairs, matches, typed = [], [], []
         lio.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, pairs.append, 20)
-        lio.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 100)
+        lio.create_subscription(LoopClosure, "/attnlink/loop", typed.append, 20)
+        lio.create_subscription(PlaceMatches, "/attnlink/match", matches.append, 100)
         def settle():
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and (node.outputs.match.get_subscription_count() < 2 or node.outputs.loop.get_subscription_count() < 1):
@@ -170,7 +174,8 @@ def test_node_online_mode_feeds_lio_sam(loop_drive):
                                               lockstep_timeout=20.0, settle=settle)
     finally:
         rclpy.shutdown()
-    got_t = sorted(round(parse_match(m)[0]["query_stamp"], 3) if parse_match(m) else -1 for m in matches)
+    got_t = sorted(round(stamp_to_sec(m.header.stamp), 3) for m in matches)
+    assert all(m.map_mode == "online" and len(m.hits) <= 1 for m in matches)
     n = len(MAP_FRAMES) + len(QUERY_FRAMES)
     assert stats.lockstep_timeouts == 0 and len(matches) == n, (got_t, counters)
     # every frame answered and every scan a keyframe: under reliable lockstep nothing may be lost
@@ -184,8 +189,18 @@ def test_node_online_mode_feeds_lio_sam(loop_drive):
         assert tq - tm >= 30.0
         q, p = t2f[round(tq, 6)], t2f[round(tm, 6)]
         assert q in QUERY_FRAMES and np.linalg.norm(seq.xy[q] - seq.xy[p]) <= 10.0
-    verified = [h for m in matches for h in parse_match(m) if h["verified"] == 1.0]
+    verified = [h for m in matches for h in parse_matches(m) if h["verified"]]
     assert len(verified) >= len(pairs) and all(np.isfinite(h["rel_x"]) for h in verified)
+    assert all(h["place_pose"] is None and 0.0 < h["inlier_ratio"] <= 1.0 for h in verified)  # keyframes: no map pose
+    # the typed loops: the same pairs, each verified with its relative pose and a covariance
+    assert [(round(stamp_to_sec(m.header.stamp), 6), round(stamp_to_sec(m.match_stamp), 6)) for m in typed] == \
+        [(round(m.data[0], 6), round(m.data[1], 6)) for m in pairs]
+    for m in typed:
+        q, p = t2f[round(stamp_to_sec(m.header.stamp), 6)], t2f[round(stamp_to_sec(m.match_stamp), 6)]
+        pos = m.relative_pose.pose.position
+        assert m.verified and m.inlier_ratio >= 0.7 and np.linalg.norm([pos.x, pos.y, pos.z] - gt_rel(seq, p, q)[:3, 3]) < 0.3
+        C = np.asarray(m.relative_pose.covariance).reshape(6, 6)
+        assert np.allclose(C, C.T) and (np.diag(C) > 0).all()
 
 
 def test_eval_loop_closure_cli(loop_drive, tmp_path):
@@ -311,9 +326,11 @@ def _relocalize_node(seq, scans_map):
     import rclpy
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.parameter import Parameter
+    from attnlink_msgs.msg import PlaceMatches
     from std_msgs.msg import Float64MultiArray
 
-    from attnlink_ros.ros.node import LOOP_TOPIC, AttnLinkNode
+    from attnlink_ros.ros.messages import LOOP_TOPIC
+    from attnlink_ros.ros.node import AttnLinkNode
 
     node = AttnLinkNode(parameter_overrides=[
         Parameter("map", value=str(scans_map)), Parameter("backend", value="onnxruntime"), Parameter("mode", value="fused"),
@@ -321,7 +338,7 @@ def _relocalize_node(seq, scans_map):
     io = rclpy.create_node("listener")
     got = ([], [], [])
     for msg_type, topic, store in ((PoseWithCovarianceStamped, "/attnlink/place", got[0]),
-                                   (Float64MultiArray, "/attnlink/match", got[1]), (Float64MultiArray, "/" + LOOP_TOPIC, got[2])):
+                                   (PlaceMatches, "/attnlink/match", got[1]), (Float64MultiArray, "/" + LOOP_TOPIC, got[2])):
         io.create_subscription(msg_type, topic, store.append, 50)
     return node, io, got
 
@@ -332,7 +349,7 @@ def test_relocalize_node_publishes_the_verified_pose(loop_drive, scans_map):
     import rclpy
 
     from attnlink_ros.data.bags import kitti_records
-    from attnlink_ros.ros.node import parse_match
+    from attnlink_ros.ros.messages import parse_matches
 
     from .conftest import replay_through_node
 
@@ -348,11 +365,11 @@ def test_relocalize_node_publishes_the_verified_pose(loop_drive, scans_map):
     assert counters.get("relocalized_verified", 0) >= len(QUERY_FRAMES) - 1, counters
     t2f = {round(float(seq.times[i]), 6): i for i in QUERY_FRAMES}
     for place, match in zip(places, matches):
-        top = parse_match(match)[0]
+        top = parse_matches(match)[0]
         q = t2f[round(top["query_stamp"], 6)]
         p = place.pose.pose.position
         err = np.linalg.norm(np.array([p.x, p.y, p.z]) - seq.poses[q][:3, 3])
-        if top["verified"] == 1.0:
+        if top["verified"]:
             assert err < 0.3 and np.isfinite(top["rel_x"]) and place.pose.covariance[0] < 1.0, (q, err)
         else:
             assert place.pose.covariance[0] >= 4.0  # the place's pose, with the score's wide covariance
@@ -369,7 +386,7 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
     import rclpy
 
     from attnlink_ros.data.bags import kitti_records
-    from attnlink_ros.ros.node import parse_match
+    from attnlink_ros.ros.messages import parse_matches
 
     from .conftest import replay_through_node
 
@@ -388,7 +405,7 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
     assert not verifier.alive  # destroy_node closed it
     # a node behind its sensors may drop frames (the subscription keeps the newest): every frame
     # it took is answered, once
-    answered = [parse_match(m)[0]["query_stamp"] for m in matches]
+    answered = [parse_matches(m)[0]["query_stamp"] for m in matches]
     assert len(set(answered)) == len(answered) == counters["frames_processed"] == counters["points_in"] >= 4, counters
     assert set(np.round(answered, 6)) <= {round(float(seq.times[i]), 6) for i in QUERY_FRAMES}
     assert counters.get("verify_busy", 0) >= 1 and counters.get("relocalized_verified", 0) >= 1, counters
@@ -396,9 +413,9 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
         == counters["frames_processed"], counters
     t2f = {round(float(seq.times[i]), 6): i for i in QUERY_FRAMES}
     for place, match in zip(places, matches):
-        top = parse_match(match)[0]
+        top = parse_matches(match)[0]
         p = place.pose.pose.position
         err = np.linalg.norm(np.array([p.x, p.y, p.z]) - seq.poses[t2f[round(top["query_stamp"], 6)]][:3, 3])
-        if top["verified"] == 1.0:
+        if top["verified"]:
             assert err < 0.3, err
     assert len(loops) == counters.get("loops_published", 0) <= counters.get("relocalized_verified", 0)

@@ -22,11 +22,13 @@ from attnlink_ros.model.io import save_model
 from attnlink_ros.pipeline import Frame, PlaceRecognizer
 from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
 from attnlink_ros.ros.conversions import bgr_to_image, calibration_to_camera_info, sec_to_stamp, stamp_to_sec, xyzi_to_pointcloud2
+from attnlink_msgs.msg import Descriptor, LoopClosure, PlaceMatches
 from std_msgs.msg import Float64MultiArray
 from visualization_msgs.msg import MarkerArray
 
-from attnlink_ros.ros.node import (LOOP_TOPIC, MATCH_FIELDS, AttnLinkNode, FrontEndNode, RetrievalNode, descriptor_to_image,
-                                   parse_match, rotation_to_quaternion)
+from attnlink_ros.ros.messages import LOOP_TOPIC, descriptor_msg, parse_matches, rotation_to_quaternion
+from attnlink_ros.ros.node import AttnLinkNode
+from attnlink_ros.ros.split import FrontEndNode, RetrievalNode
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +72,10 @@ def test_node_end_to_end(ros, model_and_map):
     places, diags = [], []
     io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 10)
     io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-    matches, loops, markers = [], [], []
-    io.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 10)
+    matches, loops, typed_loops, markers = [], [], [], []
+    io.create_subscription(PlaceMatches, "/attnlink/match", matches.append, 10)
     io.create_subscription(Float64MultiArray, "/" + LOOP_TOPIC, loops.append, 10)
+    io.create_subscription(LoopClosure, "/attnlink/loop", typed_loops.append, 10)
     from rclpy.qos import DurabilityPolicy, QoSProfile
 
     io.create_subscription(MarkerArray, "/attnlink/markers", markers.append, QoSProfile(depth=5, durability=DurabilityPolicy.TRANSIENT_LOCAL))
@@ -117,11 +120,18 @@ def test_node_end_to_end(ros, model_and_map):
     assert int(values["frames_processed"]) >= 6 and values["map_places"] == "24"
     processed_after_bad = [s for s in stamps if s > 1000.0 + float(seq.times[4])]
     assert processed_after_bad, "the node stopped after the bad messages"
-    # ~/match: k rows of the documented fields, best first, the same place as ~/place
+    # ~/match: attnlink_msgs/PlaceMatches, k hits best first, the same place as ~/place
     assert len(matches) == len(places)
-    hits = parse_match(matches[-1])
-    assert len(hits) == 5 and list(hits[0]) == list(MATCH_FIELDS)
-    assert hits[0]["query_stamp"] == pytest.approx(stamps[-1]) and hits[0]["verified"] == 0.0
+    last = matches[-1]
+    assert last.header.frame_id == "map" and last.mode == "fused" and last.map_mode == "relocalize" and last.loop_closure
+    assert last.model_fingerprint == node.recognizer.fingerprint and len(last.model_fingerprint) == 64
+    raw = last.hits[0]
+    assert raw.sequence == "00" and raw.frame == raw.map_index and raw.has_place_pose and not raw.verified
+    assert raw.view in (0, 1) and raw.view_yaw_deg == (0.0, 180.0)[raw.view]
+    hits = parse_matches(last)
+    assert len(hits) == 5 and hits[0]["relative_pose"] is None and np.isnan(hits[0]["rel_x"])
+    assert hits[0]["query_stamp"] == pytest.approx(stamps[-1]) and hits[0]["verified"] is False
+    np.testing.assert_allclose(hits[0]["place_pose"], seq.poses[hits[0]["map_index"]], atol=1e-6)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert hits[0]["place_x"] == pytest.approx(places[-1].pose.pose.position.x)
     assert hits[0]["place_stamp"] == pytest.approx(float(seq.times[int(hits[0]["map_index"])]))
@@ -129,6 +139,10 @@ def test_node_end_to_end(ros, model_and_map):
     assert len({h["map_index"] for h in hits}) == 5 and all(h["view_yaw_deg"] in (0.0, 180.0) for h in hits)
     # LIO-SAM pairs [t_query, t_match] (thresholds opened in this test), markers: map places + match
     assert len(loops) == len(places) and list(loops[-1].data) == pytest.approx([hits[0]["query_stamp"], hits[0]["place_stamp"]])
+    # and the typed loop: the same pair, unverified here (this map has no scans)
+    assert len(typed_loops) == len(loops) and stamp_to_sec(typed_loops[-1].header.stamp) == pytest.approx(hits[0]["query_stamp"])
+    assert stamp_to_sec(typed_loops[-1].match_stamp) == pytest.approx(hits[0]["place_stamp"], abs=1e-6)
+    assert typed_loops[-1].match_index == hits[0]["map_index"] and not typed_loops[-1].verified
     assert markers and len(markers[0].markers[0].points) == 24
     assert any(m.ns == "match" for m in markers[-1].markers)
     assert int(values["loops_published"]) >= 6
@@ -234,9 +248,10 @@ def test_split_nodes_descriptor_topic(ros, model_and_map):
     io = rclpy.create_node("replayer2")
     info = io.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
     pts = io.create_publisher(PointCloud2, "points", qos_profile_sensor_data)
-    fake = io.create_publisher(Image, "/attnlink_frontend/descriptor", 10)
-    matches = []
-    io.create_subscription(Float64MultiArray, "/attnlink_retrieval/match", matches.append, 10)
+    fake = io.create_publisher(Descriptor, "/attnlink_frontend/descriptor", 10)
+    matches, descriptors = [], []
+    io.create_subscription(PlaceMatches, "/attnlink_retrieval/match", matches.append, 10)
+    io.create_subscription(Descriptor, "/attnlink_frontend/descriptor", descriptors.append, 10)
     ex = MultiThreadedExecutor(num_threads=4)
     for n in (front, retr, io):
         ex.add_node(n)
@@ -254,19 +269,30 @@ def test_split_nodes_descriptor_topic(ros, model_and_map):
             pts.publish(xyzi_to_pointcloud2(seq.read_scan(i), h))
             want[t] = [hit["index"] for hit in rec.query(Frame(t, seq.calib, points=seq.read_scan(i)), 5, "lidar").hits]
             time.sleep(0.5)
-        fake.publish(descriptor_to_image(np.ones(256, np.float32) / 16, Header(stamp=sec_to_stamp(1.0)), "lidar:000000000000"))
+        h = Header(stamp=sec_to_stamp(1.0))
+        fake.publish(descriptor_msg(np.ones(256, np.float32) / 16, h, "lidar", "0" * 64))  # another model's
+        fake.publish(descriptor_msg(np.ones(64, np.float32) / 8, h, "lidar", rec.fingerprint))  # another dimension
+        bad_mode = descriptor_msg(np.ones(256, np.float32) / 16, h, "lidar", rec.fingerprint)
+        bad_mode.mode = "sonar"
+        fake.publish(bad_mode)
         time.sleep(1.0)
     finally:
         ex.shutdown()
         spin.join(timeout=5)
     got = {}
     for m in matches:
-        hits = parse_match(m)
+        hits = parse_matches(m)
+        assert m.mode == "lidar" and m.model_fingerprint == rec.fingerprint
         got[round(hits[0]["query_stamp"], 6)] = [int(h["map_index"]) for h in hits]
     assert len(got) == 3
     for t, idx in want.items():
         assert got[round(t, 6)] == idx
-    assert retr.counters["dropped_bad_descriptor_model"] == 1
+    # the typed descriptor: the query's header, mode, full fingerprint, unit-norm float32 values
+    real = [d for d in descriptors if d.model_fingerprint == rec.fingerprint and len(d.data) == 256 and d.mode == "lidar"]
+    assert len(real) == 3 and real[0].header.frame_id == "velodyne"
+    assert np.linalg.norm(np.asarray(real[0].data)) == pytest.approx(1.0, abs=1e-3)
+    for kind in ("descriptor_model", "descriptor_dim", "descriptor_mode"):
+        assert retr.counters[f"dropped_bad_{kind}"] == 1, (kind, retr.counters)
     for n in (front, retr, io):
         n.destroy_node()
 
@@ -289,14 +315,14 @@ def test_node_on_real_kitti_frames_with_calib_file(kitti_root, tmp_path):
         assert node.outputs is not None
         io = rclpy.create_node("kitti_listener")
         matches = []
-        io.create_subscription(Float64MultiArray, "/attnlink/match", matches.append, 20)
+        io.create_subscription(PlaceMatches, "/attnlink/match", matches.append, 20)
         stats, counters = replay_through_node(node, io, kitti_records(kitti_root, "00"))
     finally:
         rclpy.shutdown()
     frames = seq.available_frames()
     n = len(frames)
     assert stats.frames == n and stats.lockstep_timeouts == 0
-    got = [parse_match(m)[0] for m in matches]
+    got = [parse_matches(m)[0] for m in matches]
     assert [round(h["query_stamp"], 6) for h in got] == [round(float(seq.times[i]), 6) for i in frames]
     assert counters["frames_processed"] == n and not any(k.startswith("dropped_bad") for k in counters)
     # the frames lie within ~8 m: every top-1 place is within 10 m of the query's true position

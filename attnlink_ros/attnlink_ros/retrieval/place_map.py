@@ -158,6 +158,13 @@ class PlaceMap:
         return int(self.manifest["descriptor_dim"])
 
     @property
+    def poses_known(self) -> np.ndarray:
+        """(N,) bool: places whose pose the map holds (all, for maps built from a sequence)."""
+        if getattr(self, "_known", None) is None or len(self._known) != len(self.table):
+            self._known = np.isfinite(self.table.poses).all(axis=(1, 2))
+        return self._known
+
+    @property
     def views(self) -> int:
         """Views per place (K)."""
         return len(self.view_yaws)
@@ -250,11 +257,13 @@ class PlaceMap:
 
     def hits(self, queries: np.ndarray, k: int = 5) -> list[list[dict]]:
         """Per query, the top-k places as dicts (index, sequence, frame, stamp, pose, score, and the
-        best view: ``view``, ``view_yaw_deg`` and ``view_offset_m`` (x, y))."""
+        best view: ``view``, ``view_yaw_deg`` and ``view_offset_m`` (x, y)). ``pose`` is None for a
+        place whose pose the map does not know (a map saved from a drive without poses)."""
         scores, idx, view = self.search_views(queries, k)
         t = self.table
+        known = self.poses_known
         return [[{"index": int(i), "sequence": str(t.sequence[i]), "frame": int(t.frame[i]), "stamp": float(t.stamps[i]),
-                  "pose": t.poses[i].tolist(), "score": float(s), "view": int(v), "view_yaw_deg": float(self.view_yaws[v]),
+                  "pose": t.poses[i].tolist() if known[i] else None, "score": float(s), "view": int(v), "view_yaw_deg": float(self.view_yaws[v]),
                   "view_offset_m": self.view_offsets[v].tolist()}
                  for s, i, v in zip(srow, irow, vrow) if i >= 0]
                 for srow, irow, vrow in zip(scores, idx, view)]

@@ -51,9 +51,10 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
-    from std_msgs.msg import Float64MultiArray
+    from attnlink_msgs.msg import PlaceMatches
 
-    from .node import AttnLinkNode, parse_match
+    from .messages import parse_matches
+    from .node import AttnLinkNode
     from .replay import ReplayStats
 
     rclpy.init()
@@ -69,7 +70,9 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         results: dict[float, tuple[dict, float]] = {}
 
         def on_match(msg) -> None:
-            hits = parse_match(msg)
+            hits = parse_matches(msg)
+            if not hits:
+                return
             t = round(hits[0]["query_stamp"], 6)
             results[t] = (hits[0], time.monotonic())
             top = hits[0]
@@ -80,7 +83,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
                 print(f"  t={t:7.1f} s  top-1 place {int(top['map_index']):4d} (t={top['place_stamp']:6.1f} s)  "
                       f"view {top['view_yaw_deg']:+4.0f} deg  score {top['score']:.3f}  {d:6.1f} m from truth  {ok:5s} ({how})", flush=True)
 
-        listener.create_subscription(Float64MultiArray, "/attnlink/match", on_match, 50)
+        listener.create_subscription(PlaceMatches, "/attnlink/match", on_match, 50)
         ex = MultiThreadedExecutor(num_threads=2)
         ex.add_node(node)
         ex.add_node(listener)

@@ -77,10 +77,11 @@ class Replayer:
         self.lockstep_timeout = lockstep_timeout
         self._executor = None
         if lockstep:
+            from attnlink_msgs.msg import PlaceMatches
             from rclpy.executors import SingleThreadedExecutor
-            from std_msgs.msg import Float64MultiArray
 
-            self.node.create_subscription(Float64MultiArray, lockstep, lambda _m: self._ack.set(), 10)
+            # the node's answer (attnlink_msgs/PlaceMatches on its ~/match) releases the next frame
+            self.node.create_subscription(PlaceMatches, lockstep, lambda _m: self._ack.set(), 10)
             self._executor = SingleThreadedExecutor()
             self._executor.add_node(self.node)
             self._spin = threading.Thread(target=self._executor.spin, daemon=True)
