@@ -65,6 +65,35 @@ def relay() -> None:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def wait_until(cond, timeout: float, what: str) -> None:
+    """Polls ``cond`` until true; a clear error (not a hang) when ``timeout`` s pass."""
+    import rclpy
+
+    end = time.monotonic() + timeout
+    while not cond():
+        if not rclpy.ok():
+            raise RuntimeError(f"ROS 2 shut down while waiting for {what}")
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """Ends a child process: SIGTERM (its rclpy shuts down cleanly), SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def measure(pubs, answers: dict, frames: list, topic_ready, n: int, timeout: float = 5.0) -> np.ndarray:
@@ -81,6 +110,7 @@ def measure(pubs, answers: dict, frames: list, topic_ready, n: int, timeout: flo
         key = round(t, 6)
         info = calibration_to_camera_info(calib, h)
         im, cl = bgr_to_image(img, h), xyzi_to_pointcloud2(pts, h)  # messages built before the clock starts
+        answers.pop(key, None)  # a stamp of an earlier round (the warm-up reuses the stamps) is no answer
         pubs["info"].publish(info)
         t0 = time.monotonic()
         pubs["image"].publish(im)
@@ -112,6 +142,7 @@ def main() -> None:
     import rclpy
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     from std_msgs.msg import Float64MultiArray
@@ -135,44 +166,50 @@ def main() -> None:
     (spec,) = attnlink_nodes(map=str(tmp / "map"), backend=args.backend, mode=args.mode, model=args.model,
                              calib_file=str(seq.dir / "calib.txt"))
     spec.parameters["markers"] = False
-    rclpy.init()
-    io = rclpy.create_node("bench_e2e")
-    pubs = {"image": io.create_publisher(Image, "image", qos_profile_sensor_data),
-            "points": io.create_publisher(PointCloud2, "points", qos_profile_sensor_data),
-            "info": io.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)}
-    place, pair, diags = {}, {}, []
-    io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", lambda m: _answer(place, round(stamp_to_sec(m.header.stamp), 6)), 50)
-    io.create_subscription(Float64MultiArray, "/bench/pair", lambda m: _answer(pair, round(m.data[0], 6)), 50)
-    io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-    ex = SingleThreadedExecutor()
-    ex.add_node(io)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
-    rows = {}
-    # 1. transport floor (relay process)
-    rel = subprocess.Popen([sys.executable, __file__, "--relay"])
+    # rclpy's own signal handlers would invalidate the context under a running wait (Ctrl-C:
+    # "RCLError: context is not valid" from count_subscribers); here Ctrl-C is a plain
+    # KeyboardInterrupt and the finally below tears down in order, every time
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    io = ex = spin = rel = node = None
     try:
-        while io.count_subscribers("points") == 0:
-            time.sleep(0.1)
+        io = rclpy.create_node("bench_e2e")
+        pubs = {"image": io.create_publisher(Image, "image", qos_profile_sensor_data),
+                "points": io.create_publisher(PointCloud2, "points", qos_profile_sensor_data),
+                "info": io.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)}
+        place, pair, diags = {}, {}, []
+        io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", lambda m: _answer(place, round(stamp_to_sec(m.header.stamp), 6)), 50)
+        io.create_subscription(Float64MultiArray, "/bench/pair", lambda m: _answer(pair, round(m.data[0], 6)), 50)
+        io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        ex = SingleThreadedExecutor()
+        ex.add_node(io)
+        spin = threading.Thread(target=ex.spin, daemon=True)
+        spin.start()
+        # 1. transport floor (relay process)
+        rel = subprocess.Popen([sys.executable, __file__, "--relay"])
+        wait_until(lambda: io.count_subscribers("points") > 0, 60, "the relay process")
         time.sleep(1.0)
         floor = measure(pubs, pair, frames, None, args.frames)
-    finally:
-        rel.terminate()
-        rel.wait()
-    while io.count_subscribers("points") > 0:
-        time.sleep(0.1)
-    # 2. the node
-    node = subprocess.Popen(spec.command())
-    try:
-        while io.count_publishers("/attnlink/place") == 0:
-            time.sleep(0.1)
+        stop(rel)
+        wait_until(lambda: io.count_subscribers("points") == 0, 30, "the relay to leave the graph")
+        # 2. the node
+        node = subprocess.Popen(spec.command())
+        wait_until(lambda: io.count_publishers("/attnlink/place") > 0, 120, "the attnlink node to start")
         time.sleep(1.0)
         measure(pubs, place, frames, None, 10)  # warm-up
         e2e = measure(pubs, place, frames, None, args.frames)
         time.sleep(1.5)
     finally:
-        node.terminate()
-        node.wait()
+        stop(rel)
+        stop(node)
+        if ex is not None:
+            ex.shutdown()
+            spin.join(timeout=5)
+        if io is not None:
+            io.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    if not len(floor) or not len(e2e):
+        raise SystemExit(f"no answers: transport floor {len(floor)}, node {len(e2e)} of {args.frames} frames")
     values = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
     stages = {k[len("stage_ms_"):-len("_p50")]: float(v) for k, v in values.items() if k.startswith("stage_ms_")}
     fwd = stages.get("encode", float("nan"))
@@ -192,13 +229,13 @@ def main() -> None:
         print(f"{'node: ' + k:28s} {v:8.2f}")
     print(f"{'end to end (in -> ~/place)':28s} {np.percentile(e2e, 50):8.2f} {np.percentile(e2e, 99):8.2f}")
     print(f"overhead beyond the forward pass: {overhead:.2f} ms = {overhead / fl50:.2f}x the transport floor (target <= 2x)")
-    ex.shutdown()
-    spin.join(timeout=5)
-    io.destroy_node()
-    rclpy.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: the children and the ROS context were closed in main's finally
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

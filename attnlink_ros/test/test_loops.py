@@ -419,3 +419,132 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
         if top["verified"]:
             assert err < 0.3, err
     assert len(loops) == counters.get("loops_published", 0) <= counters.get("relocalized_verified", 0)
+
+
+def test_drive_saved_with_save_map_relocalizes_the_second_pass(loop_drive, tmp_path):
+    """Online mode with a pose topic (SLAM's odometry of the LiDAR): drive the first pass, call
+    ~/save_map (std_srvs/Trigger) over real rclpy, restart in relocalize mode on the saved map:
+    the second pass is found (top-1 within 10 m), verified against the saved scans, with the
+    vehicle's pose from the saved poses."""
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from nav_msgs.msg import Odometry
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+
+    from attnlink_msgs.msg import PlaceMatches
+    from attnlink_ros.data.bags import kitti_records
+    from attnlink_ros.retrieval.place_map import PlaceMap
+    from attnlink_ros.ros.conversions import sec_to_stamp
+    from attnlink_ros.ros.messages import parse_matches, pose_msg
+    from attnlink_ros.ros.node import AttnLinkNode
+
+    from .conftest import replay_through_node
+
+    seq = loop_drive
+    saved = tmp_path / "drive_map"
+    Tr = seq.calib.T_cam_lidar
+    common = [Parameter("backend", value="onnxruntime"), Parameter("mode", value="fused"),
+              Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable")]
+    rclpy.init()
+    try:
+        node = AttnLinkNode(parameter_overrides=common + [
+            Parameter("map_mode", value="online"), Parameter("keyframe_interval", value=0.5),
+            Parameter("pose_topic", value="/slam/odometry"), Parameter("saved_map", value=str(saved))])
+        io = rclpy.create_node("slam_like")
+        odom = io.create_publisher(Odometry, "/slam/odometry", 100)
+        client = io.create_client(Trigger, "/attnlink/save_map")
+        answers = []
+
+        def save():  # the service call, as `ros2 service call /attnlink/save_map std_srvs/srv/Trigger`
+            assert client.wait_for_service(timeout_sec=10.0)
+            fut = client.call_async(Trigger.Request())
+            deadline = time.monotonic() + 60
+            while not fut.done() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            answers.append(fut.result())
+
+        def settle():
+            save()  # before any keyframe: refused, nothing written
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and node.count_publishers("/slam/odometry") < 1:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            for i in MAP_FRAMES:  # SLAM's odometry: the LiDAR's pose in its world frame
+                m = Odometry()
+                m.header.stamp = sec_to_stamp(float(seq.times[i]))
+                m.header.frame_id, m.child_frame_id = "odom", "velodyne"
+                m.pose.pose = pose_msg(seq.poses[i] @ Tr)
+                odom.publish(m)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(node._poses) < len(MAP_FRAMES):
+                time.sleep(0.05)
+
+        replay_through_node(node, io, kitti_records(seq.dataset.parent, "00", MAP_FRAMES), lockstep_timeout=20.0, settle=settle,
+                            until=lambda: save() or True)
+    finally:
+        rclpy.shutdown()
+    refused, ok = answers[0], answers[-1]
+    assert not refused.success and "no keyframes" in refused.message
+    assert ok.success and str(saved) in ok.message and f"saved {len(MAP_FRAMES)} places" in ok.message, ok.message
+    pm = PlaceMap.load(saved)
+    assert len(pm) == len(MAP_FRAMES) and pm.views == 2 and pm.scans is not None and pm.poses_known.all()
+    assert pm.manifest["poses"].startswith("odometry /slam/odometry") and pm.manifest["source"].startswith("online drive")
+    np.testing.assert_allclose(pm.table.poses, seq.poses[MAP_FRAMES], atol=1e-6)  # camera-0 poses, as build-map's
+    np.testing.assert_allclose(pm.table.stamps, seq.times[MAP_FRAMES])
+
+    rclpy.init()
+    try:
+        node = AttnLinkNode(parameter_overrides=common + [Parameter("map", value=str(saved))])
+        assert node._verify is not None  # the saved scans: matches are GICP-verified
+        io = rclpy.create_node("listener")
+        places, matches = [], []
+        io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 50)
+        io.create_subscription(PlaceMatches, "/attnlink/match", matches.append, 50)
+        stats, counters = replay_through_node(node, io, kitti_records(seq.dataset.parent, "00", QUERY_FRAMES), lockstep_timeout=20.0)
+    finally:
+        rclpy.shutdown()
+    assert stats.lockstep_timeouts == 0 and len(matches) == len(QUERY_FRAMES), counters
+    t2f = {round(float(seq.times[i]), 6): i for i in QUERY_FRAMES}
+    found = verified = 0
+    for place, match in zip(places, matches):
+        top = parse_matches(match)[0]
+        q = t2f[round(top["query_stamp"], 6)]
+        assert top["sequence"] == "drive"
+        found += np.linalg.norm(seq.xy[MAP_FRAMES[top["map_index"]]] - seq.xy[q]) <= 10.0
+        if top["verified"]:
+            verified += 1
+            p = place.pose.pose.position
+            assert np.linalg.norm(np.array([p.x, p.y, p.z]) - seq.poses[q][:3, 3]) < 0.3
+    assert found >= len(QUERY_FRAMES) - 1 and verified >= len(QUERY_FRAMES) - 2, (found, verified, counters)
+
+
+def test_drive_map_without_poses_says_so(tmp_path):
+    """A drive saved without a pose topic: the manifest says poses none, hits carry no pose."""
+    from attnlink_ros.retrieval.drive_map import PoseTrack, drive_place_map
+    from attnlink_ros.retrieval.loops import LoopConfig, OnlineMap
+    from attnlink_ros.retrieval.place_map import PlaceMap
+
+    rng = np.random.default_rng(0)
+    om = OnlineMap(8, LoopConfig(keyframe_interval_s=1.0), views=2)
+    with pytest.raises(ValueError, match="no keyframes"):
+        drive_place_map(om, "f" * 64)
+    for t in range(5):
+        d = rng.normal(size=(2, 8)).astype(np.float32)
+        om.maybe_add(float(t), d / np.linalg.norm(d, axis=1, keepdims=True), rng.uniform(-20, 20, (500, 3)).astype(np.float32))
+    pm = drive_place_map(om, "f" * 64)
+    pm.save(tmp_path / "m")
+    back = PlaceMap.load(tmp_path / "m", model_fingerprint="f" * 64)
+    assert back.manifest["poses"] == "none" and back.manifest["poses_known"] == 0 and not back.poses_known.any()
+    hit = back.hits(om.desc[3, 1][None], 2)[0][0]
+    assert hit["index"] == 3 and hit["view"] == 1 and hit["pose"] is None and hit["stamp"] == 3.0
+    # poses looked up at the keyframes' stamps: interpolated between neighbours, NaN beyond the tolerance
+    track = PoseTrack()
+    for t in [*np.arange(10) / 10, 3.0]:  # 10 Hz for a second, a gap, one more pose
+        T = np.eye(4)
+        T[0, 3] = 10 * t
+        track.add(float(t), T)
+    P = track.at([0.15, 2.0, 3.05], tolerance_s=0.1)
+    assert P[0, 0, 3] == pytest.approx(1.5) and np.isnan(P[1]).all() and P[2, 0, 3] == pytest.approx(30.0)
+    with pytest.raises(ValueError):
+        track.add(5.0, np.full((4, 4), np.nan))

@@ -328,3 +328,57 @@ def test_node_on_real_kitti_frames_with_calib_file(kitti_root, tmp_path):
     # the frames lie within ~8 m: every top-1 place is within 10 m of the query's true position
     for i, h in zip(frames, got):
         assert np.hypot(h["place_x"] - seq.xy[i, 0], h["place_z"] - seq.xy[i, 1]) <= 10.0
+
+
+def _bench_e2e(kitti_root, *extra):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import PKG
+
+    return subprocess.Popen([sys.executable, str(PKG / "bench" / "bench_ros_e2e.py"), "--data", str(kitti_root), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+
+
+def test_end_to_end_benchmark_exits_cleanly(kitti_root, tmp_path):
+    """bench_ros_e2e across processes on real KITTI frames: a short run ends with exit 0, its
+    table and JSON, no traceback; Ctrl-C while it measures ends it with 130 and no traceback,
+    after stopping its child process (communicate() returning means no child holds its pipes)."""
+    import json
+    import signal
+
+    p = _bench_e2e(kitti_root, "--frames", "3", "--json", str(tmp_path / "e2e.json"))
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and "Traceback" not in err and "RCLError" not in err, err[-2000:]
+    rows = json.loads((tmp_path / "e2e.json").read_text())
+    assert rows["end_to_end_ms"]["n"] == 3 and rows["end_to_end_ms"]["p50"] > 0 and "end to end" in out
+    p = _bench_e2e(kitti_root, "--frames", "100000")  # would run for hours: interrupted while it measures
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not _child_named(p.pid, "--relay"):
+        time.sleep(0.2)
+    assert _child_named(p.pid, "--relay"), "the relay process never started"
+    time.sleep(3.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err and "RCLError" not in err, err[-2000:]
+    assert "interrupted" in err
+
+
+def _child_named(pid: int, name: str) -> bool:
+    """Whether process ``pid`` has a live child whose command line contains ``name``."""
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            state = stat.rsplit(")", 1)[1].split()[0]
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and state != "Z" and name in cmd:
+            return True
+    return False
