@@ -248,6 +248,11 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     model, meta = load_model(args.model)
     if any(k < 1 for k in args.views):
         raise AttnLinkError(f"--views must be >= 1, got {args.views}")
+    if bool(args.data) == bool(args.test_set):
+        raise AttnLinkError("give --data ROOT [ROOT ...] or --test-set CONFIG (one of them)")
+    if args.test_set or len(args.data) > 1:
+        return _eval_table(args, model, meta)
+    args.data = args.data[0]
     if args.loop_closure:
         return _eval_loops(args, model, meta)
     protocols = tuple(args.protocol) if args.protocol else ("cotemporal", "revisit")
@@ -260,6 +265,42 @@ def cmd_eval(args: argparse.Namespace) -> dict:
                                             reverse_offset_m=args.reverse_offset)
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
     return result
+
+
+def _eval_table(args: argparse.Namespace, model, meta) -> dict:
+    """``eval --test-set CONFIG`` (or several ``--data``): revisit Recall@1 per town and mode, all
+    queries and same-heading ones, mean and worst town; prints the model card's table."""
+    import tempfile
+
+    from .evaluation.recall import evaluate_sequence
+    from .evaluation.testset import TestSet, card_table, ensure_towns, summarise, town_row
+
+    if args.loop_closure:
+        raise AttnLinkError("--loop-closure takes one --data root")
+    if args.test_set:
+        ts = TestSet.load(args.test_set)
+        roots = ensure_towns(ts.towns, args.towns, workers=args.workers, progress=not args.quiet)
+        views, modes, sequence = [ts.views], list(ts.modes), "00"
+    else:
+        roots = {(Path(d).name or Path(d).resolve().name): Path(d) for d in args.data}
+        if len(roots) != len(args.data):
+            raise AttnLinkError("--data roots need distinct folder names (they name the table's rows)")
+        views, modes, sequence = args.views[:1], list(args.mode or ["image", "lidar", "fused"]), args.sequences[0]
+    rows, per_town = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, root in roots.items():
+            print(f"town {name}: revisit protocol, {', '.join(modes)} queries, map of {views[0]} view(s) a place", flush=True)
+            r = evaluate_sequence(model, root, sequence, ("revisit",), tuple(modes), Path(args.cache or tmp), progress=not args.quiet,
+                                  views=views, reverse_offset_m=args.reverse_offset)
+            per_town[name] = r
+            rows[name] = town_row(r, modes)
+    summary = summarise(rows, modes)
+    table = card_table(rows, summary, modes)
+    print(f"revisit Recall@1 (same heading / all revisit queries), map of {views[0]} heading view(s) a place, "
+          f"model {meta['fingerprint'][:12]}:")
+    print(table)
+    return {"test_set": args.test_set, "views": views[0], "modes": modes, "towns": rows, "summary": summary, "table": table,
+            "per_town": per_town, "_model": {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}}
 
 
 def _eval_loops(args: argparse.Namespace, model, meta) -> dict:
@@ -409,7 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("eval", cmd_eval, "recall of a model on KITTI-layout data, per sequence, protocol and query mode")
     sp.add_argument("--model", help="model artifact (NAME.json / NAME.safetensors); default: the shipped model")
-    sp.add_argument("--data", required=True, help="KITTI-layout root (holds dataset/)")
+    sp.add_argument("--data", nargs="+", help="KITTI-layout root(s) (holding dataset/); several: one table over them, as --test-set")
+    sp.add_argument("--test-set", metavar="CONFIG", help="the model card's test set (config marked 'test: report only', e.g. "
+                    "attnlink_ros/config/test_set.yaml): every town's revisit Recall@1, mean and worst town (the card's table)")
+    sp.add_argument("--towns", default="out/towns", help="--test-set: folder of the towns (sSEED); missing ones are synthesised (default out/towns)")
+    sp.add_argument("--workers", type=int, default=2, help="--test-set: renderer processes for missing towns (default 2)")
     sp.add_argument("--sequences", nargs="+", default=["00"], help="sequences to evaluate")
     sp.add_argument("--protocol", action="append", choices=["cotemporal", "revisit"], help="protocol(s) (default both)")
     sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="query mode(s) (default all)")

@@ -548,3 +548,54 @@ def test_drive_map_without_poses_says_so(tmp_path):
     assert P[0, 0, 3] == pytest.approx(1.5) and np.isnan(P[1]).all() and P[2, 0, 3] == pytest.approx(30.0)
     with pytest.raises(ValueError):
         track.add(5.0, np.full((4, 4), np.nan))
+
+
+def test_eval_table_over_several_roots(loop_drive, tmp_path):
+    """`attnlink eval --data A B`: the model card's table (a row per root, same-heading / all
+    revisit Recall@1 per mode, mean and worst) and its JSON; the same drive twice gives the same
+    rows, so mean = worst."""
+    import json
+
+    from attnlink_ros.cli import main
+
+    root = loop_drive.dataset.parent
+    for name in ("town_a", "town_b"):
+        (tmp_path / name).symlink_to(root, target_is_directory=True)
+    assert main(["eval", "--data", str(tmp_path / "town_a"), str(tmp_path / "town_b"), "--mode", "image", "--mode", "lidar",
+                 "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "t.json"), "--quiet"]) == 0
+    r = json.loads((tmp_path / "t.json").read_text())
+    a, b = r["towns"]["town_a"], r["towns"]["town_b"]
+    assert a == b and a["same_heading_queries"] == len(QUERY_FRAMES) and r["views"] == 2
+    for m in ("image", "lidar"):
+        s = r["summary"][m]["same_heading_recall@1"]
+        assert s["mean"] == s["worst"] == a[m]["same_heading_recall@1"] and 0.0 <= s["mean"] <= 1.0
+    assert a["lidar"]["same_heading_recall@1"] >= 0.8  # the second pass of a drive, LiDAR: found
+    assert "| **mean** |" in r["table"] and "| town_a |" in r["table"]
+    assert main(["eval", "--quiet"]) == 1  # neither --data nor --test-set: one clear line
+
+
+def test_test_set_config_is_test_only(tmp_path):
+    """The card's test set: purpose 'test: report only', >= 6 towns (three of 900 frames, three of
+    1500), none of them a training or validation town of any config."""
+    import re
+
+    from attnlink_ros.config import ConfigError
+    from attnlink_ros.evaluation.testset import TestSet
+
+    from .conftest import PKG
+
+    ts = TestSet.load(PKG / "config" / "test_set.yaml")
+    assert len(ts.towns) >= 6 and sorted(t.frames for t in ts.towns)[:3] == [900] * 3 and [t.frames for t in ts.towns].count(1500) >= 3
+    test_seeds = {t.seed for t in ts.towns}
+    assert {301, 401} <= {t.seed for t in ts.validation}  # the old card's test towns now make choices
+    used = set()
+    for cfg in [*PKG.glob("config/train_*.yaml"), *PKG.glob("config/*/*.yaml")]:
+        used |= {int(s) for s in re.findall(r"towns/s(\d+)", cfg.read_text())}
+    assert used and not (used & test_seeds), used & test_seeds
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("purpose: validation\ntowns:\n  - {seed: 1, frames: 900}\n")
+    with pytest.raises(ConfigError, match="test: report only"):
+        TestSet.load(bad)
+    bad.write_text("purpose: 'test: report only'\ntowns:\n  - {seed: 1, frames: 900}\nvalidation:\n  - {seed: 1, frames: 900}\n")
+    with pytest.raises(ConfigError, match="both test and validation"):
+        TestSet.load(bad)
