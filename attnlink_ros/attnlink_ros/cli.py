@@ -253,6 +253,15 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     if args.test_set or len(args.data) > 1:
         return _eval_table(args, model, meta)
     args.data = args.data[0]
+    if args.kitti_probe:
+        from .evaluation.kitti_probe import drive_probe
+        from .pipeline import PlaceRecognizer
+
+        r = drive_probe(PlaceRecognizer(args.model or None, None, backend="torch"), args.data, views=args.views[0])
+        print(f"real KITTI probe ({r['frames']} frames of drives {', '.join(r['drives'])}, LiDAR map of all, {r['views']} view(s) a place): "
+              f"image-only 'which drive' Recall@1 {r['recall@1']:.3f} (chance {r['chance']:.3f}); own frame top-1 "
+              f"{r['own_frame_top1']:.3f}; by drive " + ", ".join(f"{d} {v:.2f}" for d, v in r["recall@1_by_drive"].items()))
+        return r
     if args.loop_closure:
         return _eval_loops(args, model, meta)
     protocols = tuple(args.protocol) if args.protocol else ("cotemporal", "revisit")
@@ -455,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "attnlink_ros/config/test_set.yaml): every town's revisit Recall@1, mean and worst town (the card's table)")
     sp.add_argument("--towns", default="out/towns", help="--test-set: folder of the towns (sSEED); missing ones are synthesised (default out/towns)")
     sp.add_argument("--workers", type=int, default=2, help="--test-set: renderer processes for missing towns (default 2)")
+    sp.add_argument("--kitti-probe", action="store_true", help="instead: the real-image probe on a KITTI root with several drives "
+                    "(../shared/data/kitti): a LiDAR map of every frame, each camera image asks which drive it comes from")
     sp.add_argument("--sequences", nargs="+", default=["00"], help="sequences to evaluate")
     sp.add_argument("--protocol", action="append", choices=["cotemporal", "revisit"], help="protocol(s) (default both)")
     sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="query mode(s) (default all)")

@@ -173,3 +173,19 @@ def test_onnx_parity_pseudo_lidar_image_mode(tmp_path):
     with torch.no_grad():
         want = model(rgb=torch.from_numpy(rgb)).descriptor.numpy()
     assert np.abs(backend.encode(rgb=rgb) - want).max() <= 1e-4
+
+
+def test_real_kitti_drive_probe(kitti_root):
+    """The sim-to-real probe on the real frames (four drives of ten): one LiDAR map of all 40,
+    each query asks which drive it comes from. LiDAR queries find their own frame (the probe's
+    map is right); the image-only number is reported (model card), not judged."""
+    from attnlink_ros.evaluation.kitti_probe import drive_probe, kitti_drives
+    from attnlink_ros.pipeline import PlaceRecognizer
+
+    assert kitti_drives(kitti_root) == ["00", "01", "02", "08"]
+    rec = PlaceRecognizer(None, None, backend="onnxruntime")
+    lidar = drive_probe(rec, kitti_root, views=1, mode="lidar")
+    assert lidar["frames"] == 40 and lidar["chance"] == 0.25 and lidar["own_frame_top1"] == 1.0 and lidar["recall@1"] == 1.0
+    img = drive_probe(rec, kitti_root, views=2)
+    assert img["query_mode"] == "image" and img["frames"] == 40 and sum(img["top1_drive_counts"].values()) == 40
+    assert 0.0 <= img["recall@1"] <= 1.0 and set(img["recall@1_by_drive"]) == {"00", "01", "02", "08"}
