@@ -37,7 +37,7 @@ def cmd_synth(args: argparse.Namespace) -> dict:
 
     if args.frames <= 0:
         raise AttnLinkError(f"--frames must be positive, got {args.frames}")
-    cfg = SynthConfig(frames=args.frames, seed=args.seed)
+    cfg = SynthConfig(frames=args.frames, seed=args.seed, camera_effects=args.camera_effects)
     t0 = time.perf_counter()
     seq_dir = write_synthetic_sequence(args.out, cfg, sequence=args.sequence, workers=args.workers, progress=not args.quiet)
     elapsed = time.perf_counter() - t0
@@ -46,6 +46,7 @@ def cmd_synth(args: argparse.Namespace) -> dict:
     result = {
         "sequence_dir": str(seq_dir),
         "seed": args.seed,
+        "camera_effects": bool(args.camera_effects),
         "workers": args.workers,
         "seconds": round(elapsed, 2),
         "ms_per_frame_wall": round(1000 * elapsed / args.frames, 1),
@@ -434,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="town and drive seed (default 0)")
     sp.add_argument("--frames", type=int, default=600, help="frames at 10 Hz (default 600: one minute)")
     sp.add_argument("--sequence", default="00", help="sequence name to write (default 00)")
+    sp.add_argument("--camera-effects", action="store_true",
+                    help="a real camera's response on the images: exposure error, white balance, tone, vignetting, blur, noise, JPEG "
+                         "(per town and frame, deterministic; data/camera.py)")
     sp.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 

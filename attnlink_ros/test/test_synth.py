@@ -112,3 +112,35 @@ def test_appearance_changes_between_visits():
     a, b = appearance_at(0, 10.0), appearance_at(0, 45.0)
     assert abs(a.brightness - b.brightness) > 0.02 or np.abs(a.gains - b.gains).max() > 0.02
     assert appearance_at(0, 10.0).brightness == appearance_at(0, 10.0).brightness
+
+
+def test_camera_effects_are_a_real_cameras_response_and_deterministic():
+    """SynthConfig.camera_effects: the image goes through the town's camera (data/camera.py),
+    the same every render, the scan untouched; towns differ in their camera, frames in their
+    exposure; the renderer without it is unchanged."""
+    import cv2
+
+    from attnlink_ros.data.camera import camera_look, camera_response
+    from attnlink_ros.data.synth import SynthConfig, SyntheticDrive
+
+    plain = SyntheticDrive(SynthConfig(frames=40, seed=5))
+    cam = SyntheticDrive(SynthConfig(frames=40, seed=5, camera_effects=True))
+    a, pa = plain.render(20)
+    b, pb = cam.render(20)
+    assert np.array_equal(pa, pb) and np.array_equal(b, cam.render(20)[0])  # deterministic; LiDAR unchanged
+    assert np.array_equal(a, SyntheticDrive(SynthConfig(frames=40, seed=5)).render(20)[0])
+    assert b.shape == a.shape and b.dtype == np.uint8 and np.abs(a.astype(int) - b).mean() > 3.0
+    # vignetting darkens the corners relative to the centre; JPEG leaves 8x8 block edges
+    look = camera_look(5)
+    flat = np.full((376, 1241, 3), 160, np.uint8)
+    out = camera_response(flat, look, np.random.default_rng(0)).astype(float)
+    centre, corner = out[170:200, 600:640].mean(), out[:20, :20].mean()
+    assert corner < centre * (1 - 0.5 * look.vignette)
+    looks = {camera_look(s) for s in range(20)}
+    assert len(looks) == 20 and np.ptp([lk.gamma for lk in looks]) > 0.3 and np.ptp([lk.vignette for lk in looks]) > 0.2
+    exposures = [camera_response(flat, look, np.random.default_rng(s))[170:200, 600:640].mean() for s in range(8)]
+    assert np.std(exposures) > 2.0  # auto-exposure error differs a frame
+    small = camera_response(cv2.resize(a, (512, 128)), look, np.random.default_rng(1))  # any size (training crops)
+    assert small.shape == (128, 512, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        camera_response(a.astype(np.float32), look, np.random.default_rng(0))

@@ -65,6 +65,10 @@ class SynthConfig:
     camera_range_m: float = 260.0
     dropout: float = 0.02
     range_noise_m: float = 0.012
+    # a real camera's response on top of the rendered light (data/camera.py): exposure error,
+    # white balance, tone curve, saturation, vignetting, blur, shot noise, JPEG. Off by default:
+    # the towns of the test set and of earlier models were rendered without it.
+    camera_effects: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,11 @@ class SyntheticDrive:
         self._noise = _noise_table(config.seed)
         # sensor noise bank: a random window of it per frame (cheaper than fresh normals)
         self._sensor_noise = np.random.default_rng(config.seed + 77).standard_normal((IMAGE_H + 64, IMAGE_W + 64), dtype=np.float32)
+        self.look = None
+        if config.camera_effects:
+            from .camera import camera_look
+
+            self.look = camera_look(config.seed)
 
     def __len__(self) -> int:
         return self.config.frames
@@ -229,6 +238,10 @@ class SyntheticDrive:
         rng = np.random.default_rng([self.config.seed, i, 5])
         image, depth = self._render_camera(scene, Twc, t, rng)
         points = self._render_lidar(scene, Twc @ self.Tr, rng)
+        if self.look is not None:  # its own generator: the scan is the same with or without it
+            from .camera import camera_response
+
+            image = camera_response(image, self.look, np.random.default_rng([self.config.seed, i, 7]))
         return (image, points, depth) if with_depth else (image, points)
 
     def _render_camera(self, scene: T.Solids, Twc: np.ndarray, t: float, rng) -> tuple[np.ndarray, np.ndarray]:

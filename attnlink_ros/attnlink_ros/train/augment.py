@@ -21,6 +21,7 @@ class AugmentConfig:
     hide: float = 0.2  # share of the kept LiDAR pixels hidden from the input (completion target)
     noise: float = 0.0  # Gaussian pixel noise, sigma uniform in [0, noise], on half of the images
     blur: float = 0.0  # Gaussian blur (defocus, motion), sigma uniform in [0, blur] pixels of the input, on a quarter of the images
+    camera: float = 0.0  # share of the images recorded through a random camera (data/camera.py: exposure, white balance, tone, vignetting, blur, noise, JPEG)
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -46,6 +47,10 @@ def make_sample(cache: FrameCache, k: int, grid: GridGeometry, rng: np.random.Ge
     img = cache.images[k]
     if img.shape[:2] != (grid.out_h, grid.out_w):
         img = cv2.resize(np.asarray(img), (grid.out_w, grid.out_h), interpolation=cv2.INTER_AREA)
+    if rng is not None and aug.camera > 0 and rng.random() < aug.camera:
+        from ..data.camera import camera_look, camera_response
+
+        img = camera_response(np.ascontiguousarray(img, dtype=np.uint8), camera_look(int(rng.integers(1 << 30))), rng)
     rgb = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
     pts = cache.frame_points(k)
     if rng is not None:
