@@ -263,3 +263,49 @@ augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
 
     with pytest.raises(ConfigError, match="narrower"):
         train(RunConfig.load(tmp_path / "narrow.yaml"), fresh=True, progress=False)
+
+
+def test_rear_view_negatives_and_two_view_validation(synth_root, tmp_path):
+    """Mono stage with rear_negative_weight and val_views 2: the term is logged and trains the
+    U-Net only; validation scores image queries against a map of two heading views (the rear
+    views those of the shipped map builder) and reports recall by heading."""
+    import shutil
+
+    from attnlink_ros.train.trainer import rear_view_nce
+
+    slow = tmp_path / "slow"
+    shutil.copytree(synth_root, slow)
+    times = slow / "dataset" / "sequences" / "00" / "times.txt"
+    times.write_text("".join(f"{float(t) * 100:.6e}\n" for t in times.read_text().split()))
+    torch.manual_seed(0)
+    init = save_model(AttnLink(variant("attnlink-lite", image_depth=True)).eval(), tmp_path / "init")
+    (tmp_path / "c.yaml").write_text(f"""
+model: {{variant: attnlink-lite, image_depth: true}}
+data:
+  train: [{{root: {slow}, sequence: "00"}}]
+  val: [{{root: {slow}, sequence: "00"}}]
+  cache_dir: {tmp_path / 'cache'}
+  cache_size: [64, 256]
+train: {{out: {tmp_path / 'run'}, init_from: {init}, stage: mono, modes: [image], steps: 2, batch_size: 4, eval_every: 2,
+        log_every: 1, warmup_steps: 1, lr: 0.01, distill_weight: 1.0, rear_negative_weight: 1.0, rear_negatives: 4,
+        neg_radius_m: 10.0, val_views: 2}}
+augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
+""")
+    train(RunConfig.load(tmp_path / "c.yaml"), progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "rear_nce" in lines[1] and np.isfinite(lines[1]["rear_nce"]) and 0.0 <= lines[1]["rear_beats_own"] <= 1.0
+    (val,) = lines[0]["val"].values()
+    assert val["revisit"]["ceiling"]["view_count"] == 2 and "by_heading" in val["revisit"]["image"]
+    before, after = load_model(init)[0], load_model(tmp_path / "run" / "final")[0]
+    old = before.state_dict()
+    assert all(torch.equal(v, old[k]) for k, v in after.state_dict().items() if not k.startswith("mono."))
+    # the term itself: a query equal to its own LiDAR descriptor and unlike every rear view scores
+    # low; the same query where a far rear view equals it scores higher; near rear views never count
+    q = torch.nn.functional.normalize(torch.randn(1, 8), dim=1)
+    xy, far, near = torch.zeros(1, 2), torch.tensor([[100.0, 0]]), torch.tensor([[5.0, 0]])
+    good, st = rear_view_nce(q, q, xy, -q, far, 10.0, 2, 0.1)  # the rear views are all unlike it
+    bad, st_bad = rear_view_nce(q, q, xy, torch.cat([-q, q]), torch.cat([far, far]), 10.0, 2, 0.1)  # a far place's rear view equals it
+    same_place, _ = rear_view_nce(q, q, xy, torch.cat([-q, q]), torch.cat([far, near]), 10.0, 2, 0.1)  # its own place, seen back
+    assert good < bad and same_place == pytest.approx(float(good), rel=1e-6) and st["rear_beats_own"] == 0.0
+    with pytest.raises(Exception, match="rear_negative_weight"):
+        RunConfig.load(tmp_path / "c.yaml", {"stage": "joint"})

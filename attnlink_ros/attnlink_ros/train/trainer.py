@@ -68,12 +68,24 @@ class TrainConfig:
     # validation image-noise levels (seeded, as `attnlink eval --robustness`): the selection score is
     # the image revisit Recall@1 averaged over validation sequences and these levels (0 = clean)
     val_noise: tuple[float, ...] = (0.0,)
+    # heading views a place of the validation databases (retrieval/views.py): 2 scores image
+    # queries against the product's map, whose rear views they must not mistake for their place
+    val_views: int = 1
+    # mono stage: InfoNCE of the image descriptor against its own frame's LiDAR descriptor, with the
+    # town's rear-view LiDAR descriptors (the `rear_negatives` most similar ones of places beyond
+    # neg_radius_m) and the batch's other frames beyond neg_radius_m as negatives
+    rear_negative_weight: float = 0.0
+    rear_negatives: int = 16
 
     def __post_init__(self) -> None:
         if self.stage not in ("joint", "mono"):
             raise ConfigError(f"train.stage must be 'joint' or 'mono', got {self.stage!r}")
         if not self.val_noise or any(not 0 <= float(v) < 1 for v in self.val_noise):
             raise ConfigError(f"train.val_noise must list sigmas in [0, 1), got {self.val_noise!r}")
+        if self.val_views not in (1, 2):
+            raise ConfigError(f"train.val_views must be 1 or 2, got {self.val_views!r}")
+        if self.rear_negative_weight > 0 and self.stage != "mono":
+            raise ConfigError("train.rear_negative_weight needs train.stage 'mono' (the rear views come from the frozen depth branch)")
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,26 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     if not caches:
         raise ConfigError("data.train lists no sequence")
     grids = [model_grid(c, mcfg.input_height, mcfg.input_width) for c in caches]
+    specs_of = {id(c): spec for c, spec in zip(caches + val, list(cfg.data.train) + list(cfg.data.val or ()))}
+    rear: dict[int, torch.Tensor] = {}  # cache id -> (N, D) rear-view LiDAR descriptors (frozen depth branch: computed once)
+
+    def rear_bank(c: FrameCache) -> np.ndarray:
+        from ..data.kitti import KittiSequence
+        from ..evaluation.recall import encode_views
+
+        if id(c) not in rear or not mono_stage:
+            spec = specs_of[id(c)]
+            seq = KittiSequence(spec["root"], str(spec.get("sequence", "00")))
+            was = model.training
+            bank = encode_views(model, c, seq, [180.0], store=False)[:, 0]
+            model.train(was)
+            set_train_mode()
+            rear[id(c)] = torch.from_numpy(bank).to(device)
+        return rear[id(c)]
+
+    if tc.rear_negative_weight > 0:
+        for c in caches:
+            rear_bank(c)
     stream = _BatchStream(caches, grids, (tc.batch_size, tc.pos_radius_m, tc.revisit_share), tc.seed + 1000 * rank + step, cfg.augment)
     if tc.workers > 0:
         batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers, prefetch_factor=4,
@@ -318,7 +350,17 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         modes = ("image", "lidar") if mono_stage else ("image", "lidar", "fused")  # the mono stage changes image only
         for c in val:
             desc = encode_cache(model, c, modes=modes, device=device)
-            res[c.name] = evaluate_descriptors(desc, c.xy, c.times, protocols=("revisit",), modes=modes)
+            if tc.val_views == 2:  # the product's map: each place also as its rear view
+                from ..data.kitti import KittiSequence
+                from ..evaluation.protocols import headings_deg
+
+                spec = specs_of[id(c)]
+                seq = KittiSequence(spec["root"], str(spec.get("sequence", "00")))
+                db = np.stack([desc["lidar"], rear_bank(c).cpu().numpy()], axis=1)
+                res[c.name] = evaluate_descriptors(desc, c.xy, c.times, protocols=("revisit",), modes=modes, db=db,
+                                                   heading=headings_deg(seq.poses[c.frames]), view_yaws_deg=[0.0, 180.0])
+            else:
+                res[c.name] = evaluate_descriptors(desc, c.xy, c.times, protocols=("revisit",), modes=modes)
             clean = res[c.name]["revisit"]["image"]
             if not clean["queries"]:
                 continue
@@ -352,7 +394,8 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         if mono_stage:
-            loss, stats = _mono_step(model, net, rgb, depth + target, tc, mcfg.max_depth_m)
+            bank = (rear[id(caches[ci])], torch.from_numpy(caches[ci].xy).float().to(device)) if tc.rear_negative_weight > 0 else None
+            loss, stats = _mono_step(model, net, rgb, depth + target, tc, mcfg.max_depth_m, xy, bank)
         else:
             loss, stats = _joint_step(net, rgb, depth, target, pos, neg, tc, mcfg.max_depth_m, step)
         opt.zero_grad(set_to_none=True)
@@ -380,8 +423,12 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             if writer:
                 for name, r in res_val.items():
                     for m, v in r["revisit"].items():
-                        if v["queries"]:
-                            writer.add_scalar(f"val/{name}/revisit/{m}/recall@1", v["recall@1"], step)
+                        if m == "ceiling" or not v["queries"]:
+                            continue
+                        writer.add_scalar(f"val/{name}/revisit/{m}/recall@1", v["recall@1"], step)
+                        for c, hv in v.get("by_heading", {}).items():
+                            if hv.get("queries"):
+                                writer.add_scalar(f"val/{name}/revisit/{m}/{c}_heading_recall@1", hv["recall@1"], step)
                     for sigma, v in r.get("image_noise", {}).items():
                         writer.add_scalar(f"val/{name}/revisit/image_noise_{sigma}/recall@1", v, step)
             if r1 == r1 and r1 > best:
@@ -414,8 +461,10 @@ def _pseudo_lidar_terms(res, teacher_dense: torch.Tensor, returns: torch.Tensor,
     return tc.pseudo_depth_weight * ld + tc.pseudo_return_weight * lr, {"pseudo_depth": float(ld.detach()), "pseudo_return": float(lr.detach())}
 
 
-def _mono_step(model, net, rgb, scan, tc: TrainConfig, max_depth: float):
-    """Loss of the mono stage: the frozen depth branch on the real scan is the teacher."""
+def _mono_step(model, net, rgb, scan, tc: TrainConfig, max_depth: float, xy: torch.Tensor | None = None, bank=None):
+    """Loss of the mono stage: the frozen depth branch on the real scan is the teacher. ``bank``:
+    (rear-view descriptors (N, D), their places' xy (N, 2)) of the batch's town, for the
+    rear-view negatives; ``xy`` (B, 2): the batch frames' places."""
     feats: list[torch.Tensor] = []
     hooks = [getattr(model.trunk, f"att{i}").register_forward_hook(lambda mod, inp, out: feats.append(out))
              for i in range(1, 5)] if tc.pseudo_feature_weight > 0 else []
@@ -436,7 +485,34 @@ def _mono_step(model, net, rgb, scan, tc: TrainConfig, max_depth: float):
         ld = (1 - (res.by_mode["image"] * teacher.descriptor).sum(1)).mean()
         loss = loss + tc.distill_weight * ld
         stats["distill_image"] = float(ld.detach())
+    if bank is not None and tc.rear_negative_weight > 0:
+        lr_, st = rear_view_nce(res.by_mode["image"], teacher.descriptor, xy, bank[0], bank[1], tc.neg_radius_m,
+                                tc.rear_negatives, tc.temperature)
+        loss = loss + tc.rear_negative_weight * lr_
+        stats.update(st)
     return loss, stats
+
+
+def rear_view_nce(q: torch.Tensor, own: torch.Tensor, xy: torch.Tensor, bank: torch.Tensor, bank_xy: torch.Tensor,
+                  neg_radius: float, hardest: int, temperature: float) -> tuple[torch.Tensor, dict]:
+    """InfoNCE of image descriptors ``q`` (B, D) against their own frames' LiDAR descriptors
+    ``own`` (B, D, the positives); negatives: for each query the ``hardest`` rear-view
+    descriptors of ``bank`` (N, D) most like it among places farther than ``neg_radius`` (a rear
+    view of a place within it may be the query's own place seen the other way), and the batch's
+    other frames farther than ``neg_radius``. Returns (loss, stats)."""
+    far_bank = torch.cdist(xy, bank_xy) > neg_radius  # (B, N)
+    with torch.no_grad():
+        sims = (q.detach() @ bank.T).masked_fill(~far_bank, -2.0)
+        hard = sims.topk(min(hardest, bank.shape[0]), dim=1).indices  # (B, M)
+        hard_ok = torch.gather(far_bank, 1, hard)
+    rear_logits = torch.einsum("bd,bmd->bm", q, bank[hard]).masked_fill(~hard_ok, float("-inf")) / temperature
+    batch_logits = (q @ own.T).masked_fill(torch.cdist(xy, xy) <= neg_radius, float("-inf")) / temperature
+    pos = (q * own).sum(1) / temperature
+    logits = torch.cat([pos[:, None], rear_logits, batch_logits], dim=1)
+    loss = (torch.logsumexp(logits, dim=1) - pos).mean()
+    with torch.no_grad():
+        beaten = (rear_logits.max(1).values > pos).float().mean()
+    return loss, {"rear_nce": float(loss.detach()), "rear_beats_own": float(beaten)}
 
 
 def _joint_step(net, rgb, depth, target, pos, neg, tc: TrainConfig, max_depth: float, step: int):
