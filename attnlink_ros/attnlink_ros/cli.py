@@ -290,7 +290,7 @@ def _eval_table(args: argparse.Namespace, model, meta) -> dict:
     if args.test_set:
         ts = TestSet.load(args.test_set)
         roots = ensure_towns(ts.towns, args.towns, workers=args.workers, progress=not args.quiet)
-        views, modes, sequence = [ts.views], list(ts.modes), "00"
+        views, modes, sequence = [ts.views], list(args.mode or ts.modes), "00"  # --mode: a subset of the card's modes
     else:
         roots = {(Path(d).name or Path(d).resolve().name): Path(d) for d in args.data}
         if len(roots) != len(args.data):
