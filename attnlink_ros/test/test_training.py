@@ -185,19 +185,25 @@ augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
         train(RunConfig.load(tmp_path / "bad.yaml"), fresh=True, progress=False)
 
 
-def test_validation_score_averages_image_noise_levels(synth_root, tmp_path):
-    """train.val_noise: the selection score is the image revisit Recall@1 averaged over the
-    validation sequences and noise levels, each level as `attnlink eval --robustness` measures it."""
+def _slowed_drive(synth_root, tmp_path):
+    """The 24-frame drive with its clock slowed 100x: frames lie 10 s apart, so later frames
+    revisit earlier places."""
     import shutil
 
-    from attnlink_ros.evaluation.protocols import make_protocol
-    from attnlink_ros.evaluation.robustness import image_noise_recall
-
-    # the 24-frame drive with its clock slowed 100x: frames lie 10 s apart, so later frames revisit earlier places
     slow = tmp_path / "slow"
     shutil.copytree(synth_root, slow)
     times = slow / "dataset" / "sequences" / "00" / "times.txt"
     times.write_text("".join(f"{float(t) * 100:.6e}\n" for t in times.read_text().split()))
+    return slow
+
+
+def test_validation_score_averages_image_noise_levels(synth_root, tmp_path):
+    """train.val_noise: the selection score is the image revisit Recall@1 averaged over the
+    validation sequences and noise levels, each level as `attnlink eval --robustness` measures it."""
+    from attnlink_ros.evaluation.protocols import make_protocol
+    from attnlink_ros.evaluation.robustness import image_noise_recall
+
+    slow = _slowed_drive(synth_root, tmp_path)
     torch.manual_seed(0)
     init = save_model(AttnLink(variant("attnlink-lite", image_depth=True)).eval(), tmp_path / "init")
     (tmp_path / "c.yaml").write_text(f"""
@@ -269,14 +275,9 @@ def test_rear_view_negatives_and_two_view_validation(synth_root, tmp_path):
     """Mono stage with rear_negative_weight and val_views 2: the term is logged and trains the
     U-Net only; validation scores image queries against a map of two heading views (the rear
     views those of the shipped map builder) and reports recall by heading."""
-    import shutil
-
     from attnlink_ros.train.trainer import rear_view_nce
 
-    slow = tmp_path / "slow"
-    shutil.copytree(synth_root, slow)
-    times = slow / "dataset" / "sequences" / "00" / "times.txt"
-    times.write_text("".join(f"{float(t) * 100:.6e}\n" for t in times.read_text().split()))
+    slow = _slowed_drive(synth_root, tmp_path)
     torch.manual_seed(0)
     init = save_model(AttnLink(variant("attnlink-lite", image_depth=True)).eval(), tmp_path / "init")
     (tmp_path / "c.yaml").write_text(f"""
