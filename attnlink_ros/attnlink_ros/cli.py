@@ -37,7 +37,7 @@ def cmd_synth(args: argparse.Namespace) -> dict:
 
     if args.frames <= 0:
         raise AttnLinkError(f"--frames must be positive, got {args.frames}")
-    cfg = SynthConfig(frames=args.frames, seed=args.seed, camera_effects=args.camera_effects)
+    cfg = SynthConfig(frames=args.frames, seed=args.seed, camera_effects=args.camera_effects, scene_variety=args.scene_variety)
     t0 = time.perf_counter()
     seq_dir = write_synthetic_sequence(args.out, cfg, sequence=args.sequence, workers=args.workers, progress=not args.quiet)
     elapsed = time.perf_counter() - t0
@@ -47,6 +47,7 @@ def cmd_synth(args: argparse.Namespace) -> dict:
         "sequence_dir": str(seq_dir),
         "seed": args.seed,
         "camera_effects": bool(args.camera_effects),
+        "scene_variety": bool(args.scene_variety),
         "workers": args.workers,
         "seconds": round(elapsed, 2),
         "ms_per_frame_wall": round(1000 * elapsed / args.frames, 1),
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--camera-effects", action="store_true",
                     help="a real camera's response on the images: exposure error, white balance, tone, vignetting, blur, noise, JPEG "
                          "(per town and frame, deterministic; data/camera.py)")
+    sp.add_argument("--scene-variety", action="store_true", help="clouds over the sky and a continuous range of car paint (camera only)")
     sp.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -144,3 +144,21 @@ def test_camera_effects_are_a_real_cameras_response_and_deterministic():
     assert small.shape == (128, 512, 3)
     with pytest.raises(ValueError, match="uint8"):
         camera_response(a.astype(np.float32), look, np.random.default_rng(0))
+
+
+def test_scene_variety_clouds_and_car_paint_camera_only():
+    """SynthConfig.scene_variety: clouds over the sky and car paint change the image only (the
+    scan and the road are untouched), the same every render; towns differ in cloud cover."""
+    from attnlink_ros.data.synth import SynthConfig, SyntheticDrive
+
+    plain = SyntheticDrive(SynthConfig(frames=40, seed=5))
+    var = SyntheticDrive(SynthConfig(frames=40, seed=5, scene_variety=True))
+    a, pa, da = plain.render(20, with_depth=True)
+    b, pb = var.render(20)
+    assert np.array_equal(pa, pb) and np.array_equal(b, var.render(20)[0])
+    sky = da == 0  # the renderer's depth is 0 on the sky
+    assert sky.sum() > 10_000 and np.abs(a[sky].astype(int) - b[sky]).mean() > 3.0
+    road = slice(330, 376)
+    assert np.abs(a[road].astype(int) - b[road]).mean() < 1.0  # the road below is the same image
+    covers = {SyntheticDrive(SynthConfig(frames=10, seed=s, scene_variety=True))._cloud_cover for s in range(5)}
+    assert len(covers) == 5

@@ -69,6 +69,10 @@ class SynthConfig:
     # white balance, tone curve, saturation, vignetting, blur, shot noise, JPEG. Off by default:
     # the towns of the test set and of earlier models were rendered without it.
     camera_effects: bool = False
+    # more of the scene's look, camera only (the scan is unchanged): clouds drifting over the sky
+    # (a town's cover), parked cars in a continuous range of paint colours. Off by default, as
+    # camera_effects.
+    scene_variety: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ class SyntheticDrive:
         # sensor noise bank: a random window of it per frame (cheaper than fresh normals)
         self._sensor_noise = np.random.default_rng(config.seed + 77).standard_normal((IMAGE_H + 64, IMAGE_W + 64), dtype=np.float32)
         self.look = None
+        cr = np.random.default_rng([config.seed, 2024])
+        self._cloud_cover, self._cloud_drift = float(cr.uniform(0.1, 0.75)), float(cr.uniform(-3.0, 3.0))
         if config.camera_effects:
             from .camera import camera_look
 
@@ -313,6 +319,9 @@ class SyntheticDrive:
         if len(car):  # windows band and wheels
             zc, top = z[car], sub.zmax[o[car]]
             cc = col[:, car]
+            if cfg.scene_variety:  # paint: a continuous tint a car (fixed per car and period: its solid's key)
+                key = idx[o[car]]
+                cc *= np.stack([0.6 + 0.8 * T.hash01(key, k + 31) for k in range(3)]).astype(np.float32)
             cc[:, (zc > 0.55 * top + 0.2) & (zc < top - 0.08)] = 0.12
             cc[:, zc < 0.42] = 0.06
             col[:, car] = cc
@@ -345,6 +354,8 @@ class SyntheticDrive:
         mix = np.clip((self.K[1, 2] - rows) / self.K[1, 1] * 2.5, 0, 1).astype(np.float32)[None]
         sky_rows = (horizon * (1 - mix) + zenith * mix) * np.float32(0.8 + 0.35 * light) * out_gain  # (3, H)
         img[:, p] = sky_rows[:, p // W]
+        if cfg.scene_variety and len(p):
+            img[:, p] = self._clouds(p, dir_x, dir_y, t, light, out_gain, img[:, p])
         # sensor noise, then interleave to an (H, W, 3) BGR image
         dy, dx = rng.integers(0, 64, 2)
         img += self._sensor_noise[dy : dy + H, dx : dx + W].reshape(1, -1) * np.float32(app.noise_sigma)
@@ -352,6 +363,20 @@ class SyntheticDrive:
         planes = img.astype(np.uint8).reshape(3, H, W)
         depth = dist.reshape(H, W) / self._cam_hnorm[None]  # 0 on the sky
         return np.ascontiguousarray(planes.transpose(1, 2, 0)), depth
+
+    def _clouds(self, p: np.ndarray, dir_x: np.ndarray, dir_y: np.ndarray, t: float, light, out_gain, sky: np.ndarray) -> np.ndarray:
+        """Sky pixels ``p`` with clouds: the town's noise table seen on a dome, drifting with time;
+        the town's cover decides how much of it is cloud."""
+        W = IMAGE_W
+        c, r = p % W, p // W
+        az = np.arctan2(dir_y[c], dir_x[c]) * np.float32(1024 / np.pi)  # texels around the horizon (half a turn per table)
+        el = np.maximum((self.K[1, 2] - r) / self.K[1, 1], 0.02).astype(np.float32)  # tan of the elevation
+        u = ((az + np.float32(t * self._cloud_drift)) / (0.4 + el) * np.float32(0.25)).astype(np.int64) % 1024
+        v = (np.float32(90.0) / (0.1 + el)).astype(np.int64) % 1024  # farther clouds crowd towards the horizon
+        n = self._noise[v, u]
+        cloud = np.clip((n - np.float32(1.0 - self._cloud_cover)) / np.float32(0.18), 0, 1)[None]
+        white = np.array([0.93, 0.93, 0.95], np.float32)[:, None] * (np.float32(0.7) + np.float32(0.4) * light) * out_gain
+        return sky * (1 - cloud) + white * (np.float32(0.75) + np.float32(0.25) * n[None]) * cloud
 
     def _render_lidar(self, scene: T.Solids, Twl: np.ndarray, rng) -> np.ndarray:
         cfg = self.config
