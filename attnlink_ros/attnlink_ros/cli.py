@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--camera-effects", action="store_true",
                     help="a real camera's response on the images: exposure error, white balance, tone, vignetting, blur, noise, JPEG "
                          "(per town and frame, deterministic; data/camera.py)")
-    sp.add_argument("--scene-variety", action="store_true", help="clouds over the sky and a continuous range of car paint (camera only)")
+    sp.add_argument("--scene-variety", action="store_true", help="clouds over the sky, a continuous range of car paint and cast shadows on the ground (camera only)")
     sp.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 

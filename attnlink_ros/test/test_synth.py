@@ -146,9 +146,10 @@ def test_camera_effects_are_a_real_cameras_response_and_deterministic():
         camera_response(a.astype(np.float32), look, np.random.default_rng(0))
 
 
-def test_scene_variety_clouds_and_car_paint_camera_only():
-    """SynthConfig.scene_variety: clouds over the sky and car paint change the image only (the
-    scan and the road are untouched), the same every render; towns differ in cloud cover."""
+def test_scene_variety_clouds_car_paint_and_shadows_camera_only():
+    """SynthConfig.scene_variety: clouds over the sky, car paint and cast shadows change the image
+    only (the scan is untouched), the same every render; towns differ in cloud cover; a box's
+    shadow falls where the sun puts it."""
     from attnlink_ros.data.synth import SynthConfig, SyntheticDrive
 
     plain = SyntheticDrive(SynthConfig(frames=40, seed=5))
@@ -158,7 +159,18 @@ def test_scene_variety_clouds_and_car_paint_camera_only():
     assert np.array_equal(pa, pb) and np.array_equal(b, var.render(20)[0])
     sky = da == 0  # the renderer's depth is 0 on the sky
     assert sky.sum() > 10_000 and np.abs(a[sky].astype(int) - b[sky]).mean() > 3.0
-    road = slice(330, 376)
-    assert np.abs(a[road].astype(int) - b[road]).mean() < 1.0  # the road below is the same image
+    lit_or_shade = b[~sky].astype(int) - a[~sky]
+    assert (lit_or_shade <= 1).mean() > 0.95  # below the sky: shadows darken, only car paint may brighten
+    # cast shadows: a 10 m tall 4 x 4 m box, the sun 45 deg up in +x: the ground 0-10 m on its -x side is dark
+    from attnlink_ros.data import town as T
+
+    box = T.Solids(kind=np.zeros(1, np.int8), x0=np.array([0.0], np.float32), x1=np.array([4.0], np.float32),
+                   y0=np.array([0.0], np.float32), y1=np.array([4.0], np.float32), zmin=np.zeros(1, np.float32),
+                   zmax=np.array([10.0], np.float32), material=np.zeros(1, np.int8), color=np.ones((1, 3), np.float32),
+                   style=np.zeros((1, 4), np.float32), intensity=np.ones(1, np.float32))
+    sun = np.array([np.sqrt(0.5), 0.0, np.sqrt(0.5)], np.float32)
+    gx = np.array([-5.0, -9.0, -12.0, 8.0, 2.0], np.float32)
+    gy = np.array([2.0, 2.0, 2.0, 2.0, 12.0], np.float32)
+    assert var._in_shadow(box, (20.0, 2.0, 1.65), sun, gx, gy).tolist() == [True, True, False, False, False]
     covers = {SyntheticDrive(SynthConfig(frames=10, seed=s, scene_variety=True))._cloud_cover for s in range(5)}
     assert len(covers) == 5

@@ -70,8 +70,8 @@ class SynthConfig:
     # the towns of the test set and of earlier models were rendered without it.
     camera_effects: bool = False
     # more of the scene's look, camera only (the scan is unchanged): clouds drifting over the sky
-    # (a town's cover), parked cars in a continuous range of paint colours. Off by default, as
-    # camera_effects.
+    # (a town's cover), parked cars in a continuous range of paint colours, cast shadows on the
+    # ground. Off by default, as camera_effects.
     scene_variety: bool = False
 
 
@@ -346,6 +346,8 @@ class SyntheticDrive:
         gy = np.float32(origin[1]) + tg * dir_y[c]
         _, albedo = ground_at(self.town, gx, gy, self._noise)
         albedo *= np.float32((0.55 + 0.6 * max(float(sun[2]), 0.0)) * light)
+        if cfg.scene_variety and float(sun[2]) > 0.05:  # cast shadows of buildings, trees, cars, walls
+            albedo *= np.where(self._in_shadow(scene, origin, sun, gx, gy), np.float32(0.55), np.float32(1.0))
         finish(p, albedo, tg)
         # sky
         p = np.flatnonzero((obj < 0) & ~below)
@@ -364,14 +366,39 @@ class SyntheticDrive:
         depth = dist.reshape(H, W) / self._cam_hnorm[None]  # 0 on the sky
         return np.ascontiguousarray(planes.transpose(1, 2, 0)), depth
 
+    def _in_shadow(self, scene: T.Solids, origin, sun, gx: np.ndarray, gy: np.ndarray, reach: float = 90.0,
+                   cell: float = 0.4) -> np.ndarray:
+        """Whether ground points (gx, gy) lie in a solid's shadow: each solid's footprint (its
+        bounding rectangle) swept from its base's shadow to its top's, rasterised on a ground grid
+        around the camera (``reach`` m, ``cell`` m); points beyond the grid are lit."""
+        import cv2
+
+        n = int(2 * reach / cell)
+        grid = np.zeros((n, n), np.uint8)
+        ox, oy = float(origin[0]) - reach, float(origin[1]) - reach
+        d = -np.asarray(sun[:2], np.float64) / float(sun[2])  # ground offset of a point 1 m up
+        near = cull(scene, float(origin[0]), float(origin[1]), reach + 40.0)
+        for j in near:
+            x0, x1, y0, y1 = float(scene.x0[j]), float(scene.x1[j]), float(scene.y0[j]), float(scene.y1[j])
+            foot = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+            pts = np.concatenate([foot + d * float(scene.zmin[j]), foot + d * float(scene.zmax[j])])
+            hull = cv2.convexHull(((pts - (ox, oy)) / cell).astype(np.int32))
+            cv2.fillConvexPoly(grid, hull, 1)
+        ix = ((gx - ox) / cell).astype(np.int64)
+        iy = ((gy - oy) / cell).astype(np.int64)
+        inside = (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n)
+        out = np.zeros(len(gx), bool)
+        out[inside] = grid[iy[inside], ix[inside]] > 0
+        return out
+
     def _clouds(self, p: np.ndarray, dir_x: np.ndarray, dir_y: np.ndarray, t: float, light, out_gain, sky: np.ndarray) -> np.ndarray:
         """Sky pixels ``p`` with clouds: the town's noise table seen on a dome, drifting with time;
         the town's cover decides how much of it is cloud."""
         W = IMAGE_W
         c, r = p % W, p // W
-        az = np.arctan2(dir_y[c], dir_x[c]) * np.float32(1024 / np.pi)  # texels around the horizon (half a turn per table)
+        az = np.arctan2(dir_y[c], dir_x[c]) * np.float32(1024 / np.pi)  # two table widths a turn: seamless at +-180 deg
         el = np.maximum((self.K[1, 2] - r) / self.K[1, 1], 0.02).astype(np.float32)  # tan of the elevation
-        u = ((az + np.float32(t * self._cloud_drift)) / (0.4 + el) * np.float32(0.25)).astype(np.int64) % 1024
+        u = (az + np.float32(t * self._cloud_drift)).astype(np.int64) % 1024
         v = (np.float32(90.0) / (0.1 + el)).astype(np.int64) % 1024  # farther clouds crowd towards the horizon
         n = self._noise[v, u]
         cloud = np.clip((n - np.float32(1.0 - self._cloud_cover)) / np.float32(0.18), 0, 1)[None]
