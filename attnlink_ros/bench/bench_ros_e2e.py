@@ -44,31 +44,26 @@ def relay() -> None:
     from attnlink_ros.ros.conversions import stamp_to_sec
     from attnlink_ros.ros.transport import apply_transport_profile
 
+    from attnlink_ros.ros.lifecycle import spin_node
+
+    def make_relay():
+        node = rclpy.create_node("bench_relay")
+        pub = node.create_publisher(Float64MultiArray, "/bench/pair", 10)
+        seen: dict[float, int] = {}
+
+        def got(msg) -> None:
+            t = round(stamp_to_sec(msg.header.stamp), 6)
+            seen[t] = seen.get(t, 0) + 1
+            if seen[t] == 2:
+                pub.publish(Float64MultiArray(data=[t]))
+                del seen[t]
+
+        node.create_subscription(Image, "image", got, qos_profile_sensor_data)
+        node.create_subscription(PointCloud2, "points", got, qos_profile_sensor_data)
+        return node
+
     apply_transport_profile()
-    rclpy.init()
-    node = rclpy.create_node("bench_relay")
-    pub = node.create_publisher(Float64MultiArray, "/bench/pair", 10)
-    seen: dict[float, int] = {}
-
-    def got(msg) -> None:
-        t = round(stamp_to_sec(msg.header.stamp), 6)
-        seen[t] = seen.get(t, 0) + 1
-        if seen[t] == 2:
-            pub.publish(Float64MultiArray(data=[t]))
-            del seen[t]
-
-    node.create_subscription(Image, "image", got, qos_profile_sensor_data)
-    node.create_subscription(PointCloud2, "points", got, qos_profile_sensor_data)
-    from rclpy.executors import ExternalShutdownException
-
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    spin_node(make_relay)  # until SIGTERM from the bench, then an orderly teardown
 
 
 def wait_until(cond, timeout: float, what: str) -> None:

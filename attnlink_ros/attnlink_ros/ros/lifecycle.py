@@ -232,7 +232,8 @@ class SensorNodeMixin:
 
 
 def spin_node(node_cls) -> None:
-    """Runs one node until Ctrl-C or SIGTERM (``ros2 launch`` stopping it), then tears down."""
+    """Runs one node (``node_cls()``: a node class or any factory, called after ``rclpy.init``)
+    until Ctrl-C or SIGTERM (``ros2 launch`` stopping it), then tears down."""
     rclpy.init()
     node = node_cls()
     try:
