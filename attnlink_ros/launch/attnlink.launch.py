@@ -3,8 +3,10 @@
     ros2 launch attnlink_ros attnlink.launch.py map:=/path/to/map [model:=...] [backend:=auto]
         [mode:=fused] [map_mode:=relocalize|online] [namespace:=...] [use_sim_time:=false] [split:=false] [params_file:=...]
 
-Topics (remap under the namespace): in image, camera_info, points; out ~/place, ~/match,
-lio_loop/loop_closure_detection, ~/markers, /diagnostics. The node list comes from
+Topics (remap under the namespace): in image, camera_info, points (online: the pose_topic
+parameter's nav_msgs/Odometry); out ~/place, ~/match (attnlink_msgs/PlaceMatches), ~/loop
+(attnlink_msgs/LoopClosure), lio_loop/loop_closure_detection, ~/markers, /diagnostics; service
+~/save_map (online mode). The node list comes from
 attnlink_ros.launch_logic.attnlink_nodes (tested without a launch install); the shipped Fast DDS
 profile (config/fastdds_shm.xml) is set in the environment unless one is already named.
 """
