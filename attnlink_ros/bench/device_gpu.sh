@@ -1,21 +1,22 @@
 #!/bin/bash
-# What a lent GPU session runs (the `device` tool; no TensorRT or faiss there, PyTorch with CUDA).
-#   bench/device_gpu.sh checks        CUDA tests, encoder and search benchmarks -> $OUT
-#   bench/device_gpu.sh towns         synthetic towns of the lite model (16 workers)
-#   bench/device_gpu.sh train CONFIG [STEPS]   train (resumes runs/<out>/last), results -> $OUT
+# What a lent GPU session runs (the `device` tool; no TensorRT or faiss there, PyTorch with CUDA),
+# from the repository root (the Python package lives in attnlink_ros/ since session 7).
+#   attnlink_ros/bench/device_gpu.sh checks        CUDA tests, encoder and search benchmarks -> $OUT
+#   attnlink_ros/bench/device_gpu.sh towns         synthetic towns of the lite model (16 workers)
+#   attnlink_ros/bench/device_gpu.sh train CONFIG [STEPS]   train (resumes runs/<out>/last), results -> $OUT
 # KITTI frames for the CUDA projection test: copy ../shared/data/kitti's sequence 00 to .devkitti
 # and carry it (ATTNLINK_KITTI).
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/attnlink_ros PYTHONUNBUFFERED=1
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
 case "$1" in
 checks)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
-  ATTNLINK_KITTI=$PWD/.devkitti python3 -m pytest -q -ra -p no:cacheprovider test/test_inference.py test/test_projection.py 2>&1 | tail -15
-  python3 bench/bench_gpu_search.py --json "$OUT/bench_gpu_search.json"
-  python3 bench/bench_model.py --repeats ${REPEATS:-50} --json "$OUT/bench_model_gpu.json"
+  ATTNLINK_KITTI=$PWD/.devkitti python3 -m pytest -q -ra -p no:cacheprovider attnlink_ros/test/test_inference.py attnlink_ros/test/test_projection.py 2>&1 | tail -15
+  python3 attnlink_ros/bench/bench_gpu_search.py --json "$OUT/bench_gpu_search.json"
+  python3 attnlink_ros/bench/bench_model.py --repeats ${REPEATS:-50} --json "$OUT/bench_model_gpu.json"
   ;;
 towns)
   for s in 101 102 103 ${EXTRA_TOWNS:-}; do test -f out/towns/s$s/done || { python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames 1500 --workers 16 --quiet && touch out/towns/s$s/done; }; done
