@@ -308,5 +308,13 @@ augment: {{rotation_deg: 0.0, translation_m: 0.0, keep_min: 1.0, hide: 0.0}}
     bad, st_bad = rear_view_nce(q, q, xy, torch.cat([-q, q]), torch.cat([far, far]), 10.0, 2, 0.1)  # a far place's rear view equals it
     same_place, _ = rear_view_nce(q, q, xy, torch.cat([-q, q]), torch.cat([far, near]), 10.0, 2, 0.1)  # its own place, seen back
     assert good < bad and same_place == pytest.approx(float(good), rel=1e-6) and st["rear_beats_own"] == 0.0
+    # batch positives: frame 1, 3 m from frame 0 (a revisit), holds frame 0's image descriptor in its
+    # LiDAR one; frame 2, 100 m away, too (a confuser). Within pos_radius frame 1 rescues frame 0.
+    r = torch.nn.functional.normalize(torch.randn(1, 8), dim=1)
+    q3, own3 = torch.cat([q, q, q]), torch.cat([r, q, q])
+    xy3 = torch.tensor([[0.0, 0], [3.0, 0], [100.0, 0]])
+    alone, _ = rear_view_nce(q3, own3, xy3, -q, far, 10.0, 1, 0.1)
+    paired, _ = rear_view_nce(q3, own3, xy3, -q, far, 10.0, 1, 0.1, pos_radius=5.0)
+    assert paired < alone and float(rear_view_nce(q, q, xy, -q, far, 10.0, 2, 0.1, pos_radius=5.0)[0]) == pytest.approx(float(good))
     with pytest.raises(Exception, match="rear_negative_weight"):
         RunConfig.load(tmp_path / "c.yaml", {"stage": "joint"})

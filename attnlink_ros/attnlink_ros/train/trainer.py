@@ -76,6 +76,10 @@ class TrainConfig:
     # neg_radius_m) and the batch's other frames beyond neg_radius_m as negatives
     rear_negative_weight: float = 0.0
     rear_negatives: int = 16
+    # the rear-view term's positives: its own frame's LiDAR descriptor only (false), or also the
+    # batch's frames within pos_radius_m (true: the revisit pairs the sampler draws, the place as
+    # a map recorded at another time holds it)
+    rear_batch_positives: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in ("joint", "mono"):
@@ -487,29 +491,34 @@ def _mono_step(model, net, rgb, scan, tc: TrainConfig, max_depth: float, xy: tor
         stats["distill_image"] = float(ld.detach())
     if bank is not None and tc.rear_negative_weight > 0:
         lr_, st = rear_view_nce(res.by_mode["image"], teacher.descriptor, xy, bank[0], bank[1], tc.neg_radius_m,
-                                tc.rear_negatives, tc.temperature)
+                                tc.rear_negatives, tc.temperature, tc.pos_radius_m if tc.rear_batch_positives else 0.0)
         loss = loss + tc.rear_negative_weight * lr_
         stats.update(st)
     return loss, stats
 
 
 def rear_view_nce(q: torch.Tensor, own: torch.Tensor, xy: torch.Tensor, bank: torch.Tensor, bank_xy: torch.Tensor,
-                  neg_radius: float, hardest: int, temperature: float) -> tuple[torch.Tensor, dict]:
+                  neg_radius: float, hardest: int, temperature: float, pos_radius: float = 0.0) -> tuple[torch.Tensor, dict]:
     """InfoNCE of image descriptors ``q`` (B, D) against their own frames' LiDAR descriptors
-    ``own`` (B, D, the positives); negatives: for each query the ``hardest`` rear-view
-    descriptors of ``bank`` (N, D) most like it among places farther than ``neg_radius`` (a rear
-    view of a place within it may be the query's own place seen the other way), and the batch's
-    other frames farther than ``neg_radius``. Returns (loss, stats)."""
+    ``own`` (B, D, the positives; with ``pos_radius`` > 0 also the batch's other frames within it,
+    multi-positive); negatives: for each query the ``hardest`` rear-view descriptors of ``bank``
+    (N, D) most like it among places farther than ``neg_radius`` (a rear view of a place within it
+    may be the query's own place seen the other way), and the batch's other frames farther than
+    ``neg_radius``. Returns (loss, stats)."""
     far_bank = torch.cdist(xy, bank_xy) > neg_radius  # (B, N)
     with torch.no_grad():
         sims = (q.detach() @ bank.T).masked_fill(~far_bank, -2.0)
         hard = sims.topk(min(hardest, bank.shape[0]), dim=1).indices  # (B, M)
         hard_ok = torch.gather(far_bank, 1, hard)
     rear_logits = torch.einsum("bd,bmd->bm", q, bank[hard]).masked_fill(~hard_ok, float("-inf")) / temperature
-    batch_logits = (q @ own.T).masked_fill(torch.cdist(xy, xy) <= neg_radius, float("-inf")) / temperature
+    d = torch.cdist(xy, xy)
+    batch = (q @ own.T) / temperature
+    batch_logits = batch.masked_fill(d <= neg_radius, float("-inf"))
+    others = (d <= pos_radius) & ~torch.eye(len(q), dtype=torch.bool, device=q.device)
     pos = (q * own).sum(1) / temperature
-    logits = torch.cat([pos[:, None], rear_logits, batch_logits], dim=1)
-    loss = (torch.logsumexp(logits, dim=1) - pos).mean()
+    positives = torch.cat([pos[:, None], batch.masked_fill(~others, float("-inf"))], dim=1)
+    logits = torch.cat([positives, rear_logits, batch_logits], dim=1)
+    loss = (torch.logsumexp(logits, dim=1) - torch.logsumexp(positives, dim=1)).mean()
     with torch.no_grad():
         beaten = (rear_logits.max(1).values > pos).float().mean()
     return loss, {"rear_nce": float(loss.detach()), "rear_beats_own": float(beaten)}
