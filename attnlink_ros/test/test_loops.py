@@ -548,6 +548,10 @@ def test_drive_map_without_poses_says_so(tmp_path):
     assert P[0, 0, 3] == pytest.approx(1.5) and np.isnan(P[1]).all() and P[2, 0, 3] == pytest.approx(30.0)
     with pytest.raises(ValueError):
         track.add(5.0, np.full((4, 4), np.nan))
+    small = PoseTrack(max_poses=20)  # a full track drops its oldest poses, keeps the newest
+    for t in range(25):
+        small.add(float(t), np.eye(4))
+    assert 18 <= len(small) <= 20 and np.isfinite(small.at([24.0])).all() and np.isnan(small.at([0.0])).all()
 
 
 def test_eval_table_over_several_roots(loop_drive, tmp_path):

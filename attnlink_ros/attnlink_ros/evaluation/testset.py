@@ -90,8 +90,13 @@ def town_row(result: dict, modes) -> dict:
     """One town's card row from ``evaluate_sequence``'s result: per mode Recall@1 over all
     revisit queries and over the same-heading ones, and the query counts."""
     r = result["revisit"]
-    row = {"queries": int(r[modes[0]]["queries"]), "same_heading_queries": int(r["ceiling"]["queries_by_heading"].get("same", 0))
-           if "ceiling" in r else None}
+    ceil = r.get("ceiling")
+    # the same-heading ceiling: the share of revisit queries a one-view map can find at all;
+    # reachable: the share this map's views can reach (docs/data.md)
+    row = {"queries": int(r[modes[0]]["queries"]),
+           "same_heading_queries": int(ceil["queries_by_heading"].get("same", 0)) if ceil else None,
+           "same_heading_ceiling": round(float(ceil["same_heading"]), 4) if ceil else None,
+           "reachable": round(float(ceil["views"]), 4) if ceil else None}
     for m in modes:
         row[m] = {"recall@1": round(float(r[m]["recall@1"]), 4),
                   "same_heading_recall@1": round(float(r[m]["by_heading"]["same"]["recall@1"]), 4)
@@ -100,8 +105,11 @@ def town_row(result: dict, modes) -> dict:
 
 
 def summarise(rows: dict[str, dict], modes) -> dict:
-    """Mean and worst town per mode and measure."""
+    """Mean and worst town per mode and measure, and of the same-heading ceiling."""
     out = {}
+    ceil = [r["same_heading_ceiling"] for r in rows.values() if r.get("same_heading_ceiling") is not None]
+    if ceil:
+        out["same_heading_ceiling"] = {"mean": round(float(np.mean(ceil)), 4), "worst": round(float(np.min(ceil)), 4)}
     for m in modes:
         for key in ("recall@1", "same_heading_recall@1"):
             vals = [r[m][key] for r in rows.values() if r[m][key] is not None]
@@ -114,20 +122,26 @@ def summarise(rows: dict[str, dict], modes) -> dict:
 def card_table(rows: dict[str, dict], summary: dict, modes) -> str:
     """The model card's table (markdown): a row per town, then mean and worst; each cell
     'same-heading / all' revisit Recall@1."""
-    head = "| town | queries (same heading) | " + " | ".join(f"{m} R@1 same / all" for m in modes) + " |"
-    lines = [head, "| --- | ---: | " + " | ".join("---:" for _ in modes) + " |"]
+    head = ("| town | queries (same heading) | same-heading ceiling | reachable | "
+            + " | ".join(f"{m} R@1 same / all" for m in modes) + " |")
+    lines = [head, "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in modes) + " |"]
+
+    def num(v) -> str:
+        return "-" if v is None else f"{v:.3f}"
 
     def cell(v: dict) -> str:
         same = "-" if v.get("same_heading_recall@1") is None else f"{v['same_heading_recall@1']:.3f}"
         return f"{same} / {v['recall@1']:.3f}"
 
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['queries']} ({r['same_heading_queries']}) | " + " | ".join(cell(r[m]) for m in modes) + " |")
+        lines.append(f"| {name} | {r['queries']} ({r['same_heading_queries']}) | {num(r.get('same_heading_ceiling'))} | "
+                     f"{num(r.get('reachable'))} | " + " | ".join(cell(r[m]) for m in modes) + " |")
     for stat in ("mean", "worst"):
         cells = []
         for m in modes:
             s = summary.get(m, {})
             same = s.get("same_heading_recall@1", {}).get(stat)
             cells.append(f"**{'-' if same is None else f'{same:.3f}'}** / {s['recall@1'][stat]:.3f}")
-        lines.append(f"| **{stat}** | | " + " | ".join(cells) + " |")
+        c = summary.get("same_heading_ceiling", {}).get(stat)
+        lines.append(f"| **{stat}** | | {num(c)} | | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -43,8 +43,9 @@ class PoseTrack:
         else:
             self._t.append(float(stamp))
             self._T.append(T)
-        if len(self._t) > self.max_poses:
-            del self._t[0], self._T[0]
+        if len(self._t) > self.max_poses:  # drop the oldest tenth at once: not a list shift every pose
+            cut = max(1, self.max_poses // 10)
+            del self._t[:cut], self._T[:cut]
 
     def at(self, stamps, tolerance_s: float = 0.1) -> np.ndarray:
         """(M, 4, 4) poses at ``stamps``: the translation interpolated between the two poses around

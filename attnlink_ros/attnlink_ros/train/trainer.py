@@ -290,10 +290,8 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         if id(c) not in rear or not mono_stage:
             spec = specs_of[id(c)]
             seq = KittiSequence(spec["root"], str(spec.get("sequence", "00")))
-            was = model.training
             bank = encode_views(model, c, seq, [180.0], store=False)[:, 0]
-            model.train(was)
-            set_train_mode()
+            set_train_mode()  # encode_views left the model in eval mode
             rear[id(c)] = torch.from_numpy(bank).to(device)
         return rear[id(c)]
 
