@@ -35,9 +35,9 @@ setup(
     entry_points={
         "console_scripts": [
             "attnlink = attnlink_ros.cli:main",
-            "attnlink_node = attnlink_ros.ros.node:main",
-            "attnlink_frontend = attnlink_ros.ros.split:main_frontend",
-            "attnlink_retrieval = attnlink_ros.ros.split:main_retrieval",
+            "attnlink_node = attnlink_ros.ros.entry:node_main",
+            "attnlink_frontend = attnlink_ros.ros.entry:frontend_main",
+            "attnlink_retrieval = attnlink_ros.ros.entry:retrieval_main",
         ],
     },
 )

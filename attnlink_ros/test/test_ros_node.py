@@ -382,3 +382,77 @@ def _child_named(pid: int, name: str) -> bool:
         if ppid == pid and state != "Z" and name in cmd:
             return True
     return False
+
+
+def test_node_process_interrupted_at_random_moments_exits_cleanly(ros, model_and_map, tmp_path):
+    """The real ``attnlink_node`` process (GICP verifier in its own process), fed frames at
+    ~12 Hz, stopped many times at random moments (SIGINT, every third time SIGTERM as ``ros2
+    launch`` sends): from its start-up (imports, model and map loading, lifecycle transitions) to
+    well after it answers frames. Every time it exits 0 within 30 s, with no traceback and no
+    RCLError (the shutdown race of issue 19)."""
+    import os
+    import random
+    import signal
+    import subprocess
+
+    from attnlink_ros.launch_logic import attnlink_nodes
+    from attnlink_ros.retrieval.loops import ScanStore
+
+    model, map_dir, seq = model_and_map
+    pm = PlaceMap.load(map_dir)
+    pm.attach_scans(ScanStore([seq.read_scan(i)[:, :3] for i in range(len(seq))], voxel=0.5))
+    pm.save(tmp_path / "map_scans")  # stored scans: the node starts its verifier process
+    (spec,) = attnlink_nodes(model=str(model), map=str(tmp_path / "map_scans"), backend="torch", mode="fused",
+                             calib_file=str(seq.dir / "calib.txt"))
+    io = rclpy.create_node("interrupter")
+    pubs = {k: io.create_publisher(t, k, qos_profile_sensor_data) for k, t in
+            (("image", Image), ("camera_info", CameraInfo), ("points", PointCloud2))}
+    frames = [(seq.read_image(i), seq.read_scan(i)) for i in range(4)]
+    flowing = threading.Event()
+    flowing.set()
+
+    def feed():
+        k = 0
+        while flowing.is_set():
+            img, pts = frames[k % len(frames)]
+            h = Header(stamp=sec_to_stamp(100.0 + 0.1 * k), frame_id="sensor")
+            pubs["camera_info"].publish(calibration_to_camera_info(seq.calib, h))
+            pubs["image"].publish(bgr_to_image(img, h))
+            pubs["points"].publish(xyzi_to_pointcloud2(pts, h))
+            k += 1
+            time.sleep(0.08)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    rng = random.Random(19)
+    outcomes = []
+    try:
+        # the first run measures how long start-up takes (until the node answers on ~/match)
+        t0 = time.monotonic()
+        p = subprocess.Popen(spec.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        while time.monotonic() - t0 < 120 and io.count_publishers("/attnlink/match") == 0 and p.poll() is None:
+            time.sleep(0.05)
+        startup = time.monotonic() - t0
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        delays = [startup + 1.0] + [rng.uniform(0.5, startup + 2.5) for _ in range(9)]
+        for run, delay in enumerate(delays):
+            if run:
+                p = subprocess.Popen(spec.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+            time.sleep(max(0.0, delay - (startup if run == 0 else 0.0)))
+            sig = signal.SIGTERM if run % 3 == 2 else signal.SIGINT
+            p.send_signal(sig)
+            try:
+                out, err = p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+                err += "\n<did not exit within 30 s>"
+            outcomes.append((round(delay, 2), sig.name, p.returncode, err))
+            while io.count_publishers("/attnlink/match") > 0 and time.monotonic() - t0 < 600:
+                time.sleep(0.05)  # the next run starts with the last one gone from the graph
+    finally:
+        flowing.clear()
+        feeder.join(timeout=5)
+        io.destroy_node()
+    bad = [(d, s, rc, e[-1500:]) for d, s, rc, e in outcomes if rc != 0 or "Traceback" in e or "RCLError" in e or "did not exit" in e]
+    assert len(outcomes) == 10 and not bad, f"start-up {startup:.1f} s; failed runs (delay s, signal, exit code, stderr): {bad}"

@@ -21,7 +21,13 @@ from .loops import LoopConfig, ScanStore
 
 
 def _serve(conn, scans: ScanStore, cfg: LoopConfig) -> None:
+    import signal
+
     from .loops import verify_hits
+
+    # Ctrl-C in a terminal reaches the whole process group: the parent node ends this process
+    # itself (close), so the child must not die mid-job with a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     while True:
         try:

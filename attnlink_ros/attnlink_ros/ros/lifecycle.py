@@ -11,6 +11,7 @@ start-up. A bad message is logged once per kind, counted and dropped; the node k
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -20,10 +21,11 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from ..config import NODE_PARAM_DOCS, NodeConfig
@@ -231,16 +233,34 @@ class SensorNodeMixin:
         return level, ("sensor lost: " + ", ".join(lost)) if lost else "running", extra
 
 
-def spin_node(node_cls) -> None:
+def spin_node(node_cls, poll_s: float = 0.1) -> None:
     """Runs one node (``node_cls()``: a node class or any factory, called after ``rclpy.init``)
-    until Ctrl-C or SIGTERM (``ros2 launch`` stopping it), then tears down."""
-    rclpy.init()
-    node = node_cls()
+    until Ctrl-C or SIGTERM (``ros2 launch`` stopping it), then tears down in order.
+
+    A signal only sets ``entry.STOP`` (see ``ros/entry.py`` for why rclpy's own handlers are
+    not used); the executor checks it every ``poll_s`` seconds, the node is destroyed while its
+    context is valid, then ROS shuts down. A signal during start-up (the model and map loading)
+    ends the process as soon as the node is built.
+    """
+    from .entry import STOP, catch_stop_signals
+
+    previous = catch_stop_signals()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = executor = None
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        node = node_cls()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not STOP.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=poll_s)
+    except ExternalShutdownException:
         pass
     finally:
-        node.destroy_node()
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -27,7 +27,7 @@ from ..errors import AttnLinkError
 from ..pipeline import Frame, PlaceRecognizer
 from .conversions import stamp_to_sec
 from .frontend import SensorFrontEnd
-from .lifecycle import AttnLinkLifecycle, SensorNodeMixin, spin_node
+from .lifecycle import AttnLinkLifecycle, SensorNodeMixin
 from .messages import pose_matrix
 from .outputs import Outputs
 from .sync import ApproximateSync
@@ -252,6 +252,3 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
         self.get_logger().info(response.message)
         return response
 
-
-def main(args=None) -> None:
-    spin_node(AttnLinkNode)

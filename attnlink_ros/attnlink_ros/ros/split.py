@@ -19,7 +19,7 @@ from ..errors import AttnLinkError
 from ..pipeline import Frame, PlaceRecognizer
 from .conversions import MessageError
 from .frontend import SensorFrontEnd
-from .lifecycle import AttnLinkLifecycle, SensorNodeMixin, spin_node
+from .lifecycle import AttnLinkLifecycle, SensorNodeMixin
 from .messages import descriptor_msg, parse_descriptor
 from .outputs import Outputs
 
@@ -101,10 +101,3 @@ class RetrievalNode(AttnLinkLifecycle):
             self.outputs.publish(msg.header, hits, mode, self.counters)
         self._processed(t0)
 
-
-def main_frontend(args=None) -> None:
-    spin_node(FrontEndNode)
-
-
-def main_retrieval(args=None) -> None:
-    spin_node(RetrievalNode)
