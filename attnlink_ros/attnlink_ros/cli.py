@@ -71,9 +71,13 @@ def cmd_project(args: argparse.Namespace) -> dict:
     from .geometry.projection import sparse_depth_full
 
     calib = Calibration.from_kitti_odometry(args.calib, camera=args.camera)
-    points = read_velodyne_bin(args.scan)
     image = read_image(args.image)
     h, w = image.shape[:2]
+    if args.pseudo_depth:
+        return _project_pseudo(args, calib, image)
+    if not args.scan:
+        raise AttnLinkError("--scan is needed (or --pseudo-depth for the image's predicted depth)")
+    points = read_velodyne_bin(args.scan)
     depth = sparse_depth_full(points, calib, w, h)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +245,33 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return result
 
 
+def _project_pseudo(args: argparse.Namespace, calib, image) -> dict:
+    """``project --pseudo-depth``: the model's depth of the image at full resolution (H, W), float32
+    metres, 0 outside the part of the image the network sees (its LiDAR-covered crop)."""
+    import cv2
+    import numpy as np
+
+    from .evaluation.depth import predict_depth
+    from .geometry.projection import network_grid
+    from .model.io import load_model
+    from .pipeline import Frame, network_inputs
+
+    model, meta = load_model(args.model)
+    h, w = image.shape[:2]
+    grid = network_grid(calib, w, h, model.cfg.input_height, model.cfg.input_width)
+    pred = predict_depth(model, network_inputs(Frame(0.0, calib, image=image), grid, "image")["rgb"])[0, 0]  # (h', w') metres
+    depth = np.zeros((h, w), np.float32)
+    depth[grid.top:grid.top + grid.crop_h, grid.left:grid.left + grid.crop_w] = cv2.resize(
+        pred, (grid.crop_w, grid.crop_h), interpolation=cv2.INTER_LINEAR)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, depth)
+    filled = depth > 0
+    return {"out": str(out), "shape": [h, w], "rows": [grid.top, grid.top + grid.crop_h], "network_grid": [grid.out_h, grid.out_w],
+            "depth_min_m": float(depth[filled].min()), "depth_max_m": float(depth[filled].max()),
+            "model_fingerprint": meta["fingerprint"]}
+
+
 def cmd_eval(args: argparse.Namespace) -> dict:
     import tempfile
 
@@ -252,6 +283,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         raise AttnLinkError(f"--views must be >= 1, got {args.views}")
     if bool(args.data) == bool(args.test_set):
         raise AttnLinkError("give --data ROOT [ROOT ...] or --test-set CONFIG (one of them)")
+    if args.depth:
+        return _eval_depth(args, model, meta)
+    args.sequences = args.sequences or ["00"]
     if args.test_set or len(args.data) > 1:
         return _eval_table(args, model, meta)
     args.data = args.data[0]
@@ -276,6 +310,22 @@ def cmd_eval(args: argparse.Namespace) -> dict:
                                             reverse_offset_m=args.reverse_offset)
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
     return result
+
+
+def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
+    """``eval --depth``: the image's pseudo-depth against the projected LiDAR, per drive and pooled,
+    the per-row-median baseline beside it (any KITTI-layout root, poses or not)."""
+    from .data.real import load_real_frames
+    from .evaluation.depth import evaluate_depth, format_table, predict_depth
+
+    if not args.data:
+        raise AttnLinkError("--depth needs --data ROOT [ROOT ...]")
+    seqs = args.sequences  # None: every drive
+    frames = load_real_frames(args.data, model.cfg.input_height, model.cfg.input_width, seqs, progress=not args.quiet)
+    table = evaluate_depth(predict_depth(model, frames.rgb), frames)
+    print(format_table(table, f"pseudo-depth vs projected LiDAR (grid {model.cfg.input_height}x{model.cfg.input_width}, "
+                              f"returns <= 80 m), model {meta['fingerprint'][:12]}"))
+    return {"depth": table, "_model": {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}}
 
 
 def _eval_table(args: argparse.Namespace, model, meta) -> dict:
@@ -445,11 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("project", cmd_project, "FoV conversion of one frame: LiDAR scan -> sparse depth map of the image size")
     sp.add_argument("--calib", required=True, help="KITTI odometry calib.txt (P2 and Tr are used)")
-    sp.add_argument("--scan", required=True, help="velodyne .bin (float32 x, y, z, reflectance)")
+    sp.add_argument("--scan", help="velodyne .bin (float32 x, y, z, reflectance); needed unless --pseudo-depth")
     sp.add_argument("--image", required=True, help="the frame's image (gives the output size)")
     sp.add_argument("--out", required=True, help="output .npy: float32 (H, W) metres, 0 = no return")
     sp.add_argument("--camera", type=int, default=2, help="projection matrix P<camera> (default 2)")
     sp.add_argument("--preview", metavar="PNG", help="also write the image with the projected depth drawn on it")
+    sp.add_argument("--pseudo-depth", action="store_true", help="instead: the image's depth predicted by the model's pseudo-LiDAR "
+                    "network, full image size (H, W) float32 metres, 0 outside the crop the network sees (no scan needed)")
+    sp.add_argument("--model", help="--pseudo-depth: model artifact; default: the shipped model")
 
     sp = add("revisits", cmd_revisits, "frames, path length and revisit queries of a drive (revisit protocol)")
     sp.add_argument("--poses", required=True, help="KITTI poses file (12 values a row)")
@@ -472,7 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=2, help="--test-set: renderer processes for missing towns (default 2)")
     sp.add_argument("--kitti-probe", action="store_true", help="instead: the real-image probe on a KITTI root with several drives "
                     "(../shared/data/kitti): a LiDAR map of every frame, each camera image asks which drive it comes from")
-    sp.add_argument("--sequences", nargs="+", default=["00"], help="sequences to evaluate")
+    sp.add_argument("--depth", action="store_true", help="instead: the image's pseudo-depth against the projected LiDAR "
+                    "(AbsRel, RMSE, delta<1.25 on pixels with a return <= 80 m), per drive and pooled, with the per-row-median "
+                    "baseline; every drive of each --data root with scans and images (or --sequences), poses not needed")
+    sp.add_argument("--sequences", nargs="+", help="sequences to evaluate (default 00; --depth: every drive)")
     sp.add_argument("--protocol", action="append", choices=["cotemporal", "revisit"], help="protocol(s) (default both)")
     sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="query mode(s) (default all)")
     sp.add_argument("--cache", help="keep the frame caches in this folder (default: a temporary one)")

@@ -51,6 +51,22 @@ def resolve_mode(requested: str, has_image: bool, has_points: bool) -> str:
     return requested
 
 
+def network_inputs(frame: Frame, grid: GridGeometry, mode: str) -> dict[str, np.ndarray]:
+    """The network's inputs of a frame on ``grid``: rgb (1, 3, h, w) RGB in [0, 1] (mode image or
+    fused) and/or depth (1, 1, h, w) sparse metres, 0 = no return (mode lidar or fused). The one
+    place a frame becomes network input: the pipeline, training on real frames and the depth
+    evaluation all call it."""
+    out = {}
+    if mode in ("image", "fused"):
+        img = frame.image
+        if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise AttnLinkError(f"image must be (H, W, 3) uint8 BGR, got {None if img is None else (img.shape, img.dtype)}")
+        out["rgb"] = (crop_image(img, grid)[..., ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+    if mode in ("lidar", "fused"):
+        out["depth"] = sparse_depth(frame.points, frame.calib, grid)[None, None]
+    return out
+
+
 class PlaceRecognizer:
     def __init__(self, model_path: str | Path | None = None, place_map: PlaceMap | str | Path | None = None,
                  backend: str = "auto", crop_top: int | None = None) -> None:
@@ -92,16 +108,7 @@ class PlaceRecognizer:
             w, h = frame.calib.image_size
         else:
             raise AttnLinkError("a LiDAR-only frame needs the calibration's image size")
-        grid = self.grid(frame.calib, w, h)
-        out = {}
-        if mode in ("image", "fused"):
-            img = frame.image
-            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise AttnLinkError(f"image must be (H, W, 3) uint8 BGR, got {img.shape} {img.dtype}")
-            out["rgb"] = (crop_image(img, grid)[..., ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-        if mode in ("lidar", "fused"):
-            out["depth"] = sparse_depth(frame.points, frame.calib, grid)[None, None]
-        return out
+        return network_inputs(frame, self.grid(frame.calib, w, h), mode)
 
     def encode(self, frame: Frame, mode: str = "fused") -> Result:
         mode = resolve_mode(mode, frame.image is not None, frame.points is not None)

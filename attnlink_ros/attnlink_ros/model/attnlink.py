@@ -67,7 +67,14 @@ class AttnLink(nn.Module):
         self.fusion = fusion_cls(cfg.token_dim, cfg.attention_heads, cfg.descriptor_dim)
         # training-only: depth seen from the image, so the RGB trunk learns the LiDAR's geometry
         self.rgb_depth_head = nn.Conv2d(C, 1, 1) if cfg.rgb_depth_aux else None
-        self.mono = MonoDepth(cfg.mono_widths, cfg.max_depth_m) if cfg.image_depth else None
+        self.mono = None
+        if cfg.image_depth:
+            if cfg.mono_encoder == "efficientnet_lite0":
+                from .efficientnet import MonoDepthLite0
+
+                self.mono = MonoDepthLite0(cfg.max_depth_m)  # ImageNet weights: MonoDepthLite0(pretrained=True) when training starts
+            else:
+                self.mono = MonoDepth(cfg.mono_widths, cfg.max_depth_m)
         self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.out_channels = cfg.descriptor_dim

@@ -32,6 +32,9 @@ class ModelConfig:
     # image and the depth branch makes the descriptor (the RGB tokens then serve fused queries)
     image_depth: bool = False
     mono_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    # the pseudo-LiDAR network: "unet" (MonoDepth, mono_widths) or "efficientnet_lite0"
+    # (MonoDepthLite0: an ImageNet-pretrained EfficientNet-Lite0 encoder, a U-Net decoder)
+    mono_encoder: str = "unet"
     # with image_depth, an image-only descriptor mixes in the RGB tokens' own descriptor:
     # normalize((1 - w) * pseudo-LiDAR + w * RGB); 0 = pseudo-LiDAR alone (no weights of its own)
     image_rgb_weight: float = 0.0
@@ -60,6 +63,10 @@ class ModelConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "adcn_widths", tuple(int(w) for w in self.adcn_widths))
         object.__setattr__(self, "mono_widths", tuple(int(w) for w in self.mono_widths))
+        if self.mono_encoder not in ("unet", "efficientnet_lite0"):
+            raise ConfigError(f"mono_encoder must be 'unet' or 'efficientnet_lite0', got {self.mono_encoder!r}")
+        if self.mono_encoder == "efficientnet_lite0" and (self.input_height % 32 or self.input_width % 32):
+            raise ConfigError("mono_encoder efficientnet_lite0 needs input_height and input_width divisible by 32")
         if len(self.mono_widths) != 4:
             raise ConfigError("mono_widths needs 4 levels")
         if not 0.0 <= self.image_rgb_weight <= 1.0:
