@@ -232,6 +232,12 @@ def cmd_to_bag(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
+    import yaml
+
+    if "real_image" in (yaml.safe_load(Path(args.config).read_text()) or {}):
+        return _train_real_image(args)
+    if args.held_out is not None:
+        raise AttnLinkError("--held-out applies to a real_image config")
     from .train.trainer import RunConfig, train
 
     cfg = RunConfig.load(args.config, {"steps": args.steps, "out": args.out})
@@ -243,6 +249,25 @@ def cmd_train(args: argparse.Namespace) -> dict:
         print(f"trained {result['steps']} steps into {result['out']}; best validation image->lidar revisit "
               f"recall@1 {best:.3f}" if best >= 0 else f"trained {result['steps']} steps into {result['out']} (no validation recall)")
     return result
+
+
+def _train_real_image(args: argparse.Namespace) -> dict:
+    """``train`` with a ``real_image:`` config: the pseudo-LiDAR network on real pairs (train/real_image.py)."""
+    from .train.real_image import RealImageConfig, train_real_image
+
+    cfg = RealImageConfig.load(args.config, {"steps": args.steps, "out": args.out, "held_out": args.held_out})
+    r = train_real_image(cfg, fresh=args.fresh, progress=not args.quiet)
+    print(f"trained {r['steps']} steps into {cfg.out} (real drives {', '.join(r['train_drives'])})")
+    ev = r.get("held_out_eval")
+    if ev:
+        from .evaluation.depth import format_table
+
+        print(format_table(ev["depth"], f"held-out fold {cfg.held_out}: pseudo-depth vs projected LiDAR"))
+        wd = ev["which_drive"]
+        print(f"which drive (map: first halves of {len(wd['image']['by_drive']) and wd['map_places']} places x {wd['views']} views, "
+              f"chance {wd['chance']:.3f}; {wd['queries']} held-out queries): image {wd['image']['recall@1']:.3f}, "
+              f"lidar {wd['lidar']['recall@1']:.3f}, fused {wd['fused']['recall@1']:.3f}")
+    return r
 
 
 def _project_pseudo(args: argparse.Namespace, calib, image) -> dict:
@@ -514,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, help="override train.steps")
     sp.add_argument("--out", help="override train.out (run folder)")
     sp.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run folder")
+    sp.add_argument("--held-out", help="real_image configs: the real fold left out (config/real_folds.yaml); '' = train on all")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("eval", cmd_eval, "recall of a model on KITTI-layout data, per sequence, protocol and query mode")

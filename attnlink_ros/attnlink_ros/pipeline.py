@@ -67,6 +67,16 @@ def network_inputs(frame: Frame, grid: GridGeometry, mode: str) -> dict[str, np.
     return out
 
 
+def view_depth_grids(points: np.ndarray, calib: Calibration, grid: GridGeometry, yaws_deg, offsets=None) -> np.ndarray:
+    """(K, 1, h, w) depth inputs on ``grid`` of a scan's heading views (retrieval/views.py): the
+    scan turned by each yaw about the vehicle's vertical, seen from each of ``offsets``."""
+    from .retrieval.views import rotate_scan, vertical_axis
+
+    up = vertical_axis(calib.T_cam_lidar)
+    offsets = [None] * len(yaws_deg) if offsets is None else offsets
+    return np.stack([sparse_depth(rotate_scan(points, y, up, o), calib, grid)[None] for y, o in zip(yaws_deg, offsets)])
+
+
 class PlaceRecognizer:
     def __init__(self, model_path: str | Path | None = None, place_map: PlaceMap | str | Path | None = None,
                  backend: str = "auto", crop_top: int | None = None) -> None:
@@ -125,15 +135,10 @@ class PlaceRecognizer:
         scan turned by each yaw about the vehicle's vertical, seen from each of ``offsets`` (K, 2)
         (default: the scan's origin). ``image_size`` (w, h): the camera image's, where the
         calibration does not know it."""
-        from .retrieval.views import rotate_scan, vertical_axis
-
         size = image_size or calib.image_size
         if size is None:
             raise AttnLinkError("a LiDAR-only frame needs the calibration's image size")
-        up = vertical_axis(calib.T_cam_lidar)
-        grid = self.grid(calib, *size)
-        offsets = [None] * len(yaws_deg) if offsets is None else offsets
-        return np.stack([sparse_depth(rotate_scan(points, y, up, o), calib, grid)[None] for y, o in zip(yaws_deg, offsets)])
+        return view_depth_grids(points, calib, self.grid(calib, *size), yaws_deg, offsets)
 
     def encode_views(self, points: np.ndarray, calib: Calibration, yaws_deg, image_size: tuple[int, int] | None = None,
                      offsets=None) -> np.ndarray:

@@ -26,12 +26,14 @@ class RealFrames:
     drive: np.ndarray
     frame: np.ndarray
     time: np.ndarray
+    views: np.ndarray | None = None  # (N, K, 1, h, w): the scan's heading views (a map's places), when asked for
 
     def __len__(self) -> int:
         return len(self.drive)
 
     def subset(self, keep: np.ndarray) -> "RealFrames":
-        return RealFrames(self.rgb[keep], self.depth[keep], self.drive[keep], self.frame[keep], self.time[keep])
+        return RealFrames(self.rgb[keep], self.depth[keep], self.drive[keep], self.frame[keep], self.time[keep],
+                          None if self.views is None else self.views[keep])
 
     def of_drives(self, drives) -> "RealFrames":
         return self.subset(np.isin(self.drive, list(drives)))
@@ -57,12 +59,17 @@ def real_drives(root: str | Path, sequences=None) -> list[str]:
 
 
 def load_real_frames(roots, height: int, width: int, sequences=None, crop_top: int | None = None,
-                     progress: bool = False) -> RealFrames:
+                     progress: bool = False, views: int = 0) -> RealFrames:
     """Every frame of the drives of ``roots`` (each filtered by ``sequences`` where given) as
-    network input on a ``height x width`` grid (the pipeline's own conversion)."""
+    network input on a ``height x width`` grid (the pipeline's own conversion); ``views`` > 0: also
+    the scan's heading views as a map holds them (retrieval/views.py)."""
     from ..data.kitti import KittiSequence
     from ..geometry.projection import network_grid
-    from ..pipeline import Frame, network_inputs
+    from ..pipeline import Frame, network_inputs, view_depth_grids
+    from ..retrieval.views import DEFAULT_REVERSE_OFFSET_M, view_offsets, view_yaws
+
+    yaws = view_yaws(views) if views else []
+    offsets = view_offsets(yaws, DEFAULT_REVERSE_OFFSET_M) if views else None
 
     items, dirs = [], {}
     for root in roots:
@@ -75,20 +82,24 @@ def load_real_frames(roots, height: int, width: int, sequences=None, crop_top: i
         from tqdm import tqdm
 
         items = tqdm(items, desc="real frames", unit="frame")
-    rgb, depth, drive, frame, time = [], [], [], [], []
+    rgb, depth, drive, frame, time, view_grids = [], [], [], [], [], []
     grids = {}
     for seq, i in items:
         img = seq.read_image(i)
         key = (seq.dir, img.shape)
         if key not in grids:
             grids[key] = network_grid(seq.calib, img.shape[1], img.shape[0], height, width, top=crop_top)
-        x = network_inputs(Frame(float(seq.times[i]), seq.calib, image=img, points=seq.read_scan(i)), grids[key], "fused")
+        pts = seq.read_scan(i)
+        x = network_inputs(Frame(float(seq.times[i]), seq.calib, image=img, points=pts), grids[key], "fused")
+        if views:
+            view_grids.append(view_depth_grids(pts, seq.calib, grids[key], yaws, offsets))
         rgb.append(x["rgb"][0])
         depth.append(x["depth"][0])
         drive.append(seq.name)
         frame.append(int(i))
         time.append(float(seq.times[i]))
-    return RealFrames(np.stack(rgb), np.stack(depth), np.asarray(drive), np.asarray(frame, np.int64), np.asarray(time))
+    return RealFrames(np.stack(rgb), np.stack(depth), np.asarray(drive), np.asarray(frame, np.int64), np.asarray(time),
+                      np.stack(view_grids) if views else None)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,122 @@
+"""Issue 20: real depth measured, the ImageNet-pretrained encoder loaded key by key, and the
+pseudo-LiDAR network trained on real pairs with a real fold held out."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from attnlink_ros.data.real import RealFolds, load_real_frames
+from attnlink_ros.evaluation.depth import depth_sums, evaluate_depth, metrics, row_median_image
+from attnlink_ros.model.efficientnet import LITE0_SHA256, EfficientNetLite0Features, MonoDepthLite0, load_imagenet_weights, pretrained_weights_file
+
+from .conftest import PKG, REPO
+
+
+def test_lite0_imagenet_weights_load_key_by_key(tmp_path):
+    path = pretrained_weights_file()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == LITE0_SHA256  # the file the project recorded
+    feats = EfficientNetLite0Features()
+    info = load_imagenet_weights(feats)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = feats.state_dict()
+    assert info["loaded"] == len(own) == 288
+    # every tensor of the module came from the file, shapes equal; only the classifier head is left
+    assert all(torch.equal(own[k], state[k]) for k in own)
+    assert {k.split(".")[0] for k in info["unused"]} == {"_conv_head", "_bn1", "_fc"}
+    assert feats.out_channels == (16, 24, 40, 112, 320)
+    x = torch.rand(2, 3, 64, 256)
+    shapes = [tuple(f.shape[1:]) for f in feats.eval()(x)]
+    assert shapes == [(16, 32, 128), (24, 16, 64), (40, 8, 32), (112, 4, 16), (320, 2, 8)]
+    # a file that lacks tensors is refused with a clear error
+    from attnlink_ros.errors import AttnLinkError
+
+    torch.save({k: v for k, v in state.items() if not k.startswith("_blocks.15.")}, tmp_path / "other.pth")
+    with pytest.raises(AttnLinkError, match="no weights"):
+        load_imagenet_weights(EfficientNetLite0Features(), tmp_path / "other.pth")
+
+
+def test_mono_lite0_outputs_the_depth_branch_input():
+    m = MonoDepthLite0(pretrained=False).eval()
+    d, logit = m(torch.rand(1, 3, 64, 256))
+    assert d.shape == logit.shape == (1, 1, 64, 256) and bool((d > 0).all())
+
+
+def test_depth_metrics_against_brute_force():
+    rng = np.random.default_rng(0)
+    t = np.where(rng.random((1, 8, 16)) < 0.5, rng.uniform(1, 100, (1, 8, 16)), 0).astype(np.float32)
+    p = rng.uniform(1, 60, t.shape).astype(np.float32)
+    m = metrics(depth_sums(p, t))
+    ok = [(pp, tt) for pp, tt in zip(p.ravel(), t.ravel()) if 0 < tt <= 80]
+    assert m["pixels"] == len(ok)
+    assert m["abs_rel"] == pytest.approx(np.mean([abs(a - b) / b for a, b in ok]), abs=1e-4)
+    assert m["rmse_m"] == pytest.approx(np.sqrt(np.mean([(a - b) ** 2 for a, b in ok])), abs=1e-3)
+    assert m["delta1"] == pytest.approx(np.mean([max(a / b, b / a) < 1.25 for a, b in ok]), abs=1e-4)
+    assert metrics(depth_sums(t, t))["abs_rel"] == 0.0  # the truth scores perfectly
+
+
+def test_eval_depth_and_pseudo_depth_on_real_kitti(kitti_root, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "attnlink_ros", "eval", "--depth", "--data", str(kitti_root), "--sequences", "00", "08",
+                          "--json", str(tmp_path / "d.json"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = json.loads((tmp_path / "d.json").read_text())["depth"]
+    assert set(table) == {"00", "08", "pooled"} and table["pooled"]["frames"] == 20
+    for row in table.values():
+        assert row["model"]["pixels"] > 10000 and 0 < row["model"]["abs_rel"] and 0 <= row["row_median"]["delta1"] <= 1
+    assert "row-median baseline" in out.stdout
+    # the baseline computed by hand from the same frames
+    frames = load_real_frames([kitti_root], 64, 256, ["00", "08"])
+    base = row_median_image(frames.depth)
+    assert evaluate_depth(np.broadcast_to(base, frames.depth.shape), frames)["pooled"]["model"] == table["pooled"]["row_median"]
+    seq = kitti_root / "dataset" / "sequences" / "00"
+    out = subprocess.run([sys.executable, "-m", "attnlink_ros", "project", "--calib", str(seq / "calib.txt"), "--image",
+                          str(seq / "image_2" / "000000.png"), "--pseudo-depth", "--out", str(tmp_path / "p.npy"),
+                          "--json", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    d = np.load(tmp_path / "p.npy")
+    r = json.loads((tmp_path / "p.json").read_text())
+    top, bottom = r["rows"]
+    assert d.shape == (376, 1241) and d.dtype == np.float32
+    assert not d[:top].any() and bool((d[top:bottom] > 0).all())  # 0 where the network sees nothing
+    # bad input: one line, exit 1
+    out = subprocess.run([sys.executable, "-m", "attnlink_ros", "eval", "--depth", "--data", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no sequence" in out.stderr
+
+
+def test_folds_are_fixed_and_disjoint():
+    folds = RealFolds.load(PKG / "config" / "real_folds.yaml", base=REPO)
+    assert list(folds.folds) == ["kitti_00_01", "kitti_02_08", "k360", "r0926"]
+    assert sorted(folds.drives) == ["00", "01", "02", "08", "k360", "r0926"]
+    assert "k360" not in folds.train_drives("k360") and len(folds.train_drives("k360")) == 5
+
+
+def test_real_image_training_holds_a_fold_out_and_resumes(kitti_root, tmp_path):
+    """Two steps on real KITTI frames with drives 02+08 held out (no synthetic towns), then two
+    more resumed from the checkpoint: the frozen parts stay the shipped model's, the held-out
+    fold is measured, the run's model loads."""
+    from attnlink_ros.model.io import load_model
+    from attnlink_ros.train.real_image import RealImageConfig, train_real_image
+
+    folds = tmp_path / "folds.yaml"
+    folds.write_text(f"roots: [{kitti_root}]\nfolds:\n  a: ['00', '01']\n  b: ['02', '08']\n")
+    cfg = RealImageConfig(folds=str(folds), held_out="b", out=str(tmp_path / "run"), steps=2, batch_real=4, batch_synth=0,
+                          checkpoint_every=1)
+    r = train_real_image(cfg, progress=False)
+    assert r["steps"] == 2 and r["train_drives"] == ["00", "01"]
+    ev = r["held_out_eval"]
+    assert set(ev["depth"]) == {"02", "08", "pooled"} and ev["which_drive"]["queries"] == 10
+    assert set(ev["which_drive"]["image"]["by_drive"]) == {"02", "08"}
+    assert ev["which_drive"]["lidar"]["recall@1"] >= 0.9  # the frozen LiDAR branch finds its drives
+    import dataclasses
+
+    r2 = train_real_image(dataclasses.replace(cfg, steps=4), progress=False)
+    assert r2["steps"] == 4 and len(json.loads((tmp_path / "run" / "log.json").read_text())) == 4
+    model, meta = load_model(tmp_path / "run" / "model")
+    shipped, _ = load_model(None)
+    assert model.cfg.mono_encoder == "efficientnet_lite0" and meta["real_held_out"] == "b"
+    s, t = model.state_dict(), shipped.state_dict()
+    assert all(torch.equal(s[k], t[k]) for k in t if not k.startswith("mono."))  # LiDAR and fused untouched
