@@ -7,6 +7,7 @@ non-zero exit (1 for bad input, 2 for bad usage).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -117,7 +118,7 @@ def cmd_revisits(args: argparse.Namespace) -> dict:
     times = load_times(args.times)
     if len(poses) != len(times):
         raise AttnLinkError(f"{args.poses}: {len(poses)} pose rows but {len(times)} timestamps in {args.times}")
-    from .evaluation.protocols import headings_deg
+    from .geometry.poses import headings_deg
 
     xy = ground_xy(poses)
     result = revisit_summary(xy, times, headings_deg(poses))
@@ -310,6 +311,10 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         raise AttnLinkError("give --data ROOT [ROOT ...] or --test-set CONFIG (one of them)")
     if args.depth:
         return _eval_depth(args, model, meta)
+    if args.track:
+        return _eval_track(args, model, meta)
+    if args.real_folds:
+        return _eval_real_folds(args)
     args.sequences = args.sequences or ["00"]
     if args.test_set or len(args.data) > 1:
         return _eval_table(args, model, meta)
@@ -335,6 +340,68 @@ def cmd_eval(args: argparse.Namespace) -> dict:
                                             reverse_offset_m=args.reverse_offset)
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
     return result
+
+
+def _eval_track(args: argparse.Namespace, model, meta) -> dict:
+    """``eval --track``: each drive replayed frame by frame against a map of its first part; the
+    tracking filter (with and without odometry) beside the single-frame top-1, per mode."""
+    import tempfile
+
+    from .evaluation.tracking import TrackData, calibrate, evaluate_tracking, print_tracking, plot_tracking
+    from .localization.calibration import load_for_model, save_for_model
+    from .localization.tracker import TrackerConfig
+
+    if not args.data:
+        raise AttnLinkError("--track needs --data ROOT [ROOT ...]")
+    modes = tuple(args.mode) if args.mode else ("image", "lidar", "fused")
+    seqs = args.sequences or ["00"]
+    cfg = TrackerConfig(k=args.track_k)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = [TrackData(model, root, s, Path(args.cache or tmp), args.map_fraction, args.views[0], modes, cfg.k, progress=not args.quiet)
+                for root in args.data for s in seqs]
+    result: dict[str, Any] = {}
+    if args.calibrate:
+        obs = calibrate(data, modes)
+        path = save_for_model(obs, args.calibrate, meta["fingerprint"], {"map_fraction": args.map_fraction, "views": args.views[0]})
+        print(f"observation model fitted on {', '.join(d.name for d in data)} -> {path}")
+        result["calibration"] = str(path)
+    else:
+        obs = load_for_model(args.calibration, args.model, meta["fingerprint"])
+    for d in data:
+        r = evaluate_tracking(d, obs, cfg, modes)
+        print_tracking(d.name, r, modes)
+        if args.plots:
+            r["plots"] = plot_tracking(d, r, modes, Path(args.plots))
+        for key in ("track", "track_odometry"):
+            for m in modes:
+                r[key][m].pop("_fixes", None)
+        result[d.name] = r
+    result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
+    result["_tracker"] = dataclasses.asdict(cfg)
+    return result
+
+
+def _eval_real_folds(args: argparse.Namespace) -> dict:
+    """``eval --real-folds FOLDS --fold-runs PATTERN``: each fold's model on its held-out real frames
+    beside the baseline model (--model, default the shipped one), per fold and pooled."""
+    from .train.real_image import evaluate_folds
+
+    if not args.fold_runs or "{fold}" not in args.fold_runs:
+        raise AttnLinkError("--real-folds needs --fold-runs PATTERN with {fold} (e.g. runs/real-lite0-{fold}/model)")
+    r = evaluate_folds(args.real_folds, args.fold_runs, args.model)
+    print(f"{'fold':12s} {'who':9s} {'AbsRel':>7s} {'d<1.25':>7s} | which drive R@1: {'image':>6s} {'lidar':>6s} {'fused':>6s} (queries)")
+    for name, row in r["folds"].items():
+        for who in ("model", "baseline"):
+            d, w = row[who]["depth"]["pooled"]["model"], row[who]["which_drive"]
+            print(f"{name:12s} {who:9s} {d['abs_rel']:7.3f} {d['delta1']:7.3f} | {'':16s}{w['image']['recall@1']:6.3f} "
+                  f"{w['lidar']['recall@1']:6.3f} {w['fused']['recall@1']:6.3f} ({w['queries']}, chance {w['chance']:.3f})")
+        b = row["model"]["depth"]["pooled"]["row_median"]
+        print(f"{name:12s} {'row-med.':9s} {b['abs_rel']:7.3f} {b['delta1']:7.3f} |")
+    for who in ("model", "baseline"):
+        p = r[f"pooled_{who}"]
+        print(f"{'pooled':12s} {who:9s} {p['depth']['abs_rel']:7.3f} {p['depth']['delta1']:7.3f} | {'':16s}"
+              f"{p['which_drive']['image']:6.3f} {p['which_drive']['lidar']:6.3f} {p['which_drive']['fused']:6.3f}")
+    return r
 
 
 def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
@@ -554,6 +621,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--depth", action="store_true", help="instead: the image's pseudo-depth against the projected LiDAR "
                     "(AbsRel, RMSE, delta<1.25 on pixels with a return <= 80 m), per drive and pooled, with the per-row-median "
                     "baseline; every drive of each --data root with scans and images (or --sequences), poses not needed")
+    sp.add_argument("--track", action="store_true", help="instead: each drive replayed frame by frame against a map of its "
+                    "first part (--map-fraction): the tracking filter, with and without odometry, beside the single-frame top-1")
+    sp.add_argument("--real-folds", metavar="FOLDS", help="instead: each leave-one-set-out fold's model (--fold-runs) on its "
+                    "held-out real frames (pseudo-depth, 'which drive' recall) beside --model (default: the shipped one)")
+    sp.add_argument("--fold-runs", metavar="PATTERN", help="--real-folds: model path with {fold}, e.g. runs/real-lite0-{fold}/model")
+    sp.add_argument("--map-fraction", type=float, default=0.375, help="--track: the map holds this first share of the drive (default 0.375)")
+    sp.add_argument("--track-k", type=int, default=10, help="--track: hits per query the filter observes (default 10)")
+    sp.add_argument("--calibrate", metavar="FILE", help="--track: fit the filter's observation model on these drives (validation "
+                    "towns only) and write it to FILE")
+    sp.add_argument("--calibration", metavar="FILE", help="--track: the observation model (default: the model's own, NAME.tracking.json)")
     sp.add_argument("--sequences", nargs="+", help="sequences to evaluate (default 00; --depth: every drive)")
     sp.add_argument("--protocol", action="append", choices=["cotemporal", "revisit"], help="protocol(s) (default both)")
     sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="query mode(s) (default all)")

@@ -143,7 +143,10 @@ class NodeConfig:
     min_inlier_ratio: float = 0.7
     consistency: int = 1
     markers: bool = True
-    pose_topic: str = ""  # online: nav_msgs/Odometry of the LiDAR's pose (e.g. SLAM's); empty: none
+    tracking: bool = True  # relocalize: the filter over the map's places decides what ~/place carries
+    min_confidence: float = 0.9  # relocalize + tracking: a fix is published on ~/place at or above this
+    tracking_calibration: str = ""  # the filter's observation model; empty: the model's own NAME.tracking.json
+    pose_topic: str = ""  # nav_msgs/Odometry of the LiDAR's pose (e.g. SLAM's); online: keyframe poses; relocalize: the filter's motion
     pose_tolerance: float = 0.1
     saved_map: str = "attnlink_drive_map"
     autostart: bool = True
@@ -186,8 +189,15 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "min_inlier_ratio": ("share of the live scan's voxels matched after GICP to accept a candidate", None, (0.0, 1.0)),
     "consistency": ("online: consecutive agreeing detections before a loop is published (1 = off)", None, (1, 20)),
     "markers": ("publish ~/markers (map places once, then the current match)", None, None),
-    "pose_topic": ("online: nav_msgs/Odometry topic of the LiDAR's pose in a world frame (e.g. SLAM's odometry); "
-                   "keyframes take it and ~/save_map stores it; empty: the saved map holds no poses", None, None),
+    "tracking": ("relocalize: track the vehicle over the map's places (a filter over places and views, with a 'lost' state); "
+                 "~/place then carries only confident fixes and verified poses; false: every frame's top place", None, None),
+    "min_confidence": ("relocalize + tracking: smallest posterior probability (within 10 m of the fix, its heading) "
+                       "of a fix published on ~/place", None, (0.0, 1.0)),
+    "tracking_calibration": ("relocalize + tracking: the filter's observation model (attnlink eval --track --calibrate); "
+                             "empty: NAME.tracking.json beside the model", None, None),
+    "pose_topic": ("nav_msgs/Odometry topic of the LiDAR's pose in a world frame (e.g. SLAM's or wheel odometry); online: "
+                   "keyframes take it and ~/save_map stores it (empty: the saved map holds no poses); relocalize + tracking: "
+                   "the filter's motion between frames (empty: the map's geometry alone)", None, None),
     "pose_tolerance": ("online: largest gap (s) between a keyframe and the nearest pose on pose_topic", None, (0.0, 10.0)),
     "saved_map": ("online: directory ~/save_map writes the drive's map to (replaced atomically)", None, None),
     "autostart": ("configure and activate at start-up (false: drive the lifecycle from outside)", None, None),

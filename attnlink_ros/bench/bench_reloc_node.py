@@ -141,7 +141,7 @@ def main() -> None:
         for name, asynchronous in (("in the callback (verify_async false)", False), ("own process (verify_async true)", True)):
             (spec,) = attnlink_nodes(map=str(map_dir), backend=args.backend, mode=args.mode, model=args.model,
                                      calib_file=str(seq.dir / "calib.txt"))
-            spec.parameters.update(markers=False, verify_async=asynchronous)
+            spec.parameters.update(markers=False, verify_async=asynchronous, tracking=False)  # ~/place: verified poses (and every top place)
             answers.clear()
             places.clear()
             sent = run_node(spec, pubs, messages, answers, places, args.rate, io)

@@ -1,5 +1,6 @@
 """End-to-end latency through real ROS 2, across processes: camera image + LiDAR cloud published
-here -> the attnlink node (its own process) -> ~/place received here; against the floor of
+here -> the attnlink node (its own process) -> ~/match received here (every frame's answer; ~/place
+carries only the tracking filter's confident fixes); against the floor of
 transporting the same messages, measured in the same run with a relay process that answers as
 soon as it holds both (no model).
 
@@ -135,7 +136,7 @@ def main() -> None:
         relay()
         return
     import rclpy
-    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from attnlink_msgs.msg import PlaceMatches
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
     from rclpy.qos import qos_profile_sensor_data
@@ -172,7 +173,7 @@ def main() -> None:
                 "points": io.create_publisher(PointCloud2, "points", qos_profile_sensor_data),
                 "info": io.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)}
         place, pair, diags = {}, {}, []
-        io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", lambda m: _answer(place, round(stamp_to_sec(m.header.stamp), 6)), 50)
+        io.create_subscription(PlaceMatches, "/attnlink/match", lambda m: _answer(place, round(stamp_to_sec(m.header.stamp), 6)), 50)
         io.create_subscription(Float64MultiArray, "/bench/pair", lambda m: _answer(pair, round(m.data[0], 6)), 50)
         io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
         ex = SingleThreadedExecutor()
@@ -188,7 +189,7 @@ def main() -> None:
         wait_until(lambda: io.count_subscribers("points") == 0, 30, "the relay to leave the graph")
         # 2. the node
         node = subprocess.Popen(spec.command())
-        wait_until(lambda: io.count_publishers("/attnlink/place") > 0, 120, "the attnlink node to start")
+        wait_until(lambda: io.count_publishers("/attnlink/match") > 0, 120, "the attnlink node to start")
         time.sleep(1.0)
         measure(pubs, place, frames, None, 10)  # warm-up
         e2e = measure(pubs, place, frames, None, args.frames)
@@ -222,7 +223,7 @@ def main() -> None:
     print(f"{'transport floor (relay)':28s} {fl50:8.2f} {np.percentile(floor, 99):8.2f}")
     for k, v in stages.items():
         print(f"{'node: ' + k:28s} {v:8.2f}")
-    print(f"{'end to end (in -> ~/place)':28s} {np.percentile(e2e, 50):8.2f} {np.percentile(e2e, 99):8.2f}")
+    print(f"{'end to end (in -> ~/match)':28s} {np.percentile(e2e, 50):8.2f} {np.percentile(e2e, 99):8.2f}")
     print(f"overhead beyond the forward pass: {overhead:.2f} ms = {overhead / fl50:.2f}x the transport floor (target <= 2x)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

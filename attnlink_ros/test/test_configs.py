@@ -4,13 +4,32 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from attnlink_ros.model import AttnLink
 from attnlink_ros.train.trainer import RunConfig
 
 from .conftest import PKG
 
-CONFIGS = sorted(PKG.glob("config/train_*.yaml")) + sorted(PKG.glob("config/ablations/*.yaml")) + sorted(PKG.glob("config/experiments/*.yaml"))
+ALL = sorted(PKG.glob("config/train_*.yaml")) + sorted(PKG.glob("config/ablations/*.yaml")) + sorted(PKG.glob("config/experiments/*.yaml"))
+REAL_IMAGE = [p for p in ALL if "real_image" in (yaml.safe_load(p.read_text()) or {})]  # train/real_image.py's configs
+CONFIGS = [p for p in ALL if p not in REAL_IMAGE]
+
+
+@pytest.mark.parametrize("path", REAL_IMAGE, ids=lambda p: str(Path(p).relative_to(PKG)))
+def test_real_image_config_builds_its_model(path, monkeypatch):
+    from attnlink_ros.train.real_image import RealImageConfig, build_model
+
+    from .conftest import REPO
+
+    monkeypatch.chdir(REPO)  # the configs' paths are the repository root's
+    cfg = RealImageConfig.load(path)
+    assert cfg.steps > 0 and Path(cfg.folds).is_file()
+    m, _ = build_model(cfg)
+    assert m.cfg.image_depth and m.cfg.mono_encoder == cfg.mono_encoder
+    assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"mono"}  # only the image side trains
+    with torch.no_grad():
+        assert m.eval()(rgb=torch.rand(1, 3, m.cfg.input_height, m.cfg.input_width)).descriptor.shape == (1, m.cfg.descriptor_dim)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(Path(p).relative_to(PKG)))

@@ -61,6 +61,7 @@ def test_node_end_to_end(ros, model_and_map):
         Parameter("model", value=str(model)), Parameter("map", value=str(map_dir)), Parameter("backend", value="torch"),
         Parameter("mode", value="fused"), Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist()),
         Parameter("autostart", value=True), Parameter("loop_min_gap", value=0.0), Parameter("loop_min_score", value=-1.0),
+        Parameter("tracking", value=False),  # the single-frame path: every frame's top place on ~/place
     ])
     assert node.outputs is not None, "autostart did not configure the node"
     io = rclpy.create_node("replayer")
@@ -160,7 +161,8 @@ def test_lidar_lost_and_back(ros, model_and_map):
     node = AttnLinkNode(parameter_overrides=[
         Parameter("model", value=str(model)), Parameter("map", value=str(map_dir)), Parameter("backend", value="torch"),
         Parameter("mode", value="fused"), Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist()),
-        Parameter("autostart", value=True), Parameter("sensor_timeout", value=0.5), Parameter("reliability", value="reliable")])
+        Parameter("autostart", value=True), Parameter("sensor_timeout", value=0.5), Parameter("reliability", value="reliable"),
+        Parameter("tracking", value=False)])
     io = rclpy.create_node("sensors")
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -243,7 +245,7 @@ def test_split_nodes_descriptor_topic(ros, model_and_map):
     model, map_dir, seq = model_and_map
     common = [Parameter("model", value=str(model)), Parameter("backend", value="torch"), Parameter("mode", value="lidar")]
     front = FrontEndNode(parameter_overrides=common + [Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist())])
-    retr = RetrievalNode(parameter_overrides=common + [Parameter("map", value=str(map_dir))],
+    retr = RetrievalNode(parameter_overrides=common + [Parameter("map", value=str(map_dir)), Parameter("tracking", value=False)],
                          cli_args=["--ros-args", "-r", "descriptor:=/attnlink_frontend/descriptor"])
     io = rclpy.create_node("replayer2")
     info = io.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
@@ -404,6 +406,7 @@ def test_node_process_interrupted_at_random_moments_exits_cleanly(ros, model_and
     pm.save(tmp_path / "map_scans")  # stored scans: the node starts its verifier process
     (spec,) = attnlink_nodes(model=str(model), map=str(tmp_path / "map_scans"), backend="torch", mode="fused",
                              calib_file=str(seq.dir / "calib.txt"))
+    spec.parameters["tracking"] = False  # a test model without a tracking calibration
     io = rclpy.create_node("interrupter")
     pubs = {k: io.create_publisher(t, k, qos_profile_sensor_data) for k, t in
             (("image", Image), ("camera_info", CameraInfo), ("points", PointCloud2))}
@@ -456,3 +459,65 @@ def test_node_process_interrupted_at_random_moments_exits_cleanly(ros, model_and
         io.destroy_node()
     bad = [(d, s, rc, e[-1500:]) for d, s, rc, e in outcomes if rc != 0 or "Traceback" in e or "RCLError" in e or "did not exit" in e]
     assert len(outcomes) == 10 and not bad, f"start-up {startup:.1f} s; failed runs (delay s, signal, exit code, stderr): {bad}"
+
+
+def test_node_tracks_publishes_only_confident_fixes_and_relocalizes(ros, model_and_map, synth_root, tmp_path):
+    """Tracking on (the default) over real rclpy, with the shipped model and its shipped tracking
+    calibration: ~/match carries the filter's state, fix and each hit's posterior for every frame;
+    ~/place only the fixes the filter is confident in (right ones, with the belief's covariance);
+    ~/relocalize (std_srvs/Trigger) resets the belief. A model without a calibration fails
+    configure with the reason."""
+    from std_srvs.srv import Trigger
+
+    from attnlink_ros.data.bags import kitti_records
+    from attnlink_ros.retrieval.build import build_map_from_sequence
+
+    from .conftest import replay_through_node
+
+    model, map_dir, seq = model_and_map
+    common = [Parameter("backend", value="onnxruntime"), Parameter("mode", value="lidar"),
+              Parameter("lidar_to_camera", value=seq.calib.T_cam_lidar.reshape(-1).tolist()), Parameter("reliability", value="reliable")]
+    node = AttnLinkNode(node_name="attnlink_nocal", parameter_overrides=common + [
+        Parameter("model", value=str(model)), Parameter("map", value=str(map_dir))])  # a test model: no calibration beside it
+    assert node.outputs is None and node.tracking is None  # configure failed (its log says why)
+    node.destroy_node()
+    pm, _ = build_map_from_sequence(PlaceRecognizer(None, None, backend="onnxruntime"), seq, progress=False)
+    pm.save(tmp_path / "map")
+    node = AttnLinkNode(parameter_overrides=common + [Parameter("map", value=str(tmp_path / "map"))])
+    assert node.tracking is not None
+    io = rclpy.create_node("tracking_listener")
+    places, matches, answers = [], [], []
+    io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 50)
+    io.create_subscription(PlaceMatches, "/attnlink/match", matches.append, 50)
+    client = io.create_client(Trigger, "/attnlink/relocalize")
+    calls = []
+
+    def relocalize_done() -> bool:
+        if not calls:
+            calls.append(client.call_async(Trigger.Request()))
+        if calls[0].done():
+            answers.append(calls[0].result())
+            return True
+        return False
+
+    stats, counters = replay_through_node(node, io, kitti_records(synth_root, "00"), until=relocalize_done)
+    assert len(matches) == len(seq)
+    states = [m.tracking_state for m in matches]
+    assert set(states) <= {"tracking", "relocalising", "lost"} and states[-1] == "tracking", states
+    assert all(np.isfinite(h.posterior) and 0 <= h.posterior <= 1 for m in matches for h in m.hits)
+    assert len(matches[-1].hits) == 5  # ~/match keeps k (the filter observed its own 10)
+    tracked = [m for m in matches if m.tracking_state == "tracking"]
+    assert len(places) == len(tracked) > 0  # ~/place: the confident fixes only
+    for p in places:
+        t = stamp_to_sec(p.header.stamp)
+        i = int(np.argmin(np.abs(seq.times - t)))
+        pos = p.pose.pose.position
+        assert np.hypot(pos.x - seq.poses[i][0, 3], pos.z - seq.poses[i][2, 3]) <= 10.0  # right, within 10 m
+        cov = np.asarray(p.pose.covariance).reshape(6, 6)
+        assert cov[0, 0] >= 9.0 and cov[2, 2] >= 9.0 and np.allclose(cov, cov.T)  # belief spread + 3 m sigma
+    m = tracked[-1]
+    assert node.cfg.min_confidence <= m.confidence <= 1.0 and m.fix_index >= 0
+    assert answers and answers[0].success and counters["relocalize_requests"] == 1
+    assert node.tracking.tracker.lost == 0.5 and len(node.tracking.tracker.idx) == 0  # the belief starts over
+    node.destroy_node()
+    io.destroy_node()

@@ -134,7 +134,8 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
         build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
     cache = FrameCache.open(path)
     from ..retrieval.views import view_yaws
-    from .protocols import heading_classes, headings_deg
+    from ..geometry.poses import headings_deg
+    from .protocols import heading_classes
     from .recall import encode_views
 
     enc = encode_cache(model, cache, modes=tuple(dict.fromkeys((mode, "lidar"))), progress=progress)

@@ -126,13 +126,6 @@ def recall_curve(query_xy: np.ndarray, db_xy: np.ndarray, ranked: np.ndarray, db
     }
 
 
-def headings_deg(poses: np.ndarray) -> np.ndarray:
-    """(N,) driving direction in degrees in the ground plane (x-z of KITTI's camera-0 poses: the
-    camera's forward axis z projected onto it)."""
-    poses = np.asarray(poses)
-    return np.degrees(np.arctan2(poses[:, 2, 2], poses[:, 0, 2]))
-
-
 def _near_heading_offsets(xy, heading, proto: Protocol, radius: float = SUCCESS_RADIUS):
     """Per query, the heading differences (degrees, wrapped) to its database frames within ``radius``."""
     from ..retrieval.views import wrap_deg

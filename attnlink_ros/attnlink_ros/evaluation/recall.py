@@ -195,7 +195,7 @@ def evaluate_sequence(model: AttnLink, root, sequence: str, protocols=PROTOCOLS,
     from ..data.kitti import KittiSequence
     from ..retrieval.views import view_yaws
     from .plots import plot_matches, plot_recall_curves
-    from .protocols import headings_deg
+    from ..geometry.poses import headings_deg
     from .robustness import fusion_analysis, robustness_study
 
     cache_dir = Path(cache_dir or tempfile.mkdtemp())

@@ -78,3 +78,10 @@ def format_kitti_poses(poses: np.ndarray) -> str:
 
 def format_kitti_times(times: np.ndarray) -> str:
     return "".join(f"{t:.6e}\n" for t in np.asarray(times))
+
+
+def headings_deg(poses: np.ndarray) -> np.ndarray:
+    """(N,) driving direction in degrees in the ground plane (x-z of KITTI's camera-0 poses: the
+    camera's forward axis z projected onto it)."""
+    poses = np.asarray(poses)
+    return np.degrees(np.arctan2(poses[:, 2, 2], poses[:, 0, 2]))

@@ -33,7 +33,8 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     del rec
     # ground truth: a query counts when a map place lies within radius_m; its heading class says
     # whether such a place was mapped driving the same way (same), only the other way (reverse) or across (other)
-    from ..evaluation.protocols import heading_class, headings_deg
+    from ..evaluation.protocols import heading_class
+    from ..geometry.poses import headings_deg
     from ..retrieval.views import wrap_deg
 
     xy = seq.xy
@@ -68,6 +69,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
             raise RuntimeError("the node did not configure (see its log)")
         listener = rclpy.create_node("attnlink_demo_listener")
         results: dict[float, tuple[dict, float]] = {}
+        fixes: dict[float, tuple[str, int, float]] = {}  # the node's tracking filter: state, fix place, confidence
 
         def on_match(msg) -> None:
             hits = parse_matches(msg)
@@ -75,6 +77,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
                 return
             t = round(hits[0]["query_stamp"], 6)
             results[t] = (hits[0], time.monotonic())
+            fixes[t] = (msg.tracking_state, int(msg.fix_index), float(msg.confidence))
             top = hits[0]
             d = float(np.hypot(top["place_x"] - truth_xy[t][0], top["place_z"] - truth_xy[t][1])) if t in truth_xy else float("nan")
             if len(results) % print_every == 1 or print_every == 1:
@@ -124,6 +127,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         ok_c = [ok for t, ok in zip(qs, correct) if query_class[t] == c]
         if ok_c:
             by_heading[c] = {"recall@1": round(float(np.mean(ok_c)), 4), "queries": len(ok_c)}
+    tracking = _score_tracking(fixes, results, answerable, truth_xy, mxy, radius_m)
     # plot: query positions, their top-1 places, green when right
     tq = np.array(sorted(qs))
     qi = np.array([int(np.argmin(np.abs(seq.times - t))) for t in tq], dtype=int)
@@ -139,13 +143,75 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         "latency_ms_end_to_end_p99": round(float(np.percentile(e2e, 99)), 2) if len(e2e) else None,
         "latency_ms_node_p50": round(float(np.percentile(node_latency, 50)), 2),
         "backend": backend_desc, "node_counters": counters, "plot": str(plot) if plot else None,
+        **tracking,
     }
+    if tracking.get("track"):
+        result["fixes_plot"] = str(_plot_fixes(seq, xy, map_frames, fixes, truth_xy, mxy, radius_m, out / "fixes.png", mode))
     print(f"{len(results)}/{rstats.frames} frames answered at {result['frame_rate_hz']:.1f} Hz; "
           f"recall@1 {r1:.3f} over {len(qs)} queries with a map place within {radius_m:g} m; "
           f"latency (publish -> ~/match) p50 {result['latency_ms_end_to_end_p50']} ms, p99 {result['latency_ms_end_to_end_p99']} ms "
           f"(node {result['latency_ms_node_p50']} ms); {backend_desc}")
     print("recall@1 by the heading the place was mapped in: " + ", ".join(
         f"{c} {v['recall@1']:.3f} ({v['queries']} queries)" for c, v in by_heading.items()) + f"  [map of {views} heading views]")
+    sf, tk = tracking.get("single_frame"), tracking.get("track")
+    if tk:
+        print(f"~/place, single frame (every frame's top place, tracking off): precision {sf['precision']:.3f}, recall {sf['recall']:.3f}, "
+              f"{sf['off_map_published']} of {sf['off_map']} off-map frames published")
+        print(f"~/place, tracking filter (published when confidence >= min_confidence): precision "
+              f"{'-' if tk['precision'] is None else format(tk['precision'], '.3f')}, recall {tk['recall']:.3f}, "
+              f"{tk['off_map_published']} of {tk['off_map']} off-map frames published; states {tk['states']}")
     if plot:
         print(f"trajectory with matches: {plot}")
+    if result.get("fixes_plot"):
+        print(f"trajectory with the filter's fixes: {result['fixes_plot']}")
     return result
+
+
+def _score_tracking(fixes: dict, results: dict, answerable: dict, truth_xy: dict, mxy: np.ndarray, radius_m: float) -> dict:
+    """Precision and recall of what ~/place would carry: every frame's top place (single frame)
+    and the node's filter's published fixes (tracking), over the frames answered."""
+    if not fixes or all(st == "" for st, _, _ in fixes.values()):
+        return {}
+    ts = sorted(fixes)
+    ans = np.array([answerable.get(t, False) for t in ts])
+    out = {}
+    for key in ("single_frame", "track"):
+        if key == "single_frame":
+            place = np.array([int(results[t][0]["map_index"]) for t in ts])
+            pub = np.ones(len(ts), bool)
+        else:
+            place = np.array([fixes[t][1] for t in ts])
+            pub = np.array([fixes[t][0] == "tracking" for t in ts]) & (place >= 0)
+        right = np.array([p >= 0 and float(np.hypot(*(mxy[p] - truth_xy[t]))) <= radius_m for p, t in zip(place, ts)])
+        n = int(pub.sum())
+        out[key] = {"precision": round(float((pub & right).sum() / n), 4) if n else None,
+                    "recall": round(float((pub & right & ans).sum() / max(ans.sum(), 1)), 4), "published": n,
+                    "off_map": int((~ans).sum()), "off_map_published": int((pub & ~ans).sum())}
+    out["track"]["states"] = {st: int(sum(f[0] == st for f in fixes.values())) for st in ("tracking", "relocalising", "lost")}
+    return out
+
+
+def _plot_fixes(seq, xy, map_frames, fixes, truth_xy, mxy, radius_m, path: Path, mode: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = sorted(fixes)
+    q = np.array([truth_xy[t] for t in ts])
+    pub = np.array([fixes[t][0] == "tracking" and fixes[t][1] >= 0 for t in ts])
+    right = np.array([p and float(np.hypot(*(mxy[fixes[t][1]] - truth_xy[t]))) <= radius_m for p, t in zip(pub, ts)])
+    lost = np.array([fixes[t][0] == "lost" for t in ts])
+    fig, ax = plt.subplots(figsize=(8, 8))
+    ax.plot(xy[:, 0], xy[:, 1], color="0.85", lw=1, label="drive")
+    ax.plot(mxy[:, 0], mxy[:, 1], color="0.45", lw=2.5, label="map")
+    ax.scatter(q[pub & right, 0], q[pub & right, 1], s=6, c="tab:green", label=f"fix published, right ({int((pub & right).sum())})")
+    ax.scatter(q[pub & ~right, 0], q[pub & ~right, 1], s=14, c="tab:red", marker="x", label=f"fix published, wrong ({int((pub & ~right).sum())})")
+    ax.scatter(q[lost, 0], q[lost, 1], s=4, c="tab:blue", alpha=0.4, label=f"lost: nothing published ({int(lost.sum())})")
+    ax.set_aspect("equal")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"{seq.dir.name}: the node's tracked fixes ({mode} queries)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

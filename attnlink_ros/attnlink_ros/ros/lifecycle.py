@@ -27,6 +27,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
 
 from ..config import NODE_PARAM_DOCS, NodeConfig
 from ..errors import AttnLinkError, ConfigError
@@ -57,6 +58,9 @@ class AttnLinkLifecycle(LifecycleNode):
         self._latency = deque(maxlen=500)
         self._processed_times = deque(maxlen=50)
         self.stage_ms: dict[str, deque] = defaultdict(lambda: deque(maxlen=500))  # per stage, ms
+        self.tracking = None  # relocalize + tracking: localization.session.MapTracking
+        self._last_fix = None
+        self._relocalize_srv = None
 
     def _autostart(self) -> None:
         if self.get_parameter("autostart").value:
@@ -115,6 +119,8 @@ class AttnLinkLifecycle(LifecycleNode):
             self.recognizer = None
             return TransitionCallbackReturn.FAILURE
         self._pub_diag = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+        if self.tracking is not None and self._relocalize_srv is None:
+            self._relocalize_srv = self.create_service(Trigger, "~/relocalize", self._on_relocalize)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -145,6 +151,51 @@ class AttnLinkLifecycle(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None: ...
+
+    # -- tracking (relocalize) -------------------------------------------------------------------
+    def _configure_tracking(self):
+        """The filter over the map's places (map_mode relocalize, parameter tracking); returns the
+        odometry track to fill from pose_topic, or None. A map without poses cannot be tracked (and
+        gives no ~/place): logged, tracking off. A missing or foreign calibration fails configure."""
+        from dataclasses import replace
+
+        from ..localization.calibration import load_for_model
+        from ..localization.session import MapTracking
+        from ..localization.tracker import TrackerConfig
+        from ..retrieval.drive_map import PoseTrack
+
+        c = self.cfg
+        self.tracking, self._last_fix = None, None
+        if c.map_mode != "relocalize" or not c.tracking or self.recognizer.map is None:
+            return None
+        if not bool(self.recognizer.map.poses_known.all()):
+            self.get_logger().warning("tracking off: the map's places have no poses (saved without a pose topic)")
+            return None
+        obs = load_for_model(c.tracking_calibration or None, c.model or None, self.recognizer.fingerprint)
+        self.tracking = MapTracking(self.recognizer.map, obs, replace(TrackerConfig(), min_confidence=c.min_confidence))
+        return PoseTrack(max_poses=3000) if c.pose_topic else None
+
+    def _track(self, stamp: float, hits: list[dict], mode: str, pose=None):
+        """(fix, (pose, covariance) for ~/place or None) of one answered query; (None, None) with tracking off."""
+        if self.tracking is None:
+            return None, None
+        fix = self.tracking.step(stamp, hits, mode, pose)
+        self._last_fix = fix
+        self.counters[f"tracking_{fix.state}"] += 1
+        return fix, self.tracking.tracked_pose(fix)
+
+    def _on_relocalize(self, request, response):
+        """~/relocalize (std_srvs/Trigger): the filter forgets its belief and starts over."""
+        with self._out_lock:
+            if self.tracking is None:
+                response.success, response.message = False, "tracking is off (parameter tracking, map_mode relocalize)"
+                return response
+            self.tracking.reset()
+            self._last_fix = None
+            self.counters["relocalize_requests"] += 1
+        response.success, response.message = True, "belief reset: relocalising"
+        self.get_logger().info(response.message)
+        return response
 
     def _subscribe(self, qos: QoSProfile) -> list: ...
 
@@ -181,6 +232,11 @@ class AttnLinkLifecycle(LifecycleNode):
         rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
         lat = np.asarray(self._latency) if self._latency else np.zeros(1)
         level, message, extra = self._status(now)
+        if self.tracking is not None:
+            f = self._last_fix
+            extra = {**extra, "tracking_state": f.state if f else "relocalising",
+                     "tracking_confidence": f"{f.confidence:.3f}" if f else "0.000", "tracking_p_lost": f"{f.p_lost:.3f}" if f else "",
+                     "odometry": self.cfg.pose_topic or "none (map geometry)"}
         st = DiagnosticStatus(level=level, name=f"{self.get_name()}: {self.SUBJECT}", hardware_id="attnlink", message=message)
         rec = self.recognizer
         values = {

@@ -85,7 +85,7 @@ def hit_msg(h: dict) -> PlaceHit:
     m = PlaceHit(map_index=int(h["index"]), score=_nan(h.get("score")), sequence=str(h.get("sequence", "")),
                  frame=int(h.get("frame", -1)), verified=bool(h.get("verified", False)),
                  inlier_ratio=_nan(h.get("inlier_ratio")) if h.get("verified") else float("nan"),
-                 view=int(h.get("view", 0)), view_yaw_deg=float(h.get("view_yaw_deg", 0.0)))
+                 view=int(h.get("view", 0)), view_yaw_deg=float(h.get("view_yaw_deg", 0.0)), posterior=_nan(h.get("posterior")))
     m.place_stamp = sec_to_stamp(float(h["stamp"]))
     off = h.get("view_offset_m")
     if off is not None:
@@ -105,10 +105,14 @@ def hit_msg(h: dict) -> PlaceHit:
 
 
 def matches_msg(header, frame_id: str, hits: list[dict], mode: str, fingerprint: str, map_mode: str,
-                loop_closure: bool = False) -> PlaceMatches:
-    """A query's top-k (best first) as attnlink_msgs/PlaceMatches; ``header``: the query's."""
+                loop_closure: bool = False, fix=None) -> PlaceMatches:
+    """A query's top-k (best first) as attnlink_msgs/PlaceMatches; ``header``: the query's;
+    ``fix``: the tracking filter's answer (localization.tracker.Fix) or None (tracking off)."""
     m = PlaceMatches(mode=mode, model_fingerprint=fingerprint, map_mode=map_mode, loop_closure=bool(loop_closure),
-                     hits=[hit_msg(h) for h in hits])
+                     hits=[hit_msg(h) for h in hits], fix_index=-1, confidence=float("nan"))
+    if fix is not None:
+        m.tracking_state, m.fix_index, m.confidence = fix.state, int(fix.place), float(fix.confidence)
+        m.fix_view = max(int(fix.view), 0)
     m.header.stamp = header.stamp
     m.header.frame_id = frame_id
     return m
@@ -128,6 +132,8 @@ def parse_matches(msg: PlaceMatches) -> list[dict]:
         d = {"query_stamp": q, "map_index": int(h.map_index), "place_stamp": stamp_to_sec(h.place_stamp),
              "sequence": h.sequence, "frame": int(h.frame), "score": float(h.score), "verified": bool(h.verified),
              "inlier_ratio": float(h.inlier_ratio), "view": int(h.view), "view_yaw_deg": float(h.view_yaw_deg),
+             "posterior": float(h.posterior), "tracking_state": msg.tracking_state, "confidence": float(msg.confidence),
+             "fix_index": int(msg.fix_index),
              "view_offset_m": (float(h.view_offset_x_m), float(h.view_offset_y_m)),
              "place_pose": place, "relative_pose": rel,
              "rel_covariance": np.asarray(h.relative_pose.covariance, np.float64).reshape(6, 6) if h.verified else None}

@@ -79,6 +79,7 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             self._verify = LoopConfig(min_score=-1.0, candidates=c.verify_candidates, min_inlier_ratio=c.min_inlier_ratio,
                                       voxel_m=self.recognizer.map.scans.voxel, yaw_guesses_deg=RELOCALIZE_YAWS_DEG,
                                       distance_point=camera)
+        self._poses = self._configure_tracking()
         self._warm_up()
         self.outputs = Outputs(self, c, self.recognizer.fingerprint)
         self._close_verifier()
@@ -95,6 +96,8 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
         where = "online map (grows from the drive)" if online else f"map {len(self.recognizer.map)} places" + (
             ", stored scans: matches GICP-verified" + (" (own process)" if self._verifier else "") + ", ~/place metric"
             if self._verify else "")
+        if self.tracking is not None:
+            where += f", tracking (min_confidence {c.min_confidence}" + (f", odometry {c.pose_topic})" if self._poses is not None else ", no odometry)")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}")
 
     def _subscribe(self, qos):
@@ -113,8 +116,9 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             return self._process_online(frame, header)
         t0 = time.perf_counter()
         offload = self._verifier is not None
+        k = max(self.cfg.k, self.tracking.cfg.k) if self.tracking is not None else self.cfg.k  # the filter observes its calibrated k
         try:
-            res = self.recognizer.query(frame, self.cfg.k, self._mode_for(frame), None if offload else self._verify)
+            res = self.recognizer.query(frame, k, self._mode_for(frame), None if offload else self._verify)
         except (AttnLinkError, ValueError) as exc:
             self._bad("query", str(exc))
             return
@@ -150,7 +154,8 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
                     self.counters["relocalized_verified" if verified else "relocalized_unverified"] += 1
                 # with verification on, a loop is never published unverified (as in online mode)
                 loop = verified and top["score"] >= self.cfg.loop_min_score and abs(frame.stamp - top["stamp"]) >= self.cfg.loop_min_gap
-            self.outputs.publish(header, res.hits, res.mode, self.counters, loop=loop)
+            fix, tracked = self._track(frame.stamp, res.hits, res.mode, self._odometry_pose(frame.stamp))
+            self.outputs.publish(header, res.hits[: self.cfg.k], res.mode, self.counters, loop=loop, tracked=tracked, fix=fix)
             self._processed(t0, {**res.timings_ms, "publish": 1e3 * (time.perf_counter() - t1)})
 
     def _close_verifier(self) -> None:
@@ -205,6 +210,16 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
                          "inlier_ratio": loop.inlier_ratio, "view_yaw_deg": loop.view_yaw_deg}]
             self.outputs.publish(header, hits, mode, self.counters, loop=loop.published)
         self._processed(t0, {**res.timings_ms, "loop_search_verify": 1e3 * (t2 - t1)})
+
+    def _odometry_pose(self, stamp: float):
+        """The camera's pose from pose_topic at ``stamp`` (LiDAR pose -> camera 0), or None."""
+        if self._poses is None or not len(self._poses):
+            return None
+        T = self._poses.at([stamp], self.cfg.pose_tolerance)[0]
+        if not np.isfinite(T).all():
+            self.counters["odometry_missing"] += 1
+            return None
+        return T @ np.linalg.inv(self.front.T) if self.front.T is not None else T
 
     # -- online: the drive's poses and its map -------------------------------------------------------
     def _on_pose(self, msg: Odometry) -> None:

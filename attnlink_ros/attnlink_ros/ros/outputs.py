@@ -1,8 +1,10 @@
 """The output side of a node: a query's result on its topics.
 
   ``~/place``   geometry_msgs/PoseWithCovarianceStamped: the vehicle's pose when the top hit is
-                GICP-verified against the place's stored scan, else the top place's pose with a
-                covariance from the score; not published for a place without a pose
+                GICP-verified against the place's stored scan; else, tracking on (the default), the
+                filter's fix when its confidence passes min_confidence (covariance from the belief's
+                spread), nothing otherwise; tracking off: the top place's pose with a covariance from
+                the score; never for a place without a pose
   ``~/match``   attnlink_msgs/PlaceMatches: the top-k, typed (one message per answered query; an
                 online query without a candidate is answered with no hits)
   ``~/loop``    attnlink_msgs/LoopClosure: a loop that goes to SLAM, with its relative pose and
@@ -42,26 +44,36 @@ class Outputs:
         self.markers = node.create_lifecycle_publisher(MarkerArray, "~/markers", latched) if cfg.markers else None
         self._places: Marker | None = None
 
-    def publish(self, header, hits: list[dict], mode: str, counters: Counter, loop: bool | None = None) -> None:
+    def publish(self, header, hits: list[dict], mode: str, counters: Counter, loop: bool | None = None,
+                tracked: tuple | None = None, fix=None) -> None:
         """A query's answer; ``header`` is the query's (its stamp is the query's). ``loop``: None =
         relocalize (a loop when the top-1 passes loop_min_score and loop_min_gap); True/False = the
-        caller's decision for the top-1 (the online detector's, or verification's)."""
+        caller's decision for the top-1 (the online detector's, or verification's).
+
+        ``~/place``: a GICP-verified top hit gives the vehicle's own pose; else, with tracking on
+        (``fix`` given), only ``tracked`` = (pose 4x4, 6x6 covariance) of a fix the filter is
+        confident in; with tracking off, the top place's pose with a covariance from its score."""
         query_stamp = stamp_to_sec(header.stamp)
         top = hits[0] if hits else None
         if top is not None and loop is None:
             loop = top["score"] >= self.cfg.loop_min_score and abs(query_stamp - top["stamp"]) >= self.cfg.loop_min_gap
         loop = bool(top is not None and loop)
-        if top is not None and top.get("pose") is not None:
-            # verified against the place's stored scan: the vehicle's own pose; else the place's
-            verified = top.get("vehicle_pose") is not None
+        pose = cov = None
+        if top is not None and top.get("vehicle_pose") is not None:  # verified against the place's stored scan
+            pose, cov = top["vehicle_pose"], np.asarray(top["vehicle_covariance"]).reshape(-1).tolist()
+        elif tracked is not None:
+            pose, cov = tracked
+        elif fix is None and top is not None and top.get("pose") is not None:  # tracking off: every frame's top place
+            pose, cov = top["pose"], place_covariance(top["score"])
+        if pose is not None:
             msg = PoseWithCovarianceStamped()
             msg.header.stamp = header.stamp
             msg.header.frame_id = self.cfg.map_frame
-            msg.pose.pose = pose_msg(top["vehicle_pose"] if verified else top["pose"])
-            msg.pose.covariance = (np.asarray(top["vehicle_covariance"]).reshape(-1).tolist() if verified
-                                   else place_covariance(top["score"]))
+            msg.pose.pose = pose_msg(pose)
+            msg.pose.covariance = cov
             self.place.publish(msg)
-        self.match.publish(matches_msg(header, self.cfg.map_frame, hits, mode, self.fingerprint, self.cfg.map_mode, loop))
+            counters["place_published"] += 1
+        self.match.publish(matches_msg(header, self.cfg.map_frame, hits, mode, self.fingerprint, self.cfg.map_mode, loop, fix))
         if loop and self.loop is not None:
             self.loop.publish(Float64MultiArray(data=[float(query_stamp), float(top["stamp"])]))
             self.loop_typed.publish(loop_msg(header, header.frame_id, top))

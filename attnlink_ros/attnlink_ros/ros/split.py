@@ -19,6 +19,7 @@ from ..errors import AttnLinkError
 from ..pipeline import Frame, PlaceRecognizer
 from .conversions import MessageError
 from .frontend import SensorFrontEnd
+from .conversions import stamp_to_sec
 from .lifecycle import AttnLinkLifecycle, SensorNodeMixin
 from .messages import descriptor_msg, parse_descriptor
 from .outputs import Outputs
@@ -76,6 +77,7 @@ class RetrievalNode(AttnLinkLifecycle):
         if self.recognizer.map is None:
             raise AttnLinkError("parameter 'map' is empty: build one with `attnlink build-map`")
         self._map_model = str(self.recognizer.map.manifest.get("model_fingerprint", ""))
+        self._configure_tracking()  # no odometry here: the filter moves by the map's geometry
         self.outputs = Outputs(self, c, self._map_model)
 
     def _subscribe(self, qos):
@@ -96,8 +98,10 @@ class RetrievalNode(AttnLinkLifecycle):
         except MessageError as exc:
             self._bad(exc.kind, str(exc))
             return
-        hits = self.recognizer.map.hits(desc[None], self.cfg.k)[0]
+        k = max(self.cfg.k, self.tracking.cfg.k) if self.tracking is not None else self.cfg.k
+        hits = self.recognizer.map.hits(desc[None], k)[0]
         with self._out_lock:
-            self.outputs.publish(msg.header, hits, mode, self.counters)
+            fix, tracked = self._track(stamp_to_sec(msg.header.stamp), hits, mode)
+            self.outputs.publish(msg.header, hits[: self.cfg.k], mode, self.counters, tracked=tracked, fix=fix)
         self._processed(t0)
 

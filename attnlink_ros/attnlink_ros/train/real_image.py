@@ -287,3 +287,44 @@ def train_real_image(cfg: RealImageConfig, fresh: bool = False, progress: bool =
         result["held_out_eval"] = evaluate_fold(model, frames, folds.folds[cfg.held_out])
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def evaluate_folds(folds_path: str | Path, run_pattern: str, baseline: str | Path | None = None) -> dict:
+    """Every fold's model (``run_pattern`` with ``{fold}``, e.g. ``runs/real-lite0-{fold}/model``) on
+    its own held-out fold, and the baseline model (default: the shipped one) on the same frames;
+    per fold and pooled over all real frames (each answered by a model that never trained on it)."""
+    from ..data.real import RealFolds, load_real_frames
+    from ..evaluation.depth import depth_sums, metrics
+    from ..model.io import load_model
+
+    folds = RealFolds.load(folds_path)
+    base, base_meta = load_model(baseline)
+    frames = None
+    out = {"folds": {}, "baseline": base_meta["fingerprint"]}
+    pooled = {"model": {"depth": np.zeros(4), "hits": {m: [] for m in ("image", "lidar", "fused")}},
+              "baseline": {"depth": np.zeros(4), "hits": {m: [] for m in ("image", "lidar", "fused")}}}
+    for name, drives in folds.folds.items():
+        model, meta = load_model(run_pattern.format(fold=name))
+        if meta.get("real_held_out") not in (None, name):
+            raise ConfigError(f"{run_pattern.format(fold=name)} was trained with fold {meta.get('real_held_out')!r} held out, not {name!r}")
+        if frames is None:
+            frames = load_real_frames(folds.roots, model.cfg.input_height, model.cfg.input_width, sequences=folds.drives, views=2)
+        row = {}
+        for key, m in (("model", model), ("baseline", base)):
+            ev = evaluate_fold(m, frames, drives)
+            row[key] = ev
+            held = frames.of_drives(drives)
+            from ..evaluation.depth import predict_depth
+
+            if getattr(m, "mono", None) is not None:
+                pred = predict_depth(m, held.rgb)
+                pooled[key]["depth"] += sum(depth_sums(p, t) for p, t in zip(pred, held.depth))
+            wd = ev["which_drive"]
+            for mode in ("image", "lidar", "fused"):
+                pooled[key]["hits"][mode].append((wd[mode]["recall@1"], wd["queries"]))
+        out["folds"][name] = row
+    for key in ("model", "baseline"):
+        out[f"pooled_{key}"] = {"depth": metrics(pooled[key]["depth"]),
+                                "which_drive": {m: round(sum(r * q for r, q in v) / max(sum(q for _, q in v), 1), 4)
+                                                for m, v in pooled[key]["hits"].items()}}
+    return out

@@ -354,7 +354,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             desc = encode_cache(model, c, modes=modes, device=device)
             if tc.val_views == 2:  # the product's map: each place also as its rear view
                 from ..data.kitti import KittiSequence
-                from ..evaluation.protocols import headings_deg
+                from ..geometry.poses import headings_deg
 
                 spec = specs_of[id(c)]
                 seq = KittiSequence(spec["root"], str(spec.get("sequence", "00")))

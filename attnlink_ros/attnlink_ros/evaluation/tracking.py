@@ -1,0 +1,316 @@
+"""``attnlink eval --track``: a drive replayed frame by frame against a map of its first part, the
+tracking filter beside today's single-frame top-1, with and without odometry.
+
+The map holds the first ``map_fraction`` of the drive's frames (two heading views a place, as the
+product builds it); every later frame is a query, in order, so the vehicle leaves the mapped area
+and comes back to it, driving either way. A query is answerable when a map place lies within 10 m;
+a published fix is right when its place lies within 10 m of the truth. Per mode and sequence:
+precision of published fixes, recall over answerable frames, frames published off the map, frames
+from entering the map to the first right fix, frames from leaving it to "lost", and the
+precision-recall curve over the confidence threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..localization.tracker import ObservationModel, PlaceTracker, TrackerConfig, fit_observation_model, odometry_delta
+from ..geometry.poses import headings_deg
+from .protocols import SUCCESS_RADIUS
+
+ODOMETRY_NOISE = (0.02, 0.002)  # simulated odometry: 2% of the step's length, 0.002 rad a frame (seeded)
+
+
+def _ground_truth(q_xy, q_heading, map_xy, map_heading, yaws):
+    """answerable (Q,), and for labelling hits: a function (query, place, view) -> right state."""
+    d = np.linalg.norm(q_xy[:, None, :] - map_xy[None, :, :], axis=2)  # (Q, N)
+    answerable = d.min(1) <= SUCCESS_RADIUS
+    return answerable, d
+
+
+def _state_right(d_row, q_h, places, views, map_heading, yaws) -> np.ndarray:
+    ok = places >= 0
+    p = np.maximum(places, 0)
+    h_state = map_heading[p] - yaws[np.maximum(views, 0)]
+    dh = np.abs((q_h - h_state + 180.0) % 360.0 - 180.0)
+    return ok & (d_row[p] <= SUCCESS_RADIUS) & (dh < 90.0)
+
+
+def run_filter(scores, places, views, stamps, tracker: PlaceTracker, odom=None, verified=None) -> list:
+    tracker.reset()
+    fixes = []
+    for i in range(len(stamps)):
+        fixes.append(tracker.update(float(stamps[i]), places[i], views[i], scores[i], None if odom is None else odom[i],
+                                    None if verified is None else verified[i]))
+    return fixes
+
+
+def _episodes(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of the runs of True in ``flags`` (end exclusive)."""
+    f = np.concatenate([[False], flags.astype(bool), [False]])
+    edges = np.flatnonzero(np.diff(f.astype(np.int8)))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def score_fixes(published: np.ndarray, right: np.ndarray, answerable: np.ndarray, lost: np.ndarray | None) -> dict:
+    """The issue's metrics from per-frame arrays: published (fix given), right (the fix's place
+    within 10 m), answerable (a map place within 10 m), lost (state "lost"; None for single frame)."""
+    pub = published.astype(bool)
+    n_pub = int(pub.sum())
+    first = []
+    for s, e in _episodes(answerable):
+        hit = np.flatnonzero(pub[s:e] & right[s:e])
+        first.append(int(hit[0]) if len(hit) else int(e - s))  # never fixed: the whole visit
+    lost_after = []
+    if lost is not None:
+        for s, e in _episodes(~answerable):
+            if s == 0:
+                continue  # the drive starts off the map: nothing was left
+            hit = np.flatnonzero(lost[s:e])
+            lost_after.append(int(hit[0]) if len(hit) else None)
+    out = {
+        "precision": round(float((pub & right).sum() / n_pub), 4) if n_pub else None,
+        "recall": round(float((pub & right & answerable).sum() / max(answerable.sum(), 1)), 4),
+        "published": n_pub, "answerable": int(answerable.sum()), "off_map": int((~answerable).sum()),
+        "off_map_published": int((pub & ~answerable).sum()),
+        "off_map_published_share": round(float((pub & ~answerable).sum() / max((~answerable).sum(), 1)), 4),
+        "first_fix_frames": {"visits": len(first), "median": float(np.median(first)) if first else None,
+                             "max": int(max(first)) if first else None, "each": first},
+    }
+    if lost is not None:
+        got = [v for v in lost_after if v is not None]
+        out["lost_frames"] = {"exits": len(lost_after), "median": float(np.median(got)) if got else None,
+                              "max": int(max(got)) if got else None, "never": int(sum(v is None for v in lost_after)), "each": lost_after}
+    return out
+
+
+def pr_curve(conf: np.ndarray, right: np.ndarray, answerable: np.ndarray, not_lost: np.ndarray,
+             thresholds=np.round(np.arange(0.05, 1.0, 0.05).tolist() + [0.97, 0.99, 0.995, 0.999], 4)) -> list[dict]:
+    out = []
+    for t in thresholds:
+        pub = not_lost & (conf >= t)
+        n = int(pub.sum())
+        out.append({"min_confidence": float(t), "precision": round(float((pub & right).sum() / n), 4) if n else None,
+                    "recall": round(float((pub & right & answerable).sum() / max(answerable.sum(), 1)), 4), "published": n})
+    return out
+
+
+def simulated_odometry(poses: np.ndarray, seed: int = 0, noise=ODOMETRY_NOISE) -> np.ndarray:
+    """(Q, 3) odometry steps between consecutive query poses (first row zero), with seeded noise."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(poses), 3))
+    for i in range(1, len(poses)):
+        d = odometry_delta(poses[i - 1], poses[i])
+        step = math.hypot(d[0], d[1])
+        out[i] = d + np.array([rng.normal(0, noise[0] * step + 1e-3), rng.normal(0, noise[0] * step + 1e-3), rng.normal(0, noise[1])])
+    return out
+
+
+class TrackData:
+    """One drive's queries against a map of its first part: descriptors searched in FAISS once per
+    mode (the filter and the single-frame path see the same hits)."""
+
+    def __init__(self, model, root, sequence: str, cache_dir, map_fraction: float = 0.375, views: int = 2,
+                 modes=("image", "lidar", "fused"), k: int = 10, progress: bool = False, verify: bool = False) -> None:
+        from ..data.cache import FrameCache, build_cache
+        from ..data.kitti import KittiSequence
+        from ..retrieval.place_map import PlaceMap, PlaceTable
+        from ..retrieval.views import view_offsets, view_yaws
+        from .recall import encode_cache, encode_views
+
+        cache_dir = Path(cache_dir)
+        path = cache_dir / f"{Path(root).resolve().name}_{sequence}_{model.cfg.input_height}x{model.cfg.input_width}"
+        if not (path / "manifest.json").is_file():
+            build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
+        from .recall import model_key
+
+        cache = FrameCache.open(path)
+        seq = KittiSequence(root, sequence)
+        if not seq.has_poses:
+            raise ValueError(f"{root} {sequence}: tracking evaluation needs ground-truth poses")
+        yaws = view_yaws(views)
+        n = len(cache)
+        self.map_end = m = int(round(n * map_fraction))
+        self.poses = seq.poses[cache.frames]
+        self.xy, self.heading = cache.xy, headings_deg(self.poses)
+        self.stamps = cache.times
+        self.yaws = np.asarray(yaws, np.float64)
+        self.q = np.arange(m, n)
+        self.answerable, self.dist = _ground_truth(self.xy[self.q], self.heading[self.q], self.xy[:m], self.heading[:m], self.yaws)
+        self.name = f"{Path(root).name}/{sequence}"
+        # the hits of every query (FAISS over the map's views) are kept in the cache folder, per model and map
+        stored = path / f"track_hits_{model_key(model)}_m{m}_v{views}_k{k}.npz"
+        self.hits = {}
+        if stored.is_file():
+            with np.load(stored, allow_pickle=False) as z:
+                self.hits = {mode: (z[f"{mode}_s"], z[f"{mode}_p"], z[f"{mode}_v"]) for mode in modes if f"{mode}_s" in z.files}
+        todo = [mode for mode in modes if mode not in self.hits]
+        if todo:
+            desc = encode_cache(model, cache, modes=tuple(dict.fromkeys(tuple(todo) + ("lidar",))), progress=progress)
+            db = encode_views(model, cache, seq, yaws, progress=progress, lidar=desc["lidar"])  # (N, K, D)
+            table = PlaceTable(self.poses[:m], cache.times[:m], np.full(m, sequence), cache.frames[:m].astype(np.int64), cache.xy[:m])
+            pm = PlaceMap.build(db[:m], table, "eval", view_yaws_deg=yaws, view_offsets_m=view_offsets(yaws))
+            for mode in todo:
+                s, p, v = pm.search_views(desc[mode][self.q], k)
+                self.hits[mode] = (s.astype(np.float64), p, v)
+            self._store(stored)
+        # GICP verification of the hits (modes with the LiDAR), as the node runs it against a map
+        # built with --scans: the first of the best candidates that registers is verified
+        self.verified = {}
+        if verify:
+            with np.load(stored, allow_pickle=False) as z:
+                self.verified = {m: z[f"{m}_ver"] for m in modes if f"{m}_ver" in z.files}
+            todo = [m for m in modes if m != "image" and m not in self.verified]
+            if todo:
+                self._verify(seq, cache, todo, progress)
+                self._store(stored)
+
+    def _store(self, stored: Path) -> None:
+        arrays = {f"{mode}_{c}": a for mode, hv in self.hits.items() for c, a in zip("spv", hv)}
+        arrays.update({f"{mode}_ver": a for mode, a in getattr(self, "verified", {}).items()})
+        tmp = stored.with_name(stored.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(stored)
+
+    def _verify(self, seq, cache, modes, progress: bool) -> None:
+        from tqdm import tqdm
+
+        from ..retrieval.loops import RELOCALIZE_YAWS_DEG, LoopConfig, ScanStore, verify_hits
+        from ..retrieval.views import DEFAULT_REVERSE_OFFSET_M, view_offsets
+
+        m = self.map_end
+        store = ScanStore(voxel=0.5)
+        for i in range(m):
+            store.add(seq.read_scan(int(cache.frames[i])))
+        camera = tuple(float(v) for v in np.linalg.inv(seq.calib.T_cam_lidar)[:3, 3])
+        cfg = LoopConfig(min_score=-1.0, candidates=6, voxel_m=0.5, yaw_guesses_deg=RELOCALIZE_YAWS_DEG, distance_point=camera)
+        offsets = view_offsets(self.yaws, DEFAULT_REVERSE_OFFSET_M)
+        done: dict = {}  # (query, place, view) -> verified, shared by the modes
+        for mode in modes:
+            s, p, v = self.hits[mode]
+            ver = np.zeros(p.shape, bool)
+            for i in tqdm(range(len(self.q)), desc=f"verify {mode}", disable=not progress):
+                pts = None
+                for r in range(min(cfg.candidates, p.shape[1])):
+                    key = (i, int(p[i, r]), int(v[i, r]))
+                    if p[i, r] < 0:
+                        break
+                    if key not in done:
+                        pts = seq.read_scan(int(cache.frames[self.q[i]])) if pts is None else pts
+                        hit = {"index": int(p[i, r]), "score": 1.0, "view_yaw_deg": float(self.yaws[v[i, r]]),
+                               "view_offset_m": offsets[v[i, r]]}
+                        out, _ = verify_hits([hit], pts, store, cfg)
+                        done[key] = bool(out[0]["verified"])
+                    if done[key]:
+                        ver[i, r] = True
+                        break  # the node stops at the first verified candidate
+            self.verified[mode] = ver
+
+    def right_states(self, mode: str) -> np.ndarray:
+        """(Q, k) bool: the hit is the vehicle's state (place within 10 m, heading within 90 deg)."""
+        s, p, v = self.hits[mode]
+        return np.stack([_state_right(self.dist[i], self.heading[self.q[i]], p[i], v[i], self.heading[: self.map_end], self.yaws)
+                         for i in range(len(self.q))])
+
+    def fix_right(self, places: np.ndarray) -> np.ndarray:
+        """(Q,) bool: the given place (-1: none) lies within 10 m of the query's truth."""
+        ok = places >= 0
+        return ok & (self.dist[np.arange(len(self.q)), np.maximum(places, 0)] <= SUCCESS_RADIUS)
+
+
+def calibrate(datasets: list[TrackData], modes) -> dict[str, ObservationModel]:
+    """Fits the observation model per mode on (validation) drives."""
+    out = {}
+    for m in modes:
+        scores = np.concatenate([d.hits[m][0] for d in datasets])
+        right = np.concatenate([d.right_states(m) for d in datasets])
+        ans = np.concatenate([d.answerable for d in datasets])
+        out[m] = fit_observation_model(scores, right, ans, fitted_on=[d.name for d in datasets])
+    return out
+
+
+def evaluate_tracking(data: TrackData, obs: dict[str, ObservationModel], cfg: TrackerConfig, modes, odometry_seed: int = 0) -> dict:
+    """Per mode: ``single_frame``, ``track`` (no odometry) and ``track_odometry`` metrics, PR curves,
+    and the filter's cost per frame."""
+    res = {"map_places": int(data.map_end), "queries": int(len(data.q)), "views": int(len(data.yaws))}
+    odom = simulated_odometry(data.poses[data.q], odometry_seed)
+    for m in modes:
+        s, p, v = data.hits[m]
+        right1 = data.fix_right(p[:, 0])
+        res.setdefault("single_frame", {})[m] = score_fixes(p[:, 0] >= 0, right1, data.answerable, None)
+        ver = data.verified.get(m)
+        if ver is not None:
+            res.setdefault("single_frame_verified", {})[m] = score_fixes(ver.any(1), data.fix_right(np.where(ver.any(1), p[np.arange(len(p)), ver.argmax(1)], -1)),
+                                                                         data.answerable, None)
+        for key, od in (("track", None), ("track_odometry", odom)):
+            tracker = PlaceTracker(data.xy[: data.map_end], data.heading[: data.map_end], data.yaws, obs[m], cfg)
+            t0 = time.perf_counter()
+            fixes = run_filter(s, p, v, data.stamps[data.q], tracker, od, ver)
+            ms = 1e3 * (time.perf_counter() - t0) / max(len(fixes), 1)
+            places = np.array([f.place if f.published else -1 for f in fixes])
+            best = np.array([f.place for f in fixes])
+            lost = np.array([f.state == "lost" for f in fixes])
+            conf = np.array([f.confidence for f in fixes])
+            r = score_fixes(places >= 0, data.fix_right(places), data.answerable, lost)
+            r["pr_curve"] = pr_curve(conf, data.fix_right(best), data.answerable, ~lost)
+            r["filter_ms_per_frame"] = round(ms, 3)
+            r["states"] = {st: int(sum(f.state == st for f in fixes)) for st in ("tracking", "relocalising", "lost")}
+            r["_fixes"] = fixes
+            res.setdefault(key, {})[m] = r
+    return res
+
+
+def print_tracking(name: str, r: dict, modes, echo=print) -> None:
+    echo(f"{name}: map {r['map_places']} places x {r['views']} views, {r['queries']} queries in drive order")
+    echo(f"  {'mode':6s} {'path':16s} {'precision':>9s} {'recall':>7s} {'published':>9s} {'off-map pub':>11s} "
+         f"{'first fix (med/max)':>19s} {'to lost (med/max)':>17s} {'ms/frame':>8s}")
+    for m in modes:
+        for key, label in (("single_frame", "single frame"), ("track", "filter"), ("track_odometry", "filter + odom")):
+            x = r[key][m]
+            ff = x["first_fix_frames"]
+            lf = x.get("lost_frames")
+            prec = "-" if x["precision"] is None else f"{x['precision']:.3f}"
+            lost = f"{lf['median']}/{lf['max']}" + (f" ({lf['never']} never)" if lf["never"] else "") if lf and lf["exits"] else "-"
+            echo(f"  {m:6s} {label:16s} {prec:>9s} {x['recall']:7.3f} {x['published']:9d} {x['off_map_published']:5d}/{x['off_map']:<5d} "
+                 f"{str(ff['median']) + '/' + str(ff['max']):>19s} {lost:>17s} {x.get('filter_ms_per_frame', 0):8.2f}")
+
+
+def plot_tracking(data: TrackData, r: dict, modes, out: Path) -> list[str]:
+    """Per mode, the drive with the map's part, right and wrong published fixes (filter, no
+    odometry) and the single frame's wrong answers; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    xy = data.xy
+    for m in modes:
+        fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharex=True, sharey=True)
+        fixes = r["track"][m]["_fixes"]
+        pub = np.array([f.published for f in fixes])
+        places = np.array([f.place if f.published else -1 for f in fixes])
+        right = data.fix_right(places)
+        s, p, v = data.hits[m]
+        right1 = data.fix_right(p[:, 0])
+        qxy = xy[data.q]
+        for ax, title, shown, ok in ((axes[0], "single frame (every frame published)", np.ones(len(p), bool), right1),
+                                     (axes[1], "tracking filter (published fixes only)", pub, right)):
+            ax.plot(xy[:, 0], xy[:, 1], color="0.85", lw=1, label="drive")
+            ax.plot(xy[: data.map_end, 0], xy[: data.map_end, 1], color="0.45", lw=2.5, label="map (first part)")
+            ax.scatter(qxy[shown & ok, 0], qxy[shown & ok, 1], s=6, c="tab:green", label=f"right ({int((shown & ok).sum())})")
+            ax.scatter(qxy[shown & ~ok, 0], qxy[shown & ~ok, 1], s=10, c="tab:red", marker="x", label=f"wrong ({int((shown & ~ok).sum())})")
+            ax.set_title(f"{data.name} {m}: {title}")
+            ax.set_aspect("equal")
+            ax.legend(loc="best", fontsize=8)
+        path = out / f"track_{data.name.replace('/', '_')}_{m}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths

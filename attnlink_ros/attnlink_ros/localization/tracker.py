@@ -1,0 +1,385 @@
+"""Tracking over a map's places: a hidden Markov model whose states are the map's (place, heading
+view) pairs plus one "not on the map" state, updated every frame.
+
+Why an HMM over places and not a particle filter over poses: the map is a discrete set of places
+with descriptors, and every observation is a ranked list of those places; the belief lives where
+the observations are, needs no resampling, is deterministic (the same drive gives the same fixes,
+as tests and evaluation need), and a "lost" state is one more state. Sequence matching in the
+SeqSLAM line is the special case with a fixed speed. A particle filter would add continuous poses
+the observations cannot tell apart below the place spacing.
+
+- Motion (predict): each state moves to the places it can reach since the last frame. With
+  odometry (the relative motion between the two frames), to the places near the predicted
+  position and heading; without it, from the map's own geometry: forward along the state's heading
+  by 0 to ``max_speed * dt``, a little to the side, heading kept. The map's edges leak to "lost"
+  through the observations, not by hand.
+- Observation (update): the query's top-K hits; a hit's features (its score, its margin over the
+  K-th score, its rank) give the probability that it is the vehicle's place by a logistic model
+  fitted on validation towns (:class:`ObservationModel`, ``attnlink eval --track --calibrate``),
+  turned into a likelihood ratio against "lost" (whose likelihood is 1); a state not in the top-K
+  gets the calibrated chance of a true place being missed. A GICP-verified hit is a strong
+  observation (``verified_lr``).
+- The belief is sparse: up to ``max_states`` explicit states plus a uniform floor for all others,
+  so a frame costs O(max_states x neighbours), independent of the map's size.
+
+Output per frame (:class:`Fix`): the most probable place and view, its posterior mass within
+``cluster_radius_m`` (the confidence), the covariance from the belief's spread (plus the place
+spacing's own error), and the state: ``tracking`` (confidence >= min_confidence), ``relocalising``
+or ``lost`` (P(not on the map) >= 0.5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AttnLinkError, DataError
+
+FEATURES = ("bias", "score", "margin", "log_rank")  # logistic features of one hit
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """The filter's parameters (defaults measured on validation towns; see docs/deployment.md)."""
+
+    k: int = 10  # hits per query the observation uses
+    max_speed_mps: float = 25.0  # without odometry: the farthest a vehicle moves between frames is this x dt
+    lateral_sigma_m: float = 2.5  # across the heading (lanes, place spacing)
+    along_sigma_m: float = 2.0  # soft edges of the along-heading band (no odometry) / odometry's error floor
+    odom_sigma_fraction: float = 0.1  # odometry's error per metre travelled
+    heading_sigma_deg: float = 30.0
+    p_leave: float = 0.01  # per frame: a tracked vehicle leaves the map
+    p_enter: float = 0.02  # per frame: a lost vehicle enters the map (spread over every state)
+    max_states: int = 256
+    neighbour_radius_m: float = 40.0  # places considered reachable in one step (>= max_speed x the longest dt)
+    max_dt_s: float = 1.0  # a longer gap between frames is treated as this one (and spreads the belief)
+    spatial_prior: bool = False  # a supported state is evidence in proportion to how few states the hits support
+    support_radius_m: float = 10.0  # a hit speaks for the states within this of its place (its heading)
+    cluster_radius_m: float = 10.0  # the fix's confidence: posterior mass within this of the best place
+    min_confidence: float = 0.9  # a fix is published (state tracking) at or above this
+    base_sigma_m: float = 3.0  # position error of a correct fix beyond the belief's spread (place spacing, view offsets)
+    verified_lr: float = 1e4  # likelihood ratio of a GICP-verified hit
+
+
+@dataclass(frozen=True)
+class ObservationModel:
+    """P(hit is the vehicle's place) = sigmoid(w . features(hit)), per query mode, fitted on
+    validation towns; ``prior`` is the positive share of the fitting data and ``hit_rate`` the
+    share of answerable queries whose true place was among the top-K."""
+
+    weights: tuple[float, ...]
+    prior: float
+    hit_rate: float
+    k: int
+    fitted_on: tuple[str, ...] = ()
+    samples: int = 0
+
+    def probability(self, scores: np.ndarray) -> np.ndarray:
+        """(k,) P(correct) of one query's hits, ``scores`` best first (-inf pads)."""
+        x = hit_features(scores[None])[0]
+        return 1.0 / (1.0 + np.exp(-(x @ np.asarray(self.weights))))
+
+    def likelihood_ratio(self, scores: np.ndarray) -> np.ndarray:
+        """(k,) p(hits | vehicle at this hit's state) / p(hits | not on the map)."""
+        p = np.clip(self.probability(scores), 1e-6, 1 - 1e-6)
+        return self.hit_rate * (p / (1 - p)) / (self.prior / (1 - self.prior))
+
+    @property
+    def miss_ratio(self) -> float:
+        """Likelihood ratio of a state that is not among the top-K."""
+        return max(1.0 - self.hit_rate, 1e-3)
+
+
+def hit_features(scores: np.ndarray) -> np.ndarray:
+    """(Q, k, F) features of ranked hits: bias, score, margin over the K-th score, log rank."""
+    s = np.where(np.isfinite(scores), scores, np.nan)
+    kth = np.nanmin(s, axis=1, keepdims=True)
+    rank = np.broadcast_to(np.log1p(np.arange(s.shape[1], dtype=np.float64)), s.shape)
+    out = np.stack([np.ones_like(s), s, s - kth, rank], -1)
+    return np.nan_to_num(out, nan=0.0)
+
+
+def fit_observation_model(scores: np.ndarray, correct: np.ndarray, answerable: np.ndarray, fitted_on=(),
+                          l2: float = 1e-3, iterations: int = 50) -> ObservationModel:
+    """Logistic regression (Newton's method, a small ridge) of right hits against the hits of
+    queries off the map, on the hits' features; ``scores`` (Q, k) best first, ``correct`` (Q, k)
+    bool, ``answerable`` (Q,) queries with a true state. The odds it gives, over its prior odds,
+    are the density ratio f(hit | it is the vehicle's place) / f(hit | the vehicle is off the map):
+    what the filter weighs a state against "not on the map" with. (Wrong hits of queries on the
+    map are left out: they speak for wrong states, which the filter tells apart by motion.)"""
+    X = hit_features(scores).reshape(-1, len(FEATURES))
+    y = correct.reshape(-1).astype(np.float64)
+    off = np.broadcast_to(~np.asarray(answerable, bool)[:, None], correct.shape).reshape(-1)
+    keep = np.isfinite(scores.reshape(-1)) & ((y > 0) | off)
+    X, y = X[keep], y[keep]
+    if y.sum() == 0 or y.sum() == len(y):
+        raise AttnLinkError("calibration needs both correct and wrong hits")
+    w = np.zeros(X.shape[1])
+    w[0] = math.log(y.mean() / (1 - y.mean()))
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(X @ w)))
+        g = X.T @ (p - y) + l2 * w
+        H = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(len(w))
+        step = np.linalg.solve(H, g)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    hit_rate = float(correct[answerable].any(1).mean()) if answerable.any() else 0.5
+    return ObservationModel(tuple(float(v) for v in w), float(y.mean()), hit_rate, scores.shape[1], tuple(fitted_on), int(len(y)))
+
+
+def save_calibration(models: dict[str, ObservationModel], path: str | Path, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": "attnlink-tracking-calibration/1", "features": list(FEATURES),
+            "modes": {m: asdict(o) for m, o in models.items()}, **(extra or {})}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_calibration(path: str | Path) -> dict[str, ObservationModel]:
+    """The per-mode observation models of a calibration file (written by ``eval --track --calibrate``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != "attnlink-tracking-calibration/1" or list(data["features"]) != list(FEATURES):
+            raise ValueError("not an attnlink tracking calibration (format/features)")
+        return {m: ObservationModel(**{**o, "weights": tuple(o["weights"]), "fitted_on": tuple(o["fitted_on"])})
+                for m, o in data["modes"].items()}
+    except FileNotFoundError as exc:
+        raise DataError(path, "tracking calibration not found (attnlink eval --track --calibrate writes one)") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(path, f"unreadable tracking calibration: {exc}") from exc
+
+
+@dataclass
+class Fix:
+    """One frame's answer of the filter."""
+
+    state: str  # "tracking" | "relocalising" | "lost"
+    place: int = -1
+    view: int = -1
+    confidence: float = 0.0  # posterior mass within cluster_radius_m of the place (and its heading)
+    p_lost: float = 1.0
+    xy: np.ndarray | None = None  # (2,) the belief's mean position in the cluster (map ground plane)
+    covariance_xy: np.ndarray | None = None  # (2, 2) m^2
+    heading_deg: float = 0.0
+    hit_posteriors: list[float] = field(default_factory=list)  # per query hit, the posterior of its state
+
+    @property
+    def published(self) -> bool:
+        return self.state == "tracking"
+
+
+class PlaceTracker:
+    """The filter over one map's places. ``xy`` (N, 2) and ``heading_deg`` (N,) are the places'
+    ground-plane positions and driving directions; ``view_yaws_deg`` (K,) the map's views (a
+    state's heading is its place's heading minus the view's yaw)."""
+
+    def __init__(self, xy: np.ndarray, heading_deg: np.ndarray, view_yaws_deg, obs: ObservationModel,
+                 cfg: TrackerConfig = TrackerConfig()) -> None:
+        self.cfg, self.obs = cfg, obs
+        self.xy = np.asarray(xy, np.float64)
+        self.N = len(self.xy)
+        self.yaws = np.asarray(view_yaws_deg, np.float64)
+        self.K = len(self.yaws)
+        self.S = self.N * self.K
+        h = np.radians(np.asarray(heading_deg, np.float64))[:, None] - np.radians(self.yaws)[None, :]
+        self.state_heading = np.arctan2(np.sin(h), np.cos(h)).reshape(-1)  # (S,) radians
+        self.state_xy = np.repeat(self.xy, self.K, axis=0)  # (S, 2)
+        self._neighbours = self._neighbour_lists(cfg.neighbour_radius_m)
+        self.reset()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _neighbour_lists(self, radius: float) -> np.ndarray:
+        """(N, M) indices of the places within ``radius`` of each place (-1 pads), by a grid hash."""
+        cell = radius
+        keys = np.floor(self.xy / cell).astype(np.int64)
+        buckets: dict = {}
+        for i, k in enumerate(map(tuple, keys)):
+            buckets.setdefault(k, []).append(i)
+        lists, dists = [], []
+        for i, (kx, ky) in enumerate(keys):
+            cand = [j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in buckets.get((kx + dx, ky + dy), ())]
+            cand = np.asarray(cand, np.int64)
+            d = np.linalg.norm(self.xy[cand] - self.xy[i], axis=1)
+            order = np.argsort(d, kind="stable")
+            keep = order[d[order] <= radius]
+            lists.append(cand[keep])
+            dists.append(d[keep])
+        M = max(len(v) for v in lists) if lists else 1
+        out = np.full((self.N, M), -1, np.int64)
+        self._nb_dist = np.full((self.N, M), np.inf)
+        for i, (v, d) in enumerate(zip(lists, dists)):
+            out[i, : len(v)] = v
+            self._nb_dist[i, : len(v)] = d
+        return out
+
+    def reset(self) -> None:
+        """Forgets everything (relocalisation): every state equally likely, "lost" as likely as the map."""
+        self.idx = np.zeros(0, np.int64)  # explicit states
+        self.w = np.zeros(0)
+        self.lost = 0.5
+        self.floor = 0.5 / self.S  # mass of every state not in idx
+        self.last_stamp: float | None = None
+
+    # -- one frame ------------------------------------------------------------------------------
+    def _predict(self, dt: float, odom: np.ndarray | None) -> None:
+        c = self.cfg
+        S, M = self.S, len(self.idx)
+        rest = max(S - M, 0)
+        enter = c.p_enter * self.lost
+        self.lost = self.lost * (1 - c.p_enter) + c.p_leave * (self.w.sum() + self.floor * rest)
+        self.floor = self.floor * (1 - c.p_leave) + enter / S
+        if M == 0:
+            return
+        place = self.idx // self.K
+        # only the neighbours this step can reach (lists are sorted by distance)
+        if odom is None:
+            need = c.max_speed_mps * dt + 3 * max(c.along_sigma_m, c.lateral_sigma_m)
+        else:
+            need = math.hypot(odom[0], odom[1]) + 3 * (c.along_sigma_m + c.odom_sigma_fraction * math.hypot(odom[0], odom[1]))
+        cols = max(1, int((self._nb_dist[place] <= need).sum(1).max()))
+        nb = self._neighbours[place, :cols]  # (M, Mn) places
+        ok = (nb >= 0) & (self._nb_dist[place, :cols] <= need)
+        # targets: the neighbour place's view whose heading is closest to the source state's (after odometry's turn)
+        h0 = self.state_heading[self.idx]  # (M,)
+        dyaw = 0.0 if odom is None else odom[2]
+        h_new = h0 + dyaw
+        tgt_h = self.state_heading.reshape(self.N, self.K)[np.maximum(nb, 0)]  # (M, Mn, K)
+        dh = np.angle(np.exp(1j * (tgt_h - h_new[:, None, None])))
+        v_best = np.abs(dh).argmin(2)  # (M, Mn)
+        dh_best = np.take_along_axis(dh, v_best[..., None], 2)[..., 0]
+        d = self.xy[np.maximum(nb, 0)] - self.xy[place][:, None, :]  # (M, Mn, 2)
+        fwd = np.stack([np.cos(h0), np.sin(h0)], 1)[:, None, :]  # (M, 1, 2)
+        along = (d * fwd).sum(-1)
+        lateral = d[..., 1] * fwd[..., 0] - d[..., 0] * fwd[..., 1]  # to the left (counter-clockwise seen from above)
+        if odom is None:  # forward by 0 .. max_speed * dt, soft edges
+            reach = c.max_speed_mps * dt
+            below = np.minimum(along, 0.0)
+            above = np.maximum(along - reach, 0.0)
+            la = -0.5 * (below ** 2 + above ** 2) / c.along_sigma_m ** 2 - 0.5 * lateral ** 2 / c.lateral_sigma_m ** 2
+        else:  # to where odometry says, with its error
+            fwd_m, lat_m = odom[0], odom[1]
+            sig = c.along_sigma_m + c.odom_sigma_fraction * math.hypot(fwd_m, lat_m)
+            la = -0.5 * ((along - fwd_m) ** 2 + (lateral - lat_m) ** 2) / sig ** 2
+        la = la - 0.5 * (dh_best / math.radians(c.heading_sigma_deg)) ** 2
+        la = np.where(ok, la, -np.inf)
+        k = np.exp(la - la.max(1, keepdims=True))
+        k = k / k.sum(1, keepdims=True)  # each state's mass moves, none is created
+        moved = (self.w * (1 - c.p_leave))[:, None] * k
+        tgt = (nb * self.K + v_best)[ok]
+        mass = moved[ok]
+        uniq, inv = np.unique(tgt, return_inverse=True)
+        self.w = np.bincount(inv, weights=mass, minlength=len(uniq)) + self.floor
+        self.idx = uniq
+
+    def update(self, stamp: float, places: np.ndarray, views: np.ndarray, scores: np.ndarray,
+               odom: np.ndarray | None = None, verified: np.ndarray | None = None) -> Fix:
+        """One frame: ``places``, ``views``, ``scores`` (k,) the query's hits best first (place -1
+        pads); ``odom`` (forward m, left m, yaw rad) of the vehicle since the previous frame, in its
+        own frame, or None; ``verified`` (k,) bool where GICP verified a hit."""
+        c = self.cfg
+        late = self.last_stamp is not None and stamp < self.last_stamp  # answered after a newer frame: observed, no motion
+        if not late:
+            dt = c.max_dt_s if self.last_stamp is None else float(min(stamp - self.last_stamp, c.max_dt_s))
+            self.last_stamp = stamp
+            self._predict(dt, None if odom is None else np.asarray(odom, np.float64))
+        # observation
+        valid = np.asarray(places) >= 0
+        hp = np.asarray(places)[valid].astype(np.int64)
+        hs = hp * self.K + np.asarray(views)[valid].astype(np.int64)
+        lr = self.obs.likelihood_ratio(np.asarray(scores, np.float64))[valid]
+        if verified is not None:
+            lr = np.where(np.asarray(verified)[valid], np.maximum(lr, c.verified_lr), lr)
+        hs, lr = self._support(hs, lr)
+        # under "not on the map" the hits land anywhere: a state is supported by chance with
+        # probability q (the supported share of the map's states); at the vehicle's true state,
+        # with the calibrated hit rate. The ratios below are against "not on the map" (ratio 1).
+        q = min(max(len(hs) / self.S, 1.0 / self.S), 0.5)
+        lr = lr / q if c.spatial_prior else lr
+        miss = self.obs.miss_ratio / (1.0 - q) if c.spatial_prior else self.obs.miss_ratio
+        all_idx = np.union1d(self.idx, hs)
+        w = np.full(len(all_idx), self.floor)
+        w[np.searchsorted(all_idx, self.idx)] = self.w
+        ratio = np.full(len(all_idx), miss)
+        ratio[np.searchsorted(all_idx, hs)] = lr
+        w = w * ratio
+        rest = self.S - len(all_idx)
+        floor = self.floor * miss
+        total = w.sum() + floor * rest + self.lost
+        w, floor, self.lost = w / total, floor / total, self.lost / total
+        # prune to the strongest states; the pruned mass joins the floor
+        keep = np.flatnonzero(w > floor)
+        if len(keep) > c.max_states:
+            keep = keep[np.argpartition(-w[keep], c.max_states - 1)[: c.max_states]]
+        dropped = w.sum() - w[keep].sum()
+        self.idx, self.w = all_idx[keep], w[keep]
+        rest = self.S - len(self.idx)
+        self.floor = floor + (dropped - floor * (len(all_idx) - len(keep))) / max(rest, 1) if rest else 0.0
+        self.floor = max(self.floor, 0.0)
+        fix = self._fix()
+        post = dict(zip(self.idx.tolist(), self.w.tolist()))
+        fix.hit_posteriors = [float(post.get(int(p) * self.K + int(v), self.floor)) if p >= 0 else 0.0
+                              for p, v in zip(places, views)]
+        return fix
+
+    def _support(self, hit_states: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The states each hit speaks for: every place within ``support_radius_m`` of the hit's
+        place, at its view facing the hit's heading (within 90 degrees); a state takes the best
+        ratio of the hits that speak for it. (Places lie about a metre apart: the vehicle is as
+        likely at the hit's neighbour as at the hit, and "right" means within 10 m.)"""
+        if len(hit_states) == 0:
+            return hit_states, lr
+        r = self.cfg.support_radius_m
+        places = hit_states // self.K
+        cols = max(1, int((self._nb_dist[places] <= r).sum(1).max()))
+        nb = self._neighbours[places, :cols]  # (H, M)
+        ok = (nb >= 0) & (self._nb_dist[places, :cols] <= r)
+        h = self.state_heading[hit_states]  # (H,)
+        tgt_h = self.state_heading.reshape(self.N, self.K)[np.maximum(nb, 0)]  # (H, M, K)
+        dh = np.abs(np.angle(np.exp(1j * (tgt_h - h[:, None, None]))))
+        v = dh.argmin(2)
+        ok &= np.take_along_axis(dh, v[..., None], 2)[..., 0] < math.pi / 2
+        states = (nb * self.K + v)[ok]
+        ratio = np.broadcast_to(lr[:, None], nb.shape)[ok]
+        order = np.argsort(-ratio, kind="stable")
+        states, first = np.unique(states[order], return_index=True)  # the best ratio per state
+        return states, ratio[order][first]
+
+    def _fix(self) -> Fix:
+        c = self.cfg
+        if len(self.idx) == 0:
+            return Fix("lost", p_lost=float(self.lost))
+        best = int(self.idx[np.argmax(self.w)])
+        d = np.linalg.norm(self.state_xy[self.idx] - self.state_xy[best], axis=1)
+        dh = np.abs(np.angle(np.exp(1j * (self.state_heading[self.idx] - self.state_heading[best]))))
+        near = (d <= c.cluster_radius_m) & (dh < math.pi / 2)
+        wn = self.w[near]
+        conf = float(wn.sum())
+        mean = (self.state_xy[self.idx[near]] * wn[:, None]).sum(0) / max(conf, 1e-12)
+        diff = self.state_xy[self.idx[near]] - mean
+        cov = (diff * wn[:, None]).T @ diff / max(conf, 1e-12) + np.eye(2) * c.base_sigma_m ** 2
+        if self.lost >= 0.5:
+            state = "lost"
+        elif conf >= c.min_confidence:
+            state = "tracking"
+        else:
+            state = "relocalising"
+        return Fix(state, best // self.K, best % self.K, conf, float(self.lost), mean, cov, float(np.degrees(self.state_heading[best])))
+
+
+def odometry_delta(T_prev: np.ndarray, T_cur: np.ndarray) -> np.ndarray:
+    """(forward m, left m, yaw rad) of camera-frame poses (KITTI camera 0: z forward, x right,
+    y down) from ``T_prev`` to ``T_cur``, as the tracker's ``odom`` takes it."""
+    rel = np.linalg.inv(T_prev) @ T_cur
+    fwd, left = rel[2, 3], -rel[0, 3]
+    # heading as protocols.headings_deg measures it (angle of the forward axis from x towards z)
+    dh = math.atan2(rel[2, 2], rel[0, 2]) - math.pi / 2
+    return np.array([fwd, left, math.atan2(math.sin(dh), math.cos(dh))])

@@ -1,0 +1,105 @@
+"""Tracking filter cost beside today's single-frame query, one core.
+
+A map of ``--places`` places (a town-like loop of streets at 1 m spacing, two heading views a
+place, 256-D descriptors in the product's FAISS index) and a drive along it: each frame runs
+today's single-frame path (the map search, top-k) and then the filter's update on those hits
+(without and with odometry). Prints median and p99 per frame and the filter's extra cost (the
+issue's budget: <= 2 ms a frame at 5k places x 2 views on one core).
+
+    .venv/bin/python attnlink_ros/bench/bench_tracking.py [--places 5000] [--frames 500] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def town_loop(n: int, spacing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2) positions and (n,) headings (degrees) of a drive along a grid of 100 m blocks that
+    comes back along its own streets (so places have neighbours from other passes)."""
+    pts, hd = [], []
+    x = y = 0.0
+    legs = [(0, 1), (1, 0), (0, -1), (-1, 0), (0, 1), (1, 0), (0, 1), (-1, 0), (0, -1), (-1, 0), (0, -1), (1, 0)]
+    i = 0
+    while len(pts) < n:
+        dx, dy = legs[i % len(legs)]
+        for _ in range(int(100 / spacing)):
+            pts.append((x, y))
+            hd.append(np.degrees(np.arctan2(dy, dx)))
+            x += dx * spacing
+            y += dy * spacing
+        i += 1
+    return np.asarray(pts[:n]), np.asarray(hd[:n])
+
+
+def main() -> None:
+    import faiss
+
+    from attnlink_ros.localization.tracker import ObservationModel, PlaceTracker, TrackerConfig
+    from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--places", type=int, default=5000)
+    ap.add_argument("--frames", type=int, default=500)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--json", help="write the table as JSON")
+    args = ap.parse_args()
+    faiss.omp_set_num_threads(1)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    rng = np.random.default_rng(0)
+    xy, heading = town_loop(args.places)
+    n, K, D = len(xy), 2, 256
+    # descriptors that vary smoothly along the drive, so a query's top-k are its neighbours
+    base = rng.normal(size=(n // 20 + 2, D))
+    t = np.arange(n) / 20.0
+    lo = np.floor(t).astype(int)
+    smooth = (1 - (t - lo))[:, None] * base[lo] + (t - lo)[:, None] * base[lo + 1]
+    desc = np.stack([smooth, -smooth + rng.normal(0, 0.3, smooth.shape)], 1) + rng.normal(0, 0.2, (n, K, D))
+    desc = (desc / np.linalg.norm(desc, axis=2, keepdims=True)).astype(np.float32)
+    poses = np.tile(np.eye(4), (n, 1, 1))
+    poses[:, 0, 3], poses[:, 2, 3] = xy[:, 0], xy[:, 1]
+    table = PlaceTable(poses, np.arange(n) * 0.1, np.full(n, "00"), np.arange(n), xy)
+    pm = PlaceMap.build(desc, table, "bench", view_yaws_deg=[0.0, 180.0])
+    obs = ObservationModel(weights=(-20.0, 20.0, 10.0, -0.5), prior=0.05, hit_rate=0.8, k=args.k)
+    queries = desc[np.arange(args.frames) % n, 0] + rng.normal(0, 0.15, (args.frames, D)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rows = {}
+    for label, odom in (("filter, no odometry", None), ("filter, odometry", np.array([1.0, 0.0, 0.0]))):
+        tr = PlaceTracker(xy, heading, [0.0, 180.0], obs, TrackerConfig(k=args.k))
+        t_search, t_filter = [], []
+        for i, q in enumerate(queries):
+            s0 = time.perf_counter()
+            s, p, v = pm.search_views(q[None], args.k)
+            s1 = time.perf_counter()
+            tr.update(0.1 * i, p[0], v[0], s[0].astype(np.float64), odom)
+            s2 = time.perf_counter()
+            t_search.append(s1 - s0)
+            t_filter.append(s2 - s1)
+        ts, tf = np.asarray(t_search[20:]) * 1e3, np.asarray(t_filter[20:]) * 1e3
+        rows.setdefault("single-frame query (search)", {"p50": float(np.median(ts)), "p99": float(np.percentile(ts, 99))})
+        rows[label] = {"p50": float(np.median(tf)), "p99": float(np.percentile(tf, 99)), "states": int(len(tr.idx))}
+    base50 = rows["single-frame query (search)"]["p50"]
+    print(f"{n} places x {K} views, {args.frames} frames, k={args.k}, one core")
+    print(f"{'path':32s} {'p50 ms':>8s} {'p99 ms':>8s} {'x search':>9s}")
+    for k, r in rows.items():
+        print(f"{k:32s} {r['p50']:8.3f} {r['p99']:8.3f} {r['p50'] / base50:9.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"places": n, "views": K, "frames": args.frames, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Issue 19: the tracking filter over a map's places (core, no ROS): conventions, calibration,
+and behaviour on drives whose truth is known (on the map, off it, back, the other way)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from attnlink_ros.errors import AttnLinkError, DataError
+from attnlink_ros.geometry.poses import headings_deg
+from attnlink_ros.localization.calibration import calibration_path, load_for_model, save_for_model
+from attnlink_ros.localization.session import fix_pose
+from attnlink_ros.localization.tracker import (ObservationModel, PlaceTracker, TrackerConfig, fit_observation_model,
+                                               load_calibration, odometry_delta)
+
+
+def camera_pose(x: float, z: float, heading_deg: float) -> np.ndarray:
+    """KITTI camera-0 pose (x right, y down, z forward) at ground point (x, z) facing
+    ``heading_deg`` (headings_deg's convention: the angle of the forward axis from x towards z)."""
+    h = math.radians(heading_deg)
+    f = np.array([math.cos(h), 0.0, math.sin(h)])  # forward in world (x, y, z)
+    down = np.array([0.0, 1.0, 0.0])
+    right = np.cross(down, f)  # x = y cross z
+    T = np.eye(4)
+    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = right, down, f, (x, 0.0, z)
+    return T
+
+
+def test_pose_conventions():
+    T = camera_pose(3.0, 4.0, 30.0)
+    assert headings_deg(T[None])[0] == pytest.approx(30.0)
+    assert np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3)) and np.linalg.det(T[:3, :3]) == pytest.approx(1.0)
+    # one metre forward and a 10 degree turn to the left (counter-clockwise seen from above)
+    T2 = camera_pose(3.0 + math.cos(math.radians(30)), 4.0 + math.sin(math.radians(30)), 40.0)
+    fwd, left, dyaw = odometry_delta(T, T2)
+    assert fwd == pytest.approx(1.0) and left == pytest.approx(0.0, abs=1e-9) and dyaw == pytest.approx(math.radians(10))
+    T3 = camera_pose(3.0 + math.cos(math.radians(120)), 4.0 + math.sin(math.radians(120)), 30.0)  # one metre to the left
+    assert odometry_delta(T, T3)[:2] == pytest.approx([0.0, 1.0], abs=1e-9)
+    # a fix from a place's rear view faces the other way, at the belief's position
+    P = fix_pose(T, 180.0, np.array([5.0, 6.0]))
+    assert headings_deg(P[None])[0] == pytest.approx(-150.0) and P[0, 3] == 5.0 and P[2, 3] == 6.0
+
+
+def test_observation_model_fit_and_files(tmp_path):
+    rng = np.random.default_rng(0)
+    Q, k = 400, 10
+    scores = np.sort(rng.uniform(0.5, 0.8, (Q, k)), 1)[:, ::-1].copy()
+    right = np.zeros((Q, k), bool)
+    ans = rng.random(Q) < 0.6
+    for q in np.flatnonzero(ans):  # a true place ranks first with a clear margin
+        scores[q, 0] = 0.95
+        right[q, 0] = True
+    obs = fit_observation_model(scores, right, ans, fitted_on=["synthetic"])
+    assert obs.hit_rate == pytest.approx(1.0) and obs.prior == pytest.approx(right.sum() / right.size)
+    lr_true = obs.likelihood_ratio(scores[np.flatnonzero(ans)[0]])
+    lr_off = obs.likelihood_ratio(scores[np.flatnonzero(~ans)[0]])
+    assert lr_true[0] > 100 and lr_off.max() < 1.0  # a clear top hit is evidence, a flat list is not
+    path = save_for_model({"lidar": obs}, tmp_path / "m.tracking.json", "f" * 64)
+    assert load_calibration(path)["lidar"] == obs
+    assert load_for_model(path, None, "f" * 64)["lidar"] == obs
+    with pytest.raises(DataError, match="made for model fffffffffff"):
+        load_for_model(path, None, "0" * 64)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DataError, match="unreadable"):
+        load_calibration(tmp_path / "bad.json")
+    with pytest.raises(DataError, match="not found"):
+        load_calibration(tmp_path / "none.json")
+    assert calibration_path(tmp_path / "m.json") == tmp_path / "m.tracking.json"
+    with pytest.raises(AttnLinkError):
+        fit_observation_model(scores, np.zeros_like(right), ans)
+
+
+def street_map(n: int = 300, spacing: float = 1.0):
+    """Places along an L-shaped street (x then z), two heading views; headings as driven."""
+    half = n // 2
+    xy = np.concatenate([np.stack([np.arange(half) * spacing, np.zeros(half)], 1),
+                         np.stack([np.full(n - half, half * spacing), np.arange(1, n - half + 1) * spacing], 1)])
+    heading = np.concatenate([np.zeros(half), np.full(n - half, 90.0)])
+    return xy, heading
+
+
+def observe(rng, true_place: int | None, n: int, k: int = 10, p_top: float = 0.6, view: int = 0):
+    """A query's hits: the true place (and its neighbours) near the top with probability
+    ``p_top``, else random places; scores from the matching distributions."""
+    places = rng.choice(n, k, replace=False)
+    scores = np.sort(rng.uniform(0.80, 0.90, k))[::-1]
+    views = rng.integers(0, 2, k)
+    if true_place is not None and rng.random() < p_top:
+        r = int(rng.integers(0, 3))
+        places[r] = true_place
+        views[r] = view
+        scores[r] = max(scores[0], 0.93) + 0.01
+        order = np.argsort(-scores)
+        places, scores, views = places[order], scores[order], views[order]
+    return places, views, scores
+
+
+OBS = ObservationModel(weights=(-40.0, 40.0, 30.0, -0.3), prior=0.05, hit_rate=0.6, k=10)
+
+
+def test_filter_tracks_goes_lost_off_the_map_and_comes_back():
+    """A drive along the map at 1 m a frame (10 Hz), then 100 frames off the map, then back in
+    the other direction: fixes published on the map are right, none off it, "lost" within 2 s of
+    leaving, fixed again after coming back."""
+    rng = np.random.default_rng(1)
+    xy, heading = street_map()
+    n = len(xy)
+    tr = PlaceTracker(xy, heading, [0.0, 180.0], OBS, TrackerConfig())
+    # frames 150-159 drive on past the map's end (still within 10 m of its last place, no hits of
+    # their own), then 100 frames off the map
+    truth = list(range(0, 150)) + [149] * 10 + [None] * 100 + list(range(149, 40, -1))
+    seen = [p if i < 150 or i >= 260 else None for i, p in enumerate(truth)]
+    views = [0] * 260 + [1] * 109
+    fixes = []
+    for i, (p, v) in enumerate(zip(seen, views)):
+        pl, vw, sc = observe(rng, p, n, view=v)
+        fixes.append(tr.update(0.1 * i, pl, vw, sc))
+    pub = [(i, f) for i, f in enumerate(fixes) if f.published]
+    right = [np.linalg.norm(xy[f.place] - xy[truth[i]]) <= 10 if truth[i] is not None else False for i, f in pub]
+    assert len(pub) > 150 and all(right), f"{sum(right)}/{len(pub)} right"
+    assert not any(truth[i] is None for i, _ in pub)  # nothing published off the map
+    lost = [i for i in range(160, 260) if fixes[i].state == "lost"]
+    assert lost and lost[0] - 160 <= 20  # lost declared within 2 s (20 frames at 10 Hz)
+    back = [i for i in range(260, len(truth)) if fixes[i].published]
+    assert back and back[0] - 260 <= 30
+    assert all(fixes[i].view == 1 for i in back[5:])  # driving the map the other way: its rear views
+    f = fixes[back[-1]]
+    assert f.covariance_xy.shape == (2, 2) and np.all(np.linalg.eigvalsh(f.covariance_xy) > 0)
+    assert 0.9 <= f.confidence <= 1.0 and len(f.hit_posteriors) == 10
+    # relocalisation forgets the belief
+    tr.reset()
+    pl, vw, sc = observe(rng, 60, n)
+    assert not tr.update(100.0, pl, vw, sc).published
+
+
+def test_filter_with_odometry_follows_the_motion():
+    """With odometry, the belief follows the vehicle even through frames whose hits are all
+    wrong, and a late frame (older stamp) moves nothing."""
+    rng = np.random.default_rng(2)
+    xy, heading = street_map()
+    n = len(xy)
+    tr = PlaceTracker(xy, heading, [0.0, 180.0], OBS, TrackerConfig())
+    for i in range(60):
+        pl, vw, sc = observe(rng, i, n, p_top=0.9)
+        f = tr.update(0.1 * i, pl, vw, sc, odom=np.array([1.0, 0.0, 0.0]))
+    assert f.published and abs(f.place - 59) <= 3
+    for i in range(60, 63):  # frames whose hits are all wrong: odometry carries the belief
+        pl, vw, sc = observe(rng, None, n)
+        f = tr.update(0.1 * i, pl, vw, sc, odom=np.array([1.0, 0.0, 0.0]))
+    assert abs(f.place - 62) <= 3 and f.state != "lost"
+    before = (tr.idx.copy(), tr.w.copy())
+    pl, vw, sc = observe(rng, None, n, p_top=0.0)
+    tr.update(0.1 * 61, pl, vw, sc, odom=None)  # late: observed, not moved
+    assert tr.last_stamp == pytest.approx(6.2)
+    support, _ = tr._support(pl * 2 + vw, np.ones(len(pl)))
+    assert set(tr.idx) <= set(before[0]) | set(support)
+
+
+def test_calibration_file_ships_beside_the_default_model():
+    """The shipped model's tracking calibration: fitted on validation towns, this model's."""
+    from attnlink_ros.model.io import default_model_path, load_model
+
+    path = calibration_path(None)
+    data = json.loads(path.read_text())
+    _, meta = load_model(default_model_path())
+    obs = load_for_model(None, None, meta["fingerprint"])
+    assert set(obs) == {"image", "lidar", "fused"}
+    assert all(any("s60" in t for t in o.fitted_on) for o in obs.values())  # validation towns 601 / 602
+    assert data["model_fingerprint"] == meta["fingerprint"]
