@@ -52,7 +52,9 @@ def test_observation_model_fit_and_files(tmp_path):
         scores[q, 0] = 0.95
         right[q, 0] = True
     obs = fit_observation_model(scores, right, ans, fitted_on=["synthetic"])
-    assert obs.hit_rate == pytest.approx(1.0) and obs.prior == pytest.approx(right.sum() / right.size)
+    # fitted on right hits against the hits of frames off the map (the wrong hits of frames on it are left out)
+    assert obs.hit_rate == pytest.approx(1.0) and obs.prior == pytest.approx(right.sum() / (right.sum() + k * (~ans).sum()))
+    assert obs.samples == right.sum() + k * (~ans).sum()
     lr_true = obs.likelihood_ratio(scores[np.flatnonzero(ans)[0]])
     lr_off = obs.likelihood_ratio(scores[np.flatnonzero(~ans)[0]])
     assert lr_true[0] > 100 and lr_off.max() < 1.0  # a clear top hit is evidence, a flat list is not
