@@ -355,9 +355,10 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
         raise AttnLinkError("--track needs --data ROOT [ROOT ...]")
     modes = tuple(args.mode) if args.mode else ("image", "lidar", "fused")
     seqs = args.sequences or ["00"]
-    cfg = TrackerConfig(k=args.track_k)
+    cfg = TrackerConfig(k=args.track_k, require_anchor=args.verify)
     with tempfile.TemporaryDirectory() as tmp:
-        data = [TrackData(model, root, s, Path(args.cache or tmp), args.map_fraction, args.views[0], modes, cfg.k, progress=not args.quiet)
+        data = [TrackData(model, root, s, Path(args.cache or tmp), args.map_fraction, args.views[0], modes, cfg.k, progress=not args.quiet,
+                          verify=args.verify)
                 for root in args.data for s in seqs]
     result: dict[str, Any] = {}
     if args.calibrate:
@@ -628,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold-runs", metavar="PATTERN", help="--real-folds: model path with {fold}, e.g. runs/real-lite0-{fold}/model")
     sp.add_argument("--map-fraction", type=float, default=0.375, help="--track: the map holds this first share of the drive (default 0.375)")
     sp.add_argument("--track-k", type=int, default=10, help="--track: hits per query the filter observes (default 10)")
+    sp.add_argument("--verify", action="store_true", help="--track: GICP-verify the best 6 hits of LiDAR and fused queries against "
+                    "the map's scans, as the node does with a map built with --scans (slow: ~1 s a query off the map on 2 cores; "
+                    "kept in --cache); published fixes then need a recent verification that agrees")
     sp.add_argument("--calibrate", metavar="FILE", help="--track: fit the filter's observation model on these drives (validation "
                     "towns only) and write it to FILE")
     sp.add_argument("--calibration", metavar="FILE", help="--track: the observation model (default: the model's own, NAME.tracking.json)")

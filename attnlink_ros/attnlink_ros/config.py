@@ -144,7 +144,7 @@ class NodeConfig:
     consistency: int = 1
     markers: bool = True
     tracking: bool = True  # relocalize: the filter over the map's places decides what ~/place carries
-    min_confidence: float = 0.9  # relocalize + tracking: a fix is published on ~/place at or above this
+    min_confidence: float = 0.8  # relocalize + tracking: a fix is published on ~/place at or above this
     tracking_calibration: str = ""  # the filter's observation model; empty: the model's own NAME.tracking.json
     pose_topic: str = ""  # nav_msgs/Odometry of the LiDAR's pose (e.g. SLAM's); online: keyframe poses; relocalize: the filter's motion
     pose_tolerance: float = 0.1

@@ -170,3 +170,33 @@ def test_calibration_file_ships_beside_the_default_model():
     assert set(obs) == {"image", "lidar", "fused"}
     assert all(any("s60" in t for t in o.fitted_on) for o in obs.values())  # validation towns 601 / 602
     assert data["model_fingerprint"] == meta["fingerprint"]
+
+
+def test_anchored_fixes_need_a_recent_verification():
+    """With GICP verification available, a fix is published only while a verification within
+    anchor_s agrees with it; a refused candidate counts against its place."""
+    rng = np.random.default_rng(3)
+    xy, heading = street_map()
+    n = len(xy)
+    obs = ObservationModel(weights=OBS.weights, prior=OBS.prior, hit_rate=OBS.hit_rate, k=10, refused_ratio=0.05)
+    tr = PlaceTracker(xy, heading, [0.0, 180.0], obs, TrackerConfig(require_anchor=True, anchor_s=1.0))
+    none = np.zeros(10, bool)
+    fixes = []
+    for i in range(40):  # strong hits, never verified: confident, not published
+        pl, vw, sc = observe(rng, i, n, p_top=1.0)
+        fixes.append(tr.update(0.1 * i, pl, vw, sc, verified=none, checked=none))
+    assert fixes[-1].confidence >= 0.8 and not any(f.published for f in fixes)
+    pl, vw, sc = observe(rng, 40, n, p_top=1.0)
+    ver = pl == 40
+    f = tr.update(4.0, pl, vw, sc, verified=ver, checked=np.arange(10) <= np.argmax(ver))
+    assert f.published and abs(f.place - 40) <= 3
+    for i in range(41, 70):  # no verification any more: published until the anchor is 1 s old
+        pl, vw, sc = observe(rng, i, n, p_top=1.0)
+        f = tr.update(0.1 * i, pl, vw, sc, verified=none, checked=none)
+        assert f.published == (0.1 * i - 4.0 <= 1.0 + 1e-9)
+    # every candidate tried and refused: the filter does not follow those places
+    tr.reset()
+    for i in range(30):
+        pl, vw, sc = observe(rng, i, n, p_top=1.0)
+        f = tr.update(10.0 + 0.1 * i, pl, vw, sc, verified=none, checked=np.arange(10) < 6)
+    assert f.state != "tracking"

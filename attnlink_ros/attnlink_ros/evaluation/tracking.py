@@ -12,13 +12,14 @@ precision-recall curve over the confidence threshold.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..localization.tracker import ObservationModel, PlaceTracker, TrackerConfig, fit_observation_model, odometry_delta
+from ..localization.tracker import ObservationModel, PlaceTracker, TrackerConfig, checked_mask, fit_observation_model, odometry_delta
 from ..geometry.poses import headings_deg
 from .protocols import SUCCESS_RADIUS
 
@@ -43,9 +44,10 @@ def _state_right(d_row, q_h, places, views, map_heading, yaws) -> np.ndarray:
 def run_filter(scores, places, views, stamps, tracker: PlaceTracker, odom=None, verified=None) -> list:
     tracker.reset()
     fixes = []
+    checked = None if verified is None else checked_mask(verified)
     for i in range(len(stamps)):
         fixes.append(tracker.update(float(stamps[i]), places[i], views[i], scores[i], None if odom is None else odom[i],
-                                    None if verified is None else verified[i]))
+                                    None if verified is None else verified[i], None if checked is None else checked[i]))
     return fixes
 
 
@@ -229,7 +231,8 @@ def calibrate(datasets: list[TrackData], modes) -> dict[str, ObservationModel]:
         scores = np.concatenate([d.hits[m][0] for d in datasets])
         right = np.concatenate([d.right_states(m) for d in datasets])
         ans = np.concatenate([d.answerable for d in datasets])
-        out[m] = fit_observation_model(scores, right, ans, fitted_on=[d.name for d in datasets])
+        ver = np.concatenate([d.verified[m] for d in datasets]) if all(m in d.verified for d in datasets) else None
+        out[m] = fit_observation_model(scores, right, ans, fitted_on=[d.name for d in datasets], verified=ver)
     return out
 
 
@@ -246,8 +249,9 @@ def evaluate_tracking(data: TrackData, obs: dict[str, ObservationModel], cfg: Tr
         if ver is not None:
             res.setdefault("single_frame_verified", {})[m] = score_fixes(ver.any(1), data.fix_right(np.where(ver.any(1), p[np.arange(len(p)), ver.argmax(1)], -1)),
                                                                          data.answerable, None)
+        mcfg = dataclasses.replace(cfg, require_anchor=cfg.require_anchor and ver is not None)
         for key, od in (("track", None), ("track_odometry", odom)):
-            tracker = PlaceTracker(data.xy[: data.map_end], data.heading[: data.map_end], data.yaws, obs[m], cfg)
+            tracker = PlaceTracker(data.xy[: data.map_end], data.heading[: data.map_end], data.yaws, obs[m], mcfg)
             t0 = time.perf_counter()
             fixes = run_filter(s, p, v, data.stamps[data.q], tracker, od, ver)
             ms = 1e3 * (time.perf_counter() - t0) / max(len(fixes), 1)

@@ -54,10 +54,11 @@ class MapTracking:
         self.tracker.reset()
         self._last_pose = None
 
-    def step(self, stamp: float, hits: list[dict], mode: str, pose: np.ndarray | None = None) -> Fix:
+    def step(self, stamp: float, hits: list[dict], mode: str, pose: np.ndarray | None = None, checked: int = 0) -> Fix:
         """One query's hits (best first, as PlaceMap.hits gives them); ``pose``: the vehicle's
-        camera pose (4x4, any fixed world frame) from odometry at the query's stamp, or None. Each
-        hit gains ``posterior``."""
+        camera pose (4x4, any fixed world frame) from odometry at the query's stamp, or None;
+        ``checked``: how many of the first hits GICP verification tried (the pipeline's
+        ``registrations``; verify_hits moves a verified one to the front). Each hit gains ``posterior``."""
         if mode not in self.observation:
             raise AttnLinkError(f"tracking calibration has no observation model for mode {mode!r}")
         self.tracker.obs = self.observation[mode]
@@ -75,7 +76,7 @@ class MapTracking:
             if self._last_pose is not None:
                 odom = odometry_delta(self._last_pose, pose)
             self._last_pose = np.asarray(pose, np.float64)
-        fix = self.tracker.update(stamp, places, views, scores, odom, verified)
+        fix = self.tracker.update(stamp, places, views, scores, odom, verified, np.arange(k) < int(checked))
         for h, p in zip(hits[:k], fix.hit_posteriors):
             h["posterior"] = p
         return fix

@@ -153,10 +153,12 @@ class AttnLinkLifecycle(LifecycleNode):
     def _configure(self) -> None: ...
 
     # -- tracking (relocalize) -------------------------------------------------------------------
-    def _configure_tracking(self):
+    def _configure_tracking(self, verification: bool = False):
         """The filter over the map's places (map_mode relocalize, parameter tracking); returns the
-        odometry track to fill from pose_topic, or None. A map without poses cannot be tracked (and
-        gives no ~/place): logged, tracking off. A missing or foreign calibration fails configure."""
+        odometry track to fill from pose_topic, or None. With ``verification`` (GICP against the
+        map's scans, LiDAR queries) a fix is published only while a recent verification agrees
+        with it. A map without poses cannot be tracked (and gives no ~/place): logged, tracking
+        off. A missing or foreign calibration fails configure."""
         from dataclasses import replace
 
         from ..localization.calibration import load_for_model
@@ -172,14 +174,16 @@ class AttnLinkLifecycle(LifecycleNode):
             self.get_logger().warning("tracking off: the map's places have no poses (saved without a pose topic)")
             return None
         obs = load_for_model(c.tracking_calibration or None, c.model or None, self.recognizer.fingerprint)
-        self.tracking = MapTracking(self.recognizer.map, obs, replace(TrackerConfig(), min_confidence=c.min_confidence))
+        self.tracking = MapTracking(self.recognizer.map, obs, replace(TrackerConfig(), min_confidence=c.min_confidence,
+                                                                      require_anchor=verification))
         return PoseTrack(max_poses=3000) if c.pose_topic else None
 
-    def _track(self, stamp: float, hits: list[dict], mode: str, pose=None):
-        """(fix, (pose, covariance) for ~/place or None) of one answered query; (None, None) with tracking off."""
+    def _track(self, stamp: float, hits: list[dict], mode: str, pose=None, checked: int = 0):
+        """(fix, (pose, covariance) for ~/place or None) of one answered query; (None, None) with
+        tracking off. ``checked``: the leading hits GICP verification tried."""
         if self.tracking is None:
             return None, None
-        fix = self.tracking.step(stamp, hits, mode, pose)
+        fix = self.tracking.step(stamp, hits, mode, pose, checked)
         self._last_fix = fix
         self.counters[f"tracking_{fix.state}"] += 1
         return fix, self.tracking.tracked_pose(fix)

@@ -79,7 +79,8 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             self._verify = LoopConfig(min_score=-1.0, candidates=c.verify_candidates, min_inlier_ratio=c.min_inlier_ratio,
                                       voxel_m=self.recognizer.map.scans.voxel, yaw_guesses_deg=RELOCALIZE_YAWS_DEG,
                                       distance_point=camera)
-        self._poses = self._configure_tracking()
+        # with GICP verification of LiDAR queries, published fixes must agree with a recent verification
+        self._poses = self._configure_tracking(verification=self._verify is not None and c.mode != "image")
         self._warm_up()
         self.outputs = Outputs(self, c, self.recognizer.fingerprint)
         self._close_verifier()
@@ -97,7 +98,8 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             ", stored scans: matches GICP-verified" + (" (own process)" if self._verifier else "") + ", ~/place metric"
             if self._verify else "")
         if self.tracking is not None:
-            where += f", tracking (min_confidence {c.min_confidence}" + (f", odometry {c.pose_topic})" if self._poses is not None else ", no odometry)")
+            where += (f", tracking (min_confidence {c.min_confidence}" + (f", odometry {c.pose_topic}" if self._poses is not None else ", no odometry")
+                      + (", fixes anchored by GICP" if self.tracking.cfg.require_anchor else "") + ")")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}")
 
     def _subscribe(self, qos):
@@ -154,7 +156,7 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
                     self.counters["relocalized_verified" if verified else "relocalized_unverified"] += 1
                 # with verification on, a loop is never published unverified (as in online mode)
                 loop = verified and top["score"] >= self.cfg.loop_min_score and abs(frame.stamp - top["stamp"]) >= self.cfg.loop_min_gap
-            fix, tracked = self._track(frame.stamp, res.hits, res.mode, self._odometry_pose(frame.stamp))
+            fix, tracked = self._track(frame.stamp, res.hits, res.mode, self._odometry_pose(frame.stamp), res.registrations)
             self.outputs.publish(header, res.hits[: self.cfg.k], res.mode, self.counters, loop=loop, tracked=tracked, fix=fix)
             self._processed(t0, {**res.timings_ms, "publish": 1e3 * (time.perf_counter() - t1)})
 
