@@ -172,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     from .ros.demo import run_demo
 
     result.update(run_demo(seq, out, args.model, args.mode, args.backend, map_frames, query_frames, rate=args.rate,
-                           progress=not args.quiet, print_every=args.print_every, views=args.views))
+                           progress=not args.quiet, print_every=args.print_every, views=args.views, scans=not args.no_scans))
     return result
 
 
@@ -734,6 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
     sp.add_argument("--rate", type=float, default=0.0, help="replay at this multiple of real time (default 0: as fast as the node answers)")
     sp.add_argument("--print-every", type=int, default=10, help="print every Nth live hit (default 10)")
+    sp.add_argument("--no-scans", action="store_true", help="a map without stored scans: no GICP verification (the tracking filter "
+                    "then publishes on descriptor evidence alone)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -90,6 +90,10 @@ def test_synth_and_demo_on_it(tmp_path):
     assert p.stdout.count("top-1 place") == 6 and "recall@1" in p.stdout
     assert d["node_counters"]["frames_processed"] == 6 and d["latency_ms_end_to_end_p50"] > 0
     assert (tmp_path / "demo/trajectory.png").exists() and (tmp_path / "demo/matches.png").exists()
+    # the node's tracking filter beside the single-frame answers, and its fixes on the trajectory
+    assert d["single_frame"]["published"] == 6 and 0 <= d["track"]["published"] <= 6
+    assert sum(d["track"]["states"].values()) == 6 and "tracking filter" in p.stdout
+    assert Path(d["fixes_plot"]).exists()
 
 
 def test_demo_default_path_small(tmp_path):

@@ -15,7 +15,8 @@ import numpy as np
 
 
 def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "auto", map_frames=None, query_frames=None,
-             rate: float = 0.0, radius_m: float = 10.0, progress: bool = True, print_every: int = 10, views: int = 4) -> dict:
+             rate: float = 0.0, radius_m: float = 10.0, progress: bool = True, print_every: int = 10, views: int = 4,
+             scans: bool = True) -> dict:
     from ..evaluation.plots import plot_matches
     from ..pipeline import PlaceRecognizer
     from ..retrieval.build import build_map_from_sequence
@@ -26,10 +27,10 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     map_frames = list(range(n // 2)) if map_frames is None else list(map_frames)
     query_frames = list(range(n // 2, n)) if query_frames is None else list(query_frames)
     rec = PlaceRecognizer(model, None, backend=backend)
-    pm, stats = build_map_from_sequence(rec, seq, map_frames, progress=progress, views=views)
+    pm, stats = build_map_from_sequence(rec, seq, map_frames, progress=progress, views=views, scan_voxel=0.5 if scans else None)
     map_dir = pm.save(out / "map")
     print(f"map: {stats['places']} places x {pm.views} heading views of frames {map_frames[0]}-{map_frames[-1]} "
-          f"({stats['frames_per_second']:.0f} frames/s, {stats['backend']})")
+          f"({stats['frames_per_second']:.0f} frames/s, {stats['backend']})" + (", stored scans: the node GICP-verifies its best hits" if scans else ""))
     del rec
     # ground truth: a query counts when a map place lies within radius_m; its heading class says
     # whether such a place was mapped driving the same way (same), only the other way (reverse) or across (other)
