@@ -304,6 +304,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from .evaluation.recall import evaluate_sequence
     from .model.io import load_model
 
+    if args.real_folds:
+        return _eval_real_folds(args)
     model, meta = load_model(args.model)
     if any(k < 1 for k in args.views):
         raise AttnLinkError(f"--views must be >= 1, got {args.views}")
@@ -313,8 +315,6 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         return _eval_depth(args, model, meta)
     if args.track:
         return _eval_track(args, model, meta)
-    if args.real_folds:
-        return _eval_real_folds(args)
     args.sequences = args.sequences or ["00"]
     if args.test_set or len(args.data) > 1:
         return _eval_table(args, model, meta)
