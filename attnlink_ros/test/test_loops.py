@@ -380,16 +380,18 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
     """verify_async (default): GICP runs in a process of its own, so frames that arrive while it
     registers are answered at once, unverified (counted verify_busy), and none is lost or
     answered twice; verified answers still carry the vehicle's pose; loops go out verified only;
-    the process ends with the node."""
+    the process ends with the node. The frames enter through the node's own sensor callback,
+    back to back (faster than a registration), so what is tested does not hang on how many
+    messages DDS drops on a loaded machine; the answers go out over real rclpy."""
+    import threading
     import time
 
     import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from std_msgs.msg import Header
 
-    from attnlink_ros.data.bags import kitti_records
-    from attnlink_ros.ros.conversions import stamp_to_sec
+    from attnlink_ros.ros.conversions import bgr_to_image, calibration_to_camera_info, sec_to_stamp, stamp_to_sec, xyzi_to_pointcloud2
     from attnlink_ros.ros.messages import parse_matches
-
-    from .conftest import replay_through_node
 
     seq = loop_drive
     rclpy.init()
@@ -397,18 +399,35 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
         node, io, (places, matches, loops) = _relocalize_node(seq, scans_map)
         verifier = node._verifier
         assert verifier is not None and verifier.alive
-        # the query frames lie 2 s apart: 20x faster is one every 100 ms, two or more per registration
-        _, counters = replay_through_node(node, io, kitti_records(seq.dataset.parent, "00", QUERY_FRAMES), rate=20.0,
-                                          settle=lambda: time.sleep(1.0),  # free-running: both ends discovered first
-                                          until=lambda: not verifier.busy and node.counters["frames_processed"] >= node.counters["points_in"])
+        ex = MultiThreadedExecutor(num_threads=2)
+        ex.add_node(node)
+        ex.add_node(io)
+        spin = threading.Thread(target=ex.spin, daemon=True)
+        spin.start()
+        try:
+            time.sleep(1.0)  # discovery of the listener
+            for i in QUERY_FRAMES:
+                h = Header(stamp=sec_to_stamp(float(seq.times[i])), frame_id="sensor")
+                node.front.on_info(calibration_to_camera_info(seq.calib, h))
+                node._on_sensor("image", bgr_to_image(seq.read_image(i), h))
+                node._on_sensor("points", xyzi_to_pointcloud2(seq.read_scan(i), h))
+                time.sleep(0.02)  # the next frame arrives while GICP still registers the last one
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline and (verifier.busy or len(matches) < len(QUERY_FRAMES)):
+                time.sleep(0.05)
+            time.sleep(0.3)
+        finally:
+            ex.shutdown()
+            spin.join(timeout=5)
+        counters = dict(node.counters)
+        node.destroy_node()
+        io.destroy_node()
     finally:
         rclpy.shutdown()
     assert not verifier.alive  # destroy_node closed it
-    # a node behind its sensors may drop frames (the subscription keeps the newest): every frame
-    # it took is answered, once
     answered = [parse_matches(m)[0]["query_stamp"] for m in matches]
-    assert len(set(answered)) == len(answered) == counters["frames_processed"] == counters["points_in"] >= 4, counters
-    assert set(np.round(answered, 6)) <= {round(float(seq.times[i]), 6) for i in QUERY_FRAMES}
+    assert len(set(answered)) == len(answered) == counters["frames_processed"] == len(QUERY_FRAMES), counters
+    assert set(np.round(answered, 6)) == {round(float(seq.times[i]), 6) for i in QUERY_FRAMES}
     assert counters.get("verify_busy", 0) >= 1 and counters.get("relocalized_verified", 0) >= 1, counters
     assert counters["verify_busy"] + counters.get("relocalized_verified", 0) + counters.get("relocalized_unverified", 0) \
         == counters["frames_processed"], counters
