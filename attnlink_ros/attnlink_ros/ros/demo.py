@@ -152,6 +152,10 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
           f"recall@1 {r1:.3f} over {len(qs)} queries with a map place within {radius_m:g} m; "
           f"latency (publish -> ~/match) p50 {result['latency_ms_end_to_end_p50']} ms, p99 {result['latency_ms_end_to_end_p99']} ms "
           f"(node {result['latency_ms_node_p50']} ms); {backend_desc}")
+    if scans and rate <= 0:
+        print("  (lockstep replay: each frame waits for its answer, and a frame the verifier takes waits for its GICP "
+              "registration, ~150 ms on 2 cores; with sensors at their own rate the node answers every frame at once and "
+              "verifies the ones it can, attnlink_ros/bench/bench_reloc_node.py)")
     print("recall@1 by the heading the place was mapped in: " + ", ".join(
         f"{c} {v['recall@1']:.3f} ({v['queries']} queries)" for c, v in by_heading.items()) + f"  [map of {views} heading views]")
     sf, tk = tracking.get("single_frame"), tracking.get("track")
