@@ -59,10 +59,11 @@ def real_drives(root: str | Path, sequences=None) -> list[str]:
 
 
 def load_real_frames(roots, height: int, width: int, sequences=None, crop_top: int | None = None,
-                     progress: bool = False, views: int = 0) -> RealFrames:
-    """Every frame of the drives of ``roots`` (each filtered by ``sequences`` where given) as
-    network input on a ``height x width`` grid (the pipeline's own conversion); ``views`` > 0: also
-    the scan's heading views as a map holds them (retrieval/views.py)."""
+                     progress: bool = False, views: int = 0, stride: int = 1) -> RealFrames:
+    """Every ``stride``-th frame of the drives of ``roots`` (each filtered by ``sequences`` where
+    given) as network input on a ``height x width`` grid (the pipeline's own conversion); ``views``
+    > 0: also the scan's heading views as a map holds them (retrieval/views.py). Any KITTI-layout
+    root reads: real drives, synthetic towns."""
     from ..data.kitti import KittiSequence
     from ..geometry.projection import network_grid
     from ..pipeline import Frame, network_inputs, view_depth_grids
@@ -77,7 +78,7 @@ def load_real_frames(roots, height: int, width: int, sequences=None, crop_top: i
             seq = KittiSequence(root, name)
             if dirs.setdefault(name, seq.dir) != seq.dir:
                 raise AttnLinkError(f"two roots hold a sequence named {name!r}: real drives must have distinct names")
-            items += [(seq, i) for i in seq.available_frames()]
+            items += [(seq, i) for i in list(seq.available_frames())[::stride]]
     if progress:
         from tqdm import tqdm
 

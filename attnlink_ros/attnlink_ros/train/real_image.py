@@ -90,23 +90,13 @@ class _Pool:
 
 
 def _synth_pool(roots, stride: int, height: int, width: int) -> _Pool | None:
+    """Every ``stride``-th frame of the synthetic towns (sequence 00), as the real ones are read."""
+    from ..data.real import load_real_frames
+
     if not roots:
         return None
-    from .. import pipeline
-    from ..data.kitti import KittiSequence
-    from ..geometry.projection import network_grid
-
-    rgb, depth = [], []
-    for root in roots:
-        seq = KittiSequence(root, "00")
-        grid = None
-        for i in range(0, len(seq), stride):
-            img = seq.read_image(i)
-            grid = grid or network_grid(seq.calib, img.shape[1], img.shape[0], height, width)
-            x = pipeline.network_inputs(pipeline.Frame(float(seq.times[i]), seq.calib, image=img, points=seq.read_scan(i)), grid, "fused")
-            rgb.append(x["rgb"][0])
-            depth.append(x["depth"][0])
-    return _Pool(torch.from_numpy(np.stack(rgb)), torch.from_numpy(np.stack(depth)))
+    f = load_real_frames(roots, height, width, sequences=["00"], stride=stride)
+    return _Pool(torch.from_numpy(f.rgb), torch.from_numpy(f.depth))
 
 
 def build_model(cfg: RealImageConfig):
@@ -294,7 +284,7 @@ def evaluate_folds(folds_path: str | Path, run_pattern: str, baseline: str | Pat
     its own held-out fold, and the baseline model (default: the shipped one) on the same frames;
     per fold and pooled over all real frames (each answered by a model that never trained on it)."""
     from ..data.real import RealFolds, load_real_frames
-    from ..evaluation.depth import depth_sums, metrics
+    from ..evaluation.depth import depth_sums, evaluate_depth, metrics, predict_depth
     from ..model.io import load_model
 
     folds = RealFolds.load(folds_path)
@@ -310,15 +300,12 @@ def evaluate_folds(folds_path: str | Path, run_pattern: str, baseline: str | Pat
         if frames is None:
             frames = load_real_frames(folds.roots, model.cfg.input_height, model.cfg.input_width, sequences=folds.drives, views=2)
         row = {}
+        held = frames.of_drives(drives)
         for key, m in (("model", model), ("baseline", base)):
-            ev = evaluate_fold(m, frames, drives)
+            pred = predict_depth(m, held.rgb)  # once: the fold's table and the pooled sums
+            pooled[key]["depth"] += sum(depth_sums(p, t) for p, t in zip(pred, held.depth))
+            ev = {"drives": list(drives), "depth": evaluate_depth(pred, held), "which_drive": which_drive(m, frames, drives)}
             row[key] = ev
-            held = frames.of_drives(drives)
-            from ..evaluation.depth import predict_depth
-
-            if getattr(m, "mono", None) is not None:
-                pred = predict_depth(m, held.rgb)
-                pooled[key]["depth"] += sum(depth_sums(p, t) for p, t in zip(pred, held.depth))
             wd = ev["which_drive"]
             for mode in ("image", "lidar", "fused"):
                 pooled[key]["hits"][mode].append((wd[mode]["recall@1"], wd["queries"]))
