@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -38,6 +39,31 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
+@contextlib.contextmanager
+def spinning(node, listener):
+    """Spins ``node`` and ``listener`` on a two-thread executor (real rclpy) for the ``with``
+    block; after it, tears both down and gives the node's counters as the yielded dict's
+    ``counters``."""
+    import threading
+
+    from rclpy.executors import MultiThreadedExecutor
+
+    ex = MultiThreadedExecutor(num_threads=2)
+    ex.add_node(node)
+    ex.add_node(listener)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    out: dict = {}
+    try:
+        yield out
+    finally:
+        ex.shutdown()
+        spin.join(timeout=5)
+    out["counters"] = dict(node.counters)
+    node.destroy_node()
+    listener.destroy_node()
+
+
 def replay_through_node(node, listener, records, lockstep_timeout: float = 10.0, settle=None, rate: float = 0,
                         until=None):
     """Spins ``node`` and ``listener`` (real rclpy), replays ``records`` to the node in lockstep on
@@ -45,19 +71,11 @@ def replay_through_node(node, listener, records, lockstep_timeout: float = 10.0,
     time instead), then tears both down; returns (replay stats, node counters). ``settle()`` runs
     after discovery, before the first frame; ``until()``, when given, is waited for (10 s at most)
     after the last one."""
-    import threading
     import time
-
-    from rclpy.executors import MultiThreadedExecutor
 
     from attnlink_ros.ros.replay import Replayer
 
-    ex = MultiThreadedExecutor(num_threads=2)
-    ex.add_node(node)
-    ex.add_node(listener)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
-    try:
+    with spinning(node, listener) as done:
         rp = Replayer(lockstep=None if rate > 0 else "/attnlink/match", lockstep_timeout=lockstep_timeout)
         assert rp.wait_for_subscribers(10.0, ("image", "points"))
         if settle is not None:
@@ -68,10 +86,4 @@ def replay_through_node(node, listener, records, lockstep_timeout: float = 10.0,
             time.sleep(0.05)
         time.sleep(0.5)
         rp.close()
-    finally:
-        ex.shutdown()
-        spin.join(timeout=5)
-    counters = dict(node.counters)
-    node.destroy_node()
-    listener.destroy_node()
-    return stats, counters
+    return stats, done["counters"]

@@ -383,15 +383,15 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
     the process ends with the node. The frames enter through the node's own sensor callback,
     back to back (faster than a registration), so what is tested does not hang on how many
     messages DDS drops on a loaded machine; the answers go out over real rclpy."""
-    import threading
     import time
 
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from std_msgs.msg import Header
 
     from attnlink_ros.ros.conversions import bgr_to_image, calibration_to_camera_info, sec_to_stamp, stamp_to_sec, xyzi_to_pointcloud2
     from attnlink_ros.ros.messages import parse_matches
+
+    from .conftest import spinning
 
     seq = loop_drive
     rclpy.init()
@@ -399,12 +399,7 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
         node, io, (places, matches, loops) = _relocalize_node(seq, scans_map)
         verifier = node._verifier
         assert verifier is not None and verifier.alive
-        ex = MultiThreadedExecutor(num_threads=2)
-        ex.add_node(node)
-        ex.add_node(io)
-        spin = threading.Thread(target=ex.spin, daemon=True)
-        spin.start()
-        try:
+        with spinning(node, io) as done:
             time.sleep(1.0)  # discovery of the listener
             for i in QUERY_FRAMES:
                 h = Header(stamp=sec_to_stamp(float(seq.times[i])), frame_id="sensor")
@@ -416,12 +411,7 @@ def test_relocalize_node_verifies_in_its_own_process(loop_drive, scans_map):
             while time.monotonic() < deadline and (verifier.busy or len(matches) < len(QUERY_FRAMES)):
                 time.sleep(0.05)
             time.sleep(0.3)
-        finally:
-            ex.shutdown()
-            spin.join(timeout=5)
-        counters = dict(node.counters)
-        node.destroy_node()
-        io.destroy_node()
+        counters = done["counters"]
     finally:
         rclpy.shutdown()
     assert not verifier.alive  # destroy_node closed it
