@@ -206,9 +206,14 @@ def test_lidar_lost_and_back(ros, model_and_map):
     assert n_image_only - 7 <= counters.get("fallback_image", 0) <= n_image_only, counters
     assert counters["frames_processed"] >= sum(c for _, c in phases) - 7 and "fallback_lidar" not in counters, counters
     assert len(places) == counters["frames_processed"]
-    # fused again after the gap: the last frames were pairs (published with their own stamps)
-    last = sorted(stamp_to_sec(m.header.stamp) for m in places)[-3:]
-    assert last == pytest.approx([2000.0 + 0.1 * j for j in range(k - 3, k)])
+    # fused again after the gap: the images that went alone were the gap's, and at most the first
+    # after it (its cloud may come after it, and the LiDAR still counts as lost then); a frame DDS
+    # replaced under load is missing, not a fallback; the frames after the gap were answered
+    stamps = sorted(stamp_to_sec(m.header.stamp) for m in places)
+    gap_start, back = (2000.0 + 0.1 * (phases[0][1] - 0.5), 2000.0 + 0.1 * (phases[0][1] + n_image_only - 0.5))
+    in_gap = sum(gap_start < s < back for s in stamps)
+    assert in_gap <= counters.get("fallback_image", 0) <= in_gap + 1, (counters, stamps)
+    assert sum(s > back for s in stamps) >= phases[2][1] - 4 and stamps[-1] > 2000.0 + 0.1 * (k - 3), stamps
     during = [d.status[0] for d in diags[lost_seen[0]:lost_seen[1]]]
     assert any(st.level == DiagnosticStatus.WARN and st.message == "sensor lost: points" for st in during), [st.message for st in during]
     after = [d.status[0] for d in diags[lost_seen[1]:lost_seen[2]]]
