@@ -196,7 +196,7 @@ def cmd_replay(args: argparse.Namespace) -> dict:
         records = list(bag_records(args.bag, {k: v for k, v in (("image", args.bag_image_topic), ("camera_info", args.bag_camera_info_topic),
                                                                  ("points", args.bag_points_topic)) if v}))
         total = len({round(r.stamp, 6) for r in records})
-    rp = Replayer(topics, clock=args.clock, lockstep=args.lockstep, reliable=not args.best_effort)
+    rp = Replayer(topics, clock=args.clock, lockstep=args.lockstep, lockstep_timeout=args.lockstep_timeout, reliable=not args.best_effort)
     try:
         kinds = tuple(sorted({r.kind for r in records[:6]} - {"camera_info"}))  # the large ones; camera_info repeats each frame
         if args.wait_subscribers > 0 and not rp.wait_for_subscribers(args.wait_subscribers, kinds):
@@ -706,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--points-topic", help="published point-cloud topic (default points)")
     sp.add_argument("--rate", type=float, default=1.0, help="times real time (default 1; 0 = no pacing)")
     sp.add_argument("--lockstep", metavar="TOPIC", help="publish the next frame when TOPIC (e.g. /attnlink/match) answers: as fast as the node consumes")
+    sp.add_argument("--lockstep-timeout", type=float, default=2.0, metavar="S",
+                    help="with --lockstep: publish the next frame anyway after S seconds without the answer (default 2)")
     sp.add_argument("--loop", action="store_true", help="start over at the end (Ctrl-C stops)")
     sp.add_argument("--clock", action="store_true", help="publish /clock with the data's time (for use_sim_time)")
     sp.add_argument("--best-effort", action="store_true", help="best-effort publishers (default reliable, which best-effort subscribers accept)")

@@ -99,7 +99,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         # the replay runs in its own process, as a driver or a bag player does on a robot
         cmd = [sys.executable, "-m", "attnlink_ros", "replay", "--data", str(seq.dataset.parent), "--sequence", seq.name,
                "--frames", str(query_frames[0]), str(query_frames[-1] + 1), "--rate", str(rate), "--wait-subscribers", "15",
-               "--quiet", "--json", str(out / "replay.json")] + (["--lockstep", "/attnlink/match"] if rate <= 0 else [])
+               "--quiet", "--json", str(out / "replay.json")] + (["--lockstep", "/attnlink/match", "--lockstep-timeout", "10"] if rate <= 0 else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"attnlink replay failed: {proc.stderr.strip()[-500:]}")
@@ -137,6 +137,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
                         title=f"{seq.dir.name}: live {mode} queries through the node, recall@1 {r1:.3f}") if len(qi) else None
     result = {
         "mode": mode, "map_places": int(len(map_frames)), "frames_replayed": int(rstats.frames), "answers": len(results),
+        "lockstep_timeouts": int(rep.get("lockstep_timeouts", 0)),
         "queries_with_a_place_within_%gm" % radius_m: len(qs), "recall@1": round(r1, 4) if qs else None,
         "map_views": int(views), "recall@1_by_heading": by_heading,
         "frame_rate_hz": round(rstats.frames / rstats.wall_s, 2) if rstats.wall_s else 0.0,

@@ -73,6 +73,7 @@ class Replayer:
 
             self.clock_pub = self.node.create_publisher(Clock, "/clock", 10)
         self._ack = threading.Event()
+        self._awaited: tuple[float, ...] = ()  # stamps of the frame in flight (image and cloud may differ in a bag)
         self.sent_at: dict[float, float] = {}  # frame stamp -> monotonic time it was published
         self.lockstep_timeout = lockstep_timeout
         self._executor = None
@@ -80,13 +81,22 @@ class Replayer:
             from attnlink_msgs.msg import PlaceMatches
             from rclpy.executors import SingleThreadedExecutor
 
-            # the node's answer (attnlink_msgs/PlaceMatches on its ~/match) releases the next frame
-            self.node.create_subscription(PlaceMatches, lockstep, lambda _m: self._ack.set(), 10)
+            # the node's answer (attnlink_msgs/PlaceMatches on its ~/match) to the frame in flight,
+            # matched by stamp, releases the next frame: a late answer to an earlier frame (one
+            # that outlived the timeout) must not release the next one early
+            self.node.create_subscription(PlaceMatches, lockstep, self._on_answer, 10)
             self._executor = SingleThreadedExecutor()
             self._executor.add_node(self.node)
             self._spin = threading.Thread(target=self._executor.spin, daemon=True)
             self._spin.start()
         self.lockstep = bool(lockstep)
+
+    def _on_answer(self, msg) -> None:
+        from .conversions import stamp_to_sec
+
+        t = stamp_to_sec(msg.header.stamp)
+        if any(abs(t - a) < 1e-4 for a in self._awaited):
+            self._ack.set()
 
     def wait_for_subscribers(self, timeout: float = 5.0, kinds: tuple[str, ...] = ("points",)) -> bool:
         """Waits until each publisher of ``kinds`` has a subscriber (discovery), up to ``timeout`` s."""
@@ -125,6 +135,7 @@ class Replayer:
 
             self.clock_pub.publish(Clock(clock=sec_to_stamp(group[0].stamp)))
         self._ack.clear()
+        self._awaited = tuple(rec.stamp for rec in group)
         self.sent_at[round(group[0].stamp, 6)] = time.monotonic()
         for rec in group:
             self.pubs[rec.kind].publish(self.message(rec))
