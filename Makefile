@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench towns train-lite clean
+.PHONY: venv demo test bench towns train-lite kiss-slam clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,14 @@ towns: $(STAMP)
 # Train (or resume) the shipped lite model on the towns.
 train-lite: towns
 	$(BIN)/attnlink train --config attnlink_ros/config/train_lite_synth.yaml
+
+# KISS-SLAM, the peer `attnlink slam` compares against, in its own environment (~2 min, ~1 GB: open3d).
+kiss-slam: .venv-kiss/.installed
+
+.venv-kiss/.installed: requirements-kiss-slam.txt
+	test -x .venv-kiss/bin/python || $(PYTHON) -m venv .venv-kiss
+	.venv-kiss/bin/python -m pip install --quiet -r requirements-kiss-slam.txt
+	touch $@
 
 clean:
 	rm -rf build install log out .pytest_cache attnlink_ros/*.egg-info

@@ -494,6 +494,54 @@ def _eval_loops(args: argparse.Namespace, model, meta) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# slam
+
+
+def cmd_slam(args: argparse.Namespace) -> dict:
+    """``attnlink slam``: KISS-ICP odometry + the project's loops in a GTSAM pose graph, against
+    KISS-SLAM, errors by evo; one table row per sequence and system."""
+    import tempfile
+
+    from .model.io import load_model
+    from .slam.pipeline import evaluate_slam
+
+    model, meta = load_model(args.model)
+    cfg = LoopConfig(min_score=args.loop_min_score, exclusion_s=args.loop_exclusion)
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seq in args.sequences:
+            try:
+                result[seq] = evaluate_slam(model, args.data, seq, out=args.out, cache_dir=Path(args.cache or tmp), views=args.views,
+                                            loop_cfg=cfg, reverse_offset_m=args.reverse_offset, progress=not args.quiet,
+                                            peer=not args.no_peer, peer_python=args.peer_python)
+            except (ValueError, FileNotFoundError) as exc:
+                raise AttnLinkError(str(exc)) from None
+    print(f"{'sequence':9s} {'system':22s} {'APE RMSE (m)':>12s} {'RPE (%)':>8s}  notes")
+    for seq, r in result.items():
+        lp = r["loops"]
+        scale = f"odometry scale {r['odometry_scale']:.5f}, " if r.get("odometry_scale") is not None else ""
+        rows = [("odometry", "KISS-ICP odometry", ""),
+                ("with_loops_online", "+ loops, online iSAM2", "the graph's estimate as the drive ends"),
+                ("with_loops", "+ attnlink loops", f"{scale}{lp['published']} loops, precision {lp['precision']:.3f}, recall {lp['recall']:.3f}"),
+                ("kiss_slam", "KISS-SLAM (peer)", "")]
+        for key, label, note in rows:
+            v = r.get(key)
+            if v is None:
+                continue
+            if "skipped" in v:
+                print(f"{seq:9s} {label:22s} {'-':>12s} {'-':>8s}  skipped: {v['skipped']}")
+                continue
+            if key == "kiss_slam":
+                note = f"{v['closures']} closures, {v['seconds']} s"
+            rpe = f"{v['rpe_percent']:.3f}" if v["rpe_percent"] is not None else "-"
+            print(f"{seq:9s} {label:22s} {v['ape_rmse_m']:12.3f} {rpe:>8s}  {note}")
+        print(f"{seq:9s} ratio with loops / odometry {r['with_loops']['ape_rmse_m'] / max(r['odometry']['ape_rmse_m'], 1e-9):.3f}; "
+              f"{r['frames']} scans in {r['seconds']['total']} s ({r['scans_per_second']} Hz); plot {r.get('plot', '-')}")
+    result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
 # export, build-map, query
 
 
@@ -608,6 +656,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="override train.out (run folder)")
     sp.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run folder")
     sp.add_argument("--held-out", help="real_image configs: the real fold left out (config/real_folds.yaml); '' = train on all")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("slam", cmd_slam, "KISS-ICP odometry + attnlink's verified loops in a GTSAM pose graph (iSAM2), beside KISS-SLAM; "
+             "APE / RPE by evo against the ground truth")
+    sp.add_argument("--data", required=True, help="KITTI-layout root (holding dataset/) with scans and ground-truth poses")
+    sp.add_argument("--sequences", "--sequence", nargs="+", default=["00"], help="sequence(s) (default 00)")
+    sp.add_argument("--model", help="model artifact (default: the shipped model); its LiDAR branch finds the loops")
+    sp.add_argument("--out", default="out/slam", help="trajectories (KITTI and TUM formats) and plots (default out/slam)")
+    sp.add_argument("--cache", help="frame cache folder, reused between runs (default: a temporary one)")
+    sp.add_argument("--views", type=int, default=DEFAULT_VIEWS, help=f"heading views a keyframe holds (default {DEFAULT_VIEWS})")
+    sp.add_argument("--reverse-offset", type=float, default=DEFAULT_REVERSE_OFFSET_M, help="reverse view's offset (m)")
+    sp.add_argument("--loop-min-score", type=float, default=0.5, help="smallest candidate score (default 0.5)")
+    sp.add_argument("--loop-exclusion", type=float, default=LoopConfig.exclusion_s, metavar="S",
+                    help=f"a scan is matched only against keyframes at least S seconds older (default {LoopConfig.exclusion_s:g})")
+    sp.add_argument("--no-peer", action="store_true", help="do not run KISS-SLAM")
+    sp.add_argument("--peer-python", help="interpreter with kiss-slam (default .venv-kiss/bin/python; make kiss-slam)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("eval", cmd_eval, "recall of a model on KITTI-layout data, per sequence, protocol and query mode")

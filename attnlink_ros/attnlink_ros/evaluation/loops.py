@@ -114,16 +114,36 @@ def score_loops(seq, results: list[tuple[int, Loop]], keyframes: list, revisits:
             "rotation_error_median_deg": float(np.median(rot_errors)) if rot_errors else None, "curve": curve}
 
 
-def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar", cfg: LoopConfig = LoopConfig(), cache_dir=None,
-                          plot: str | Path | None = None, progress: bool = False, echo=print, views: int = 1,
-                          unverified: bool = True, reverse_offset_m: float | None = None) -> dict:
-    """Online loop closure over one drive (keyframes of ``views`` heading views), verified and
-    (``unverified``) without verification."""
+@dataclasses.dataclass
+class LoopDrive:
+    """A drive ready for online loop detection: its frames, each frame's query descriptor and
+    keyframe views (LiDAR), the revisit queries (frame -> heading class) and headings."""
+
+    seq: object
+    frames: np.ndarray
+    desc: np.ndarray  # (N, D) query descriptors (``mode``)
+    key_desc: np.ndarray  # (N, K, D) keyframe heading views (LiDAR)
+    revisits: dict
+    heading: np.ndarray  # (len(seq),) degrees
+
+    def config(self, cfg: LoopConfig) -> LoopConfig:
+        """``cfg`` with the loop radius measured between camera centres, as the ground truth (unless set)."""
+        if cfg.distance_point == (0.0, 0.0, 0.0):
+            return dataclasses.replace(cfg, distance_point=tuple(float(v) for v in np.linalg.inv(self.seq.calib.T_cam_lidar)[:3, 3]))
+        return cfg
+
+
+def prepare_drive(model, root, sequence: str = "00", mode: str = "lidar", cache_dir=None, views: int = 1,
+                  reverse_offset_m: float | None = None, progress: bool = False) -> LoopDrive:
+    """Encodes a drive with ground-truth poses (a frame cache under ``cache_dir``, reused)."""
     import tempfile
 
     from ..data.cache import FrameCache, build_cache
     from ..data.kitti import KittiSequence
-    from .recall import encode_cache
+    from ..geometry.poses import headings_deg
+    from ..retrieval.views import view_yaws
+    from .protocols import heading_classes
+    from .recall import encode_cache, encode_views
 
     seq = KittiSequence(root, sequence)
     if not seq.has_poses:
@@ -133,13 +153,7 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
     if not (path / "manifest.json").is_file():
         build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
     cache = FrameCache.open(path)
-    from ..retrieval.views import view_yaws
-    from ..geometry.poses import headings_deg
-    from .protocols import heading_classes
-    from .recall import encode_views
-
     enc = encode_cache(model, cache, modes=tuple(dict.fromkeys((mode, "lidar"))), progress=progress)
-    desc = enc[mode]
     key_desc = encode_views(model, cache, seq, view_yaws(views), progress=progress, lidar=enc["lidar"],
                             reverse_offset_m=reverse_offset_m)  # keyframes are LiDAR
     frames = np.asarray(cache.frames) if hasattr(cache, "frames") else np.arange(len(cache))
@@ -148,9 +162,21 @@ def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar"
     proto = revisit_queries(seq.xy[frames], seq.times[frames])
     cls = heading_classes(seq.xy[frames], heading[frames], proto)
     revisits = {int(frames[q]): str(c) for q, c in zip(proto.queries, cls)}
-    thresholds = np.round(np.linspace(0.0, 1.0, 41), 3)
-    if cfg.distance_point == (0.0, 0.0, 0.0):  # the loop radius between camera centres, as the ground truth
-        cfg = dataclasses.replace(cfg, distance_point=tuple(float(v) for v in np.linalg.inv(seq.calib.T_cam_lidar)[:3, 3]))
+    return LoopDrive(seq, frames, enc[mode], key_desc, revisits, heading)
+
+
+LOOP_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 41), 3)
+
+
+def evaluate_loop_closure(model, root, sequence: str = "00", mode: str = "lidar", cfg: LoopConfig = LoopConfig(), cache_dir=None,
+                          plot: str | Path | None = None, progress: bool = False, echo=print, views: int = 1,
+                          unverified: bool = True, reverse_offset_m: float | None = None) -> dict:
+    """Online loop closure over one drive (keyframes of ``views`` heading views), verified and
+    (``unverified``) without verification."""
+    drive = prepare_drive(model, root, sequence, mode, cache_dir, views, reverse_offset_m, progress)
+    seq, frames, desc, key_desc, revisits, heading = drive.seq, drive.frames, drive.desc, drive.key_desc, drive.revisits, drive.heading
+    thresholds = LOOP_THRESHOLDS
+    cfg = drive.config(cfg)
     out = {"sequence": sequence, "mode": mode, "views": int(views), "config": dataclasses.asdict(cfg)}
     for name, verify in (("verified", True), ("unverified", False)):
         if not verify and not unverified:

@@ -1,0 +1,46 @@
+"""LiDAR odometry by KISS-ICP (PyPI ``kiss-icp``): each scan registered to a local map of the last ones.
+
+Poses are the LiDAR's, in the first scan's LiDAR frame. KITTI-format drives carry no per-point
+times, so motion compensation (deskew) is off unless the caller passes per-point timestamps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OdometryConfig:
+    voxel_m: float = 1.0  # KISS-ICP's local-map voxel (its default: max_range / 100)
+    max_range_m: float = 100.0
+    min_range_m: float = 0.0
+    deskew: bool = False  # needs per-point timestamps (KITTI .bin files have none)
+    threads: int = 0  # KISS-ICP registration threads (0: all cores)
+
+
+class LidarOdometry:
+    def __init__(self, cfg: OdometryConfig = OdometryConfig()) -> None:
+        from kiss_icp.config import KISSConfig
+        from kiss_icp.kiss_icp import KissICP
+
+        kc = KISSConfig()
+        kc.data.deskew = cfg.deskew
+        kc.data.max_range = cfg.max_range_m
+        kc.data.min_range = cfg.min_range_m
+        kc.mapping.voxel_size = cfg.voxel_m
+        kc.registration.max_num_threads = cfg.threads
+        self.cfg = cfg
+        self._icp = KissICP(kc)
+
+    def register(self, points: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
+        """Registers one scan (N, >=3); returns its LiDAR pose (4x4) in the first scan's frame."""
+        p = np.asarray(points, dtype=np.float64)[:, :3]
+        ok = np.isfinite(p).all(1)
+        if ok.sum() < 100:
+            raise ValueError(f"scan has {int(ok.sum())} valid points: too few to register")
+        ts = np.zeros(len(p)) if timestamps is None or not self.cfg.deskew else np.asarray(timestamps, np.float64)
+        p, ts = np.ascontiguousarray(p[ok]), np.ascontiguousarray(ts[ok])
+        self._icp.register_frame(p, ts)
+        return np.array(self._icp.last_pose, dtype=np.float64)
