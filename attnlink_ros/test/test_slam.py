@@ -252,3 +252,16 @@ def test_final_refinement_estimates_the_odometry_scale():
     st = np.arange(len(truth)) * 0.1
     assert abs(scale - 1 / 0.99) < 0.5 * abs(1 - 1 / 0.99), scale  # most of the way from 1 to the truth
     assert errors(refined, truth, st)["ape_rmse_m"] < 0.7 * errors(online, truth, st)["ape_rmse_m"], (errors(refined, truth, st), errors(online, truth, st))
+
+
+def test_slam_front_end_cache_corrupt_is_recomputed(synth_root, tmp_path):
+    """A truncated front-end cache is not trusted: the run computes it again and gives the same numbers."""
+    args = ("slam", "--data", synth_root, "--out", tmp_path / "out", "--cache", tmp_path / "cache", "--loop-exclusion", "0.5",
+            "--no-peer", "--quiet")
+    run(*args, "--json", tmp_path / "a.json")
+    (front,) = (tmp_path / "cache").glob("*_slam_front_*.npz")
+    front.write_bytes(front.read_bytes()[:200])
+    run(*args, "--json", tmp_path / "b.json")
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text())["00"] for n in "ab")
+    assert not b["front_end_cached"] and all(b["loops"][k] == a["loops"][k] for k in ("published", "precision", "recall"))
+    assert b["odometry"]["ape_rmse_m"] == pytest.approx(a["odometry"]["ape_rmse_m"], abs=1e-3)

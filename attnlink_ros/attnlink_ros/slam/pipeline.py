@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,7 +245,12 @@ def evaluate_slam(model, root, sequence: str = "00", out: str | Path | None = No
                                        len(drive.frames), dataclasses.asdict(prior_cfg)], sort_keys=True, default=str).encode()).hexdigest()[:12]
         front_path = Path(cache_dir) / f"{Path(root).resolve().name}_{sequence}_slam_front_{key}.npz"
         if front_path.is_file():
-            front = load_front(front_path, seq)
+            try:
+                front = load_front(front_path, seq)
+            except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+                front = None  # a truncated or corrupt cache: computed again (and rewritten)
+            if front is not None and len(front.frames) != len(drive.frames):
+                front = None
     run = run_slam(seq, drive.frames, drive.desc, drive.key_desc, cfg, odo_cfg, graph_cfg, reverse_offset_m=reverse_offset_m,
                    progress=progress, front=front, prior_cfg=prior_cfg)
     if cache_dir is not None and front is None:
