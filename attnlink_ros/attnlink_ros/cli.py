@@ -497,6 +497,9 @@ def _eval_loops(args: argparse.Namespace, model, meta) -> dict:
 # slam
 
 
+SLAM_VIEWS = 4  # attnlink slam's keyframes: four heading views (the node's online mode keeps DEFAULT_VIEWS)
+
+
 def cmd_slam(args: argparse.Namespace) -> dict:
     """``attnlink slam``: KISS-ICP odometry + the project's loops in a GTSAM pose graph, against
     KISS-SLAM, errors by evo; one table row per sequence and system."""
@@ -665,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", help="model artifact (default: the shipped model); its LiDAR branch finds the loops")
     sp.add_argument("--out", default="out/slam", help="trajectories (KITTI and TUM formats) and plots (default out/slam)")
     sp.add_argument("--cache", help="frame cache folder, reused between runs (default: a temporary one)")
-    sp.add_argument("--views", type=int, default=DEFAULT_VIEWS, help=f"heading views a keyframe holds (default {DEFAULT_VIEWS})")
+    sp.add_argument("--views", type=int, default=SLAM_VIEWS, help=f"heading views a keyframe holds (default {SLAM_VIEWS}: as driven, "
+                    "turned round and both crossings; validation town 601: crossing revisits found 0.26 -> 0.58, all 0.941 -> 0.955)")
     sp.add_argument("--reverse-offset", type=float, default=DEFAULT_REVERSE_OFFSET_M, help="reverse view's offset (m)")
     sp.add_argument("--loop-min-score", type=float, default=0.5, help="smallest candidate score (default 0.5)")
     sp.add_argument("--loop-exclusion", type=float, default=LoopConfig.exclusion_s, metavar="S",

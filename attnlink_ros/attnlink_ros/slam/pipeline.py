@@ -221,7 +221,7 @@ def truth(seq, frames: np.ndarray) -> np.ndarray:
     return np.linalg.inv(seq.poses[frames[0]]) @ seq.poses[frames]
 
 
-def evaluate_slam(model, root, sequence: str = "00", out: str | Path | None = None, cache_dir=None, views: int = 2,
+def evaluate_slam(model, root, sequence: str = "00", out: str | Path | None = None, cache_dir=None, views: int = 4,
                   loop_cfg: LoopConfig = LoopConfig(), odo_cfg: OdometryConfig = OdometryConfig(),
                   graph_cfg: GraphConfig = GraphConfig(), reverse_offset_m: float | None = None, progress: bool = False,
                   peer: bool = True, peer_python: str | None = None, prior_cfg: PriorConfig = PriorConfig()) -> dict:
