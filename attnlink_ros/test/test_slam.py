@@ -265,3 +265,13 @@ def test_slam_front_end_cache_corrupt_is_recomputed(synth_root, tmp_path):
     a, b = (json.loads((tmp_path / f"{n}.json").read_text())["00"] for n in "ab")
     assert not b["front_end_cached"] and all(b["loops"][k] == a["loops"][k] for k in ("published", "precision", "recall"))
     assert b["odometry"]["ape_rmse_m"] == pytest.approx(a["odometry"]["ape_rmse_m"], abs=1e-3)
+
+
+def test_keyframe_mask_is_the_online_maps_rule():
+    from attnlink_ros.evaluation.loops import keyframe_mask
+    from attnlink_ros.retrieval.loops import OnlineMap
+
+    stamps = np.cumsum(np.r_[0.0, np.random.default_rng(0).uniform(0.05, 0.3, 200)])
+    m = OnlineMap(2, LoopConfig(keyframe_interval_s=1.0))
+    taken = [m.maybe_add(t, np.ones(2, np.float32), None) for t in stamps]
+    assert keyframe_mask(stamps, 1.0).tolist() == taken

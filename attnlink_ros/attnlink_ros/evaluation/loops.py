@@ -133,9 +133,22 @@ class LoopDrive:
         return cfg
 
 
+def keyframe_mask(stamps: np.ndarray, interval_s: float) -> np.ndarray:
+    """Which of a drive's frames an :class:`~..retrieval.loops.OnlineMap` takes as keyframes (its
+    ``due`` rule over the stamps, in order)."""
+    mask = np.zeros(len(stamps), bool)
+    last = None
+    for i, t in enumerate(np.asarray(stamps, np.float64)):
+        if last is None or t - last >= interval_s - 1e-3:
+            mask[i], last = True, t
+    return mask
+
+
 def prepare_drive(model, root, sequence: str = "00", mode: str = "lidar", cache_dir=None, views: int = 1,
-                  reverse_offset_m: float | None = None, progress: bool = False) -> LoopDrive:
-    """Encodes a drive with ground-truth poses (a frame cache under ``cache_dir``, reused)."""
+                  reverse_offset_m: float | None = None, progress: bool = False, keyframe_interval_s: float | None = None) -> LoopDrive:
+    """Encodes a drive with ground-truth poses (a frame cache under ``cache_dir``, reused).
+    ``keyframe_interval_s``: encode the heading views only for the frames an online map with
+    that interval takes as keyframes (the others' views are never read; zeros)."""
     import tempfile
 
     from ..data.cache import FrameCache, build_cache
@@ -154,9 +167,10 @@ def prepare_drive(model, root, sequence: str = "00", mode: str = "lidar", cache_
         build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
     cache = FrameCache.open(path)
     enc = encode_cache(model, cache, modes=tuple(dict.fromkeys((mode, "lidar"))), progress=progress)
-    key_desc = encode_views(model, cache, seq, view_yaws(views), progress=progress, lidar=enc["lidar"],
-                            reverse_offset_m=reverse_offset_m)  # keyframes are LiDAR
     frames = np.asarray(cache.frames) if hasattr(cache, "frames") else np.arange(len(cache))
+    only = None if keyframe_interval_s is None else keyframe_mask(seq.times[frames], keyframe_interval_s)
+    key_desc = encode_views(model, cache, seq, view_yaws(views), progress=progress, lidar=enc["lidar"],
+                            reverse_offset_m=reverse_offset_m, only=only)  # keyframes are LiDAR
     heading = np.zeros(len(seq.poses))
     heading[frames] = headings_deg(seq.poses[frames])
     proto = revisit_queries(seq.xy[frames], seq.times[frames])

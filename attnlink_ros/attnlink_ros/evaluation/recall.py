@@ -67,15 +67,41 @@ def model_key(model: AttnLink) -> str:
     return h.hexdigest()[:16]
 
 
+class _FrameSubset:
+    """Some of a frame cache's frames, as encode_views reads them (no storage of its own)."""
+
+    def __init__(self, cache: FrameCache, idx: np.ndarray) -> None:
+        self._cache, self.frames = cache, [cache.frames[int(i)] for i in idx]
+        self.calib, self.name, self.path = cache.calib, cache.name, None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
 @torch.no_grad()
 def encode_views(model: AttnLink, cache: FrameCache, seq, yaws_deg, batch: int = 32, progress: bool = False,
-                 lidar: np.ndarray | None = None, store: bool = True, reverse_offset_m: float | None = None) -> np.ndarray:
+                 lidar: np.ndarray | None = None, store: bool = True, reverse_offset_m: float | None = None,
+                 only: np.ndarray | None = None) -> np.ndarray:
     """(N, K, D) LiDAR descriptors of the cached frames' heading views: each frame's full scan
     (read from ``seq``, the cache holds only the camera's part) turned by each yaw, FoV-converted
     on the cache's grid and encoded (rear views from ``reverse_offset_m`` to the left, default
     retrieval.views.DEFAULT_REVERSE_OFFSET_M). Yaw 0 is taken from ``lidar`` (N, D) when given: the same
     descriptors the one-view evaluation uses, so K = 1 is exactly that. With ``store`` each yaw's
-    descriptors are kept in the cache folder (``views/<model digest>_v<yaw>[_l<offset>].npy``) and reused."""
+    descriptors are kept in the cache folder (``views/<model digest>_v<yaw>[_l<offset>].npy``) and reused.
+    ``only``: a mask over the cached frames: only those are encoded (e.g. the frames an online map
+    will take as keyframes), the others' rows are zeros; nothing is stored or reused then."""
+    if only is not None:
+        only = np.asarray(only, bool)
+        out = np.zeros((len(cache), len(list(yaws_deg)), model.cfg.descriptor_dim), np.float32)
+        idx = np.flatnonzero(only)
+        if len(idx):
+            sub = _FrameSubset(cache, idx)
+            out[idx] = encode_views(model, sub, seq, yaws_deg, batch, progress, None if lidar is None else lidar[idx], False,
+                                    reverse_offset_m)
+        return out
     from tqdm import tqdm
 
     from ..geometry.projection import sparse_depth

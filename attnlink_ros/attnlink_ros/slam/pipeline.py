@@ -235,7 +235,8 @@ def evaluate_slam(model, root, sequence: str = "00", out: str | Path | None = No
     from ..evaluation.recall import model_key
 
     t0 = time.perf_counter()
-    drive = prepare_drive(model, root, sequence, "lidar", cache_dir, views, reverse_offset_m, progress)
+    drive = prepare_drive(model, root, sequence, "lidar", cache_dir, views, reverse_offset_m, progress,
+                          keyframe_interval_s=loop_cfg.keyframe_interval_s)
     t_desc = time.perf_counter() - t0
     seq = drive.seq
     cfg = drive.config(loop_cfg)
