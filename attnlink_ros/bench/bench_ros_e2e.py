@@ -198,7 +198,7 @@ def main() -> None:
         stop(rel)
         stop(node)
         if ex is not None:
-            ex.shutdown()
+            ex.shutdown(timeout_sec=5)  # bounded: an interrupted run must end (a fresh clone's run once hung past 60 s here)
             spin.join(timeout=5)
         if io is not None:
             io.destroy_node()
