@@ -508,15 +508,15 @@ def cmd_slam(args: argparse.Namespace) -> dict:
     from .model.io import load_model
     from .slam.pipeline import evaluate_slam
 
-    model, meta = load_model(args.model)
+    _, meta = load_model(args.model)
     cfg = LoopConfig(min_score=args.loop_min_score, exclusion_s=args.loop_exclusion)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seq in args.sequences:
             try:
-                result[seq] = evaluate_slam(model, args.data, seq, out=args.out, cache_dir=Path(args.cache or tmp), views=args.views,
+                result[seq] = evaluate_slam(args.model, args.data, seq, out=args.out, cache_dir=Path(args.cache or tmp), views=args.views,
                                             loop_cfg=cfg, reverse_offset_m=args.reverse_offset, progress=not args.quiet,
-                                            peer=not args.no_peer, peer_python=args.peer_python)
+                                            peer=not args.no_peer, peer_python=args.peer_python, worker=not args.in_process)
             except (ValueError, FileNotFoundError) as exc:
                 raise AttnLinkError(str(exc)) from None
     print(f"{'sequence':9s} {'system':22s} {'APE RMSE (m)':>12s} {'RPE (%)':>8s}  notes")
@@ -667,7 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sequences", "--sequence", nargs="+", default=["00"], help="sequence(s) (default 00)")
     sp.add_argument("--model", help="model artifact (default: the shipped model); its LiDAR branch finds the loops")
     sp.add_argument("--out", default="out/slam", help="trajectories (KITTI and TUM formats) and plots (default out/slam)")
-    sp.add_argument("--cache", help="frame cache folder, reused between runs (default: a temporary one)")
+    sp.add_argument("--cache", help="folder keeping each run's front end (odometry, every scan's loop answer): a rerun that "
+                    "changes only the graph reuses it (default: a temporary one)")
+    sp.add_argument("--in-process", action="store_true", help="loops in this process instead of a worker process beside the "
+                    "odometry (the same loops and trajectory, slower on 2 cores)")
     sp.add_argument("--views", type=int, default=SLAM_VIEWS, help=f"heading views a keyframe holds (default {SLAM_VIEWS}: as driven, "
                     "turned round and both crossings; validation town 601: crossing revisits found 0.26 -> 0.58, all 0.941 -> 0.955)")
     sp.add_argument("--reverse-offset", type=float, default=DEFAULT_REVERSE_OFFSET_M, help="reverse view's offset (m)")

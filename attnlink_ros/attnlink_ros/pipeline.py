@@ -79,12 +79,13 @@ def view_depth_grids(points: np.ndarray, calib: Calibration, grid: GridGeometry,
 
 class PlaceRecognizer:
     def __init__(self, model_path: str | Path | None = None, place_map: PlaceMap | str | Path | None = None,
-                 backend: str = "auto", crop_top: int | None = None) -> None:
+                 backend: str = "auto", crop_top: int | None = None, backend_options: dict | None = None) -> None:
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         model, self.meta = load_model(self.model_path)
         self.cfg = model.cfg
         del model
         self.backend_kind = backend
+        self.backend_options = dict(backend_options or {})  # passed to the backend (e.g. onnxruntime threads=1)
         self.crop_top = crop_top
         self._backends: dict[str, Backend] = {}
         self._grids: dict[tuple, GridGeometry] = {}
@@ -101,7 +102,7 @@ class PlaceRecognizer:
 
     def backend(self, mode: str) -> Backend:
         if mode not in self._backends:
-            self._backends[mode] = make_backend(self.backend_kind, self.model_path, mode)
+            self._backends[mode] = make_backend(self.backend_kind, self.model_path, mode, **self.backend_options)
         return self._backends[mode]
 
     def grid(self, calib: Calibration, width: int, height: int) -> GridGeometry:

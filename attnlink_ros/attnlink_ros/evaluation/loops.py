@@ -128,9 +128,7 @@ class LoopDrive:
 
     def config(self, cfg: LoopConfig) -> LoopConfig:
         """``cfg`` with the loop radius measured between camera centres, as the ground truth (unless set)."""
-        if cfg.distance_point == (0.0, 0.0, 0.0):
-            return dataclasses.replace(cfg, distance_point=tuple(float(v) for v in np.linalg.inv(self.seq.calib.T_cam_lidar)[:3, 3]))
-        return cfg
+        return loop_radius_config(cfg, self.seq.calib.T_cam_lidar)
 
 
 def keyframe_mask(stamps: np.ndarray, interval_s: float) -> np.ndarray:
@@ -153,9 +151,7 @@ def prepare_drive(model, root, sequence: str = "00", mode: str = "lidar", cache_
 
     from ..data.cache import FrameCache, build_cache
     from ..data.kitti import KittiSequence
-    from ..geometry.poses import headings_deg
     from ..retrieval.views import view_yaws
-    from .protocols import heading_classes
     from .recall import encode_cache, encode_views
 
     seq = KittiSequence(root, sequence)
@@ -171,12 +167,29 @@ def prepare_drive(model, root, sequence: str = "00", mode: str = "lidar", cache_
     only = None if keyframe_interval_s is None else keyframe_mask(seq.times[frames], keyframe_interval_s)
     key_desc = encode_views(model, cache, seq, view_yaws(views), progress=progress, lidar=enc["lidar"],
                             reverse_offset_m=reverse_offset_m, only=only)  # keyframes are LiDAR
+    revisits, heading = drive_truth(seq, frames)
+    return LoopDrive(seq, frames, enc[mode], key_desc, revisits, heading)
+
+
+def drive_truth(seq, frames: np.ndarray) -> tuple[dict, np.ndarray]:
+    """What the ground truth says of a drive's ``frames``: its revisit queries (frame -> heading
+    class) and every frame's heading (degrees, indexed by frame)."""
+    from ..geometry.poses import headings_deg
+    from .protocols import heading_classes
+
+    frames = np.asarray(frames)
     heading = np.zeros(len(seq.poses))
     heading[frames] = headings_deg(seq.poses[frames])
     proto = revisit_queries(seq.xy[frames], seq.times[frames])
     cls = heading_classes(seq.xy[frames], heading[frames], proto)
-    revisits = {int(frames[q]): str(c) for q, c in zip(proto.queries, cls)}
-    return LoopDrive(seq, frames, enc[mode], key_desc, revisits, heading)
+    return {int(frames[q]): str(c) for q, c in zip(proto.queries, cls)}, heading
+
+
+def loop_radius_config(cfg: LoopConfig, T_cam_lidar: np.ndarray) -> LoopConfig:
+    """``cfg`` with the loop radius measured between camera centres, as the ground truth (unless set)."""
+    if cfg.distance_point == (0.0, 0.0, 0.0):
+        return dataclasses.replace(cfg, distance_point=tuple(float(v) for v in np.linalg.inv(T_cam_lidar)[:3, 3]))
+    return cfg
 
 
 LOOP_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 41), 3)

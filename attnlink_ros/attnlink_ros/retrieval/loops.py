@@ -187,20 +187,64 @@ def _yaw(deg: float) -> np.ndarray:
     return T
 
 
-def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = LoopConfig(), yaw_deg: float = 0.0,
+class Prepared:
+    """A scan preprocessed for :func:`verify` at both of its resolutions (coarse: 2x the voxel,
+    fine: the voxel): small_gicp clouds with per-point covariances and their KD-trees. Built once
+    per scan and reused for every candidate it is registered with (the query) or against (a
+    keyframe, :class:`PreparedCache`): the same numbers as preparing it each time."""
+
+    __slots__ = ("n", "coarse", "coarse_tree", "fine", "fine_tree")
+
+    def __init__(self, points: np.ndarray, voxel: float) -> None:
+        import small_gicp
+
+        p = np.asarray(points, np.float64)[:, :3]
+        self.n = len(p)
+        self.coarse, self.coarse_tree = small_gicp.preprocess_points(p, downsampling_resolution=2 * voxel)
+        self.fine, self.fine_tree = small_gicp.preprocess_points(p, downsampling_resolution=voxel)
+
+
+class PreparedCache:
+    """The last ``size`` keyframes' :class:`Prepared` targets (revisits query the same few keyframes
+    over consecutive frames; an LRU bounds the memory on long drives)."""
+
+    def __init__(self, size: int = 32) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self._d: "OrderedDict[int, Prepared]" = OrderedDict()
+
+    def get(self, key: int, points: np.ndarray, voxel: float):
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        out = self._d[key] = prepare(points, voxel)
+        if len(self._d) > self.size:
+            self._d.popitem(last=False)
+        return out
+
+
+def prepare(points: np.ndarray, voxel: float):
+    """``points`` :class:`Prepared` for :func:`verify`, or as they are when too few to register."""
+    return Prepared(points, voxel) if len(points) >= 50 else points
+
+
+def verify(query_scan, place_scan, cfg: LoopConfig = LoopConfig(), yaw_deg: float = 0.0,
            offset=None, start: np.ndarray | None = None) -> Verification:
     """GICP of the live scan (source) onto the place's scan (target), the coarse starts at the
     matched view's pose (``yaw_deg`` plus each of ``cfg.yaw_guesses_deg``, at ``offset`` (x, y)),
-    or at ``start`` alone (4x4, a predicted T_place_query, e.g. from SLAM's own estimate)."""
+    or at ``start`` alone (4x4, a predicted T_place_query, e.g. from SLAM's own estimate).
+    Either scan may come :class:`Prepared` (with ``cfg.voxel_m``)."""
     import small_gicp
 
     fail = Verification(False, np.eye(4), np.full((6, 6), np.nan), 0.0, float("inf"))
-    if len(query_scan) < 50 or len(place_scan) < 50:
+    q = query_scan if isinstance(query_scan, Prepared) else None
+    p = place_scan if isinstance(place_scan, Prepared) else None
+    if (q.n if q is not None else len(query_scan)) < 50 or (p.n if p is not None else len(place_scan)) < 50:
         return fail
-    q = np.asarray(query_scan, np.float64)[:, :3]
-    p = np.asarray(place_scan, np.float64)[:, :3]
-    tgt_c, tree_c = small_gicp.preprocess_points(p, downsampling_resolution=2 * cfg.voxel_m)
-    src_c, _ = small_gicp.preprocess_points(q, downsampling_resolution=2 * cfg.voxel_m)
+    q = q or Prepared(query_scan, cfg.voxel_m)
+    p = p or Prepared(place_scan, cfg.voxel_m)
+    tgt_c, tree_c, src_c = p.coarse, p.coarse_tree, q.coarse
     best = None
     if start is not None:
         starts = [np.asarray(start, np.float64)]
@@ -214,8 +258,7 @@ def verify(query_scan: np.ndarray, place_scan: np.ndarray, cfg: LoopConfig = Loo
         r = small_gicp.align(tgt_c, src_c, tree_c, T0, max_correspondence_distance=5 * cfg.max_correspondence_m, max_iterations=30)
         if best is None or r.num_inliers > best.num_inliers:
             best = r
-    tgt, tree = small_gicp.preprocess_points(p, downsampling_resolution=cfg.voxel_m)
-    src, _ = small_gicp.preprocess_points(q, downsampling_resolution=cfg.voxel_m)
+    tgt, tree, src = p.fine, p.fine_tree, q.fine
     r = small_gicp.align(tgt, src, tree, best.T_target_source, max_correspondence_distance=cfg.max_correspondence_m, max_iterations=30)
     ratio = r.num_inliers / max(1, src.size())
     per = r.error / max(1, r.num_inliers)
@@ -242,7 +285,7 @@ def verify_hits(hits: list[dict], query_points: np.ndarray, scans: "ScanStore", 
     frame in the place scan's LiDAR frame) and ``covariance`` (6x6). Every hit gets a ``verified``
     flag. Returns (hits, registrations run); the given hits are copied, not changed."""
     out = [dict(h, verified=False) for h in hits]
-    qs = downsample(query_points, cfg.voxel_m)
+    qs = prepare(downsample(query_points, cfg.voxel_m), cfg.voxel_m)
     checked = 0
     for r, h in enumerate(out[: cfg.candidates]):
         if h["score"] < cfg.min_score:
@@ -293,6 +336,7 @@ class LoopDetector:
         self.cfg = cfg
         self.map = online_map if online_map is not None else OnlineMap(dim, cfg, views, reverse_offset_m)
         self._streak: list[Loop] = []
+        self._targets = PreparedCache()
 
     def step(self, stamp: float, desc: np.ndarray, scan: np.ndarray | None = None, frame=None, add: bool = True,
              key_desc: np.ndarray | None = None, prior: "LoopPrior | None" = None) -> Loop:
@@ -330,9 +374,9 @@ class LoopDetector:
             self._streak = []
             return loop
         if cfg.verify:
-            qs = downsample(scan, cfg.voxel_m)
+            qs = prepare(downsample(scan, cfg.voxel_m), cfg.voxel_m)
             for i, s, view in cands:
-                v = verify(qs, self.map.scans[i], cfg, self._yaw(view), self._offset(view), None if prior is None else prior.starts[i])
+                v = verify(qs, self._targets.get(i, self.map.scans[i], cfg.voxel_m), cfg, self._yaw(view), self._offset(view), None if prior is None else prior.starts[i])
                 loop.checked.append((i, s, v.ok, v.inlier_ratio))
                 if v.ok:
                     chosen = (i, s, view, v)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..retrieval.loops import Loop, LoopConfig, LoopDetector
+from ..retrieval.loops import Loop, LoopConfig
+from .frontend import FrontSpec
 from .graph import GraphConfig, PoseGraph
 from .odometry import LidarOdometry, OdometryConfig
 
@@ -76,76 +77,134 @@ class _Prior:
         return LoopPrior(dist <= self.radius + self.cfg.drift_share * since, starts)
 
 
-def run_slam(seq, frames: np.ndarray, desc: np.ndarray, key_desc: np.ndarray, loop_cfg: LoopConfig = LoopConfig(),
-             odo_cfg: OdometryConfig = OdometryConfig(), graph_cfg: GraphConfig = GraphConfig(), loops: bool = True,
-             reverse_offset_m: float | None = None, progress: bool = False, front: "SlamRun | None" = None,
-             prior_cfg: PriorConfig = PriorConfig()) -> SlamRun:
-    """One pass over the drive's ``frames``: each scan registered by the odometry, added to the
-    graph, queried against the drive's own keyframes (descriptor ``desc[j]``, keyframe views
-    ``key_desc[j]``); a published loop becomes a factor between the query and the keyframe's scan.
-    ``front``: an earlier run's odometry and loops (the front end does not depend on the graph),
-    replayed into a new graph in the same order."""
+class _KeyClock:
+    """Which scans the loop front end's online map takes as keyframes (its ``due`` rule, the same
+    stamps): the graph side knows them without asking the worker."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval = interval_s
+        self.last: float | None = None
+
+    def tick(self, stamp: float) -> bool:
+        if self.last is None or stamp - self.last >= self.interval - 1e-3:
+            self.last = stamp
+            return True
+        return False
+
+
+LOOP_LAG = 10  # scans between a scan's odometry and the pose graph taking its loop answer (1 s at 10 Hz)
+
+
+def run_slam(seq, frames: np.ndarray, spec: FrontSpec, odo_cfg: OdometryConfig = OdometryConfig(),
+             graph_cfg: GraphConfig = GraphConfig(), loops: bool = True, progress: bool = False, front: "SlamRun | None" = None,
+             prior_cfg: PriorConfig = PriorConfig(), worker: bool = True, lag: int = LOOP_LAG) -> SlamRun:
+    """One pass over the drive's ``frames``: each scan registered by the odometry and added to the
+    graph, then handed to the loop front end (slam/frontend.py: its descriptor, the search over
+    the drive's keyframes, GICP; in a process of its own with ``worker``) with SLAM's current
+    estimate as the prior. The graph takes scan j's answer when the odometry reaches scan j +
+    ``lag`` (waiting for it if the front end is behind): the two sides overlap, and the same drive
+    gives the same loops and trajectory however fast either side runs. ``front``: an earlier run's
+    odometry and loops (the front end does not depend on the graph at a fixed lag), replayed into
+    a new graph in the same order."""
+    from collections import deque
+
     from tqdm import tqdm
 
+    from .frontend import LoopFrontEnd, LoopWorker
+
+    cfg = spec.loop_cfg
     graph = PoseGraph(graph_cfg)
+    fe = None
+    t_start = time.perf_counter()
     if front is None:
         odo = LidarOdometry(odo_cfg)
-        det = LoopDetector(desc.shape[1], loop_cfg, views=key_desc.shape[1], reverse_offset_m=reverse_offset_m)
-        keyframes = det.map.frames
+        if loops:
+            fe = LoopWorker(spec) if worker else LoopFrontEnd(spec, seq.calib)
     else:
-        keyframes = front.keyframes
         cached = dict(front.loops)
-    prior = _Prior(prior_cfg, loop_cfg) if prior_cfg.enabled and front is None else None
+    prior = _Prior(prior_cfg, cfg) if prior_cfg.enabled and loops and front is None else None
+    clock = _KeyClock(cfg.keyframe_interval_s)
+    keyframes: list[int] = []
     node_of: dict[int, int] = {}
     odom, results = [], []
-    secs = {"read": 0.0, "odometry": 0.0, "loops": 0.0, "graph": 0.0}
-    prev = None
-    for j, f in enumerate(tqdm(frames, desc="slam", disable=not progress)):
+    secs = {"read": 0.0, "odometry": 0.0, "graph": 0.0, "wait": 0.0}
+    pending: deque = deque()
+
+    def take(job: int) -> int:
+        """The loop answer to scan ``job`` into the graph; iSAM2 extra iterations it asks for."""
+        f = int(frames[job])
         if front is None:
             t = time.perf_counter()
-            scan = seq.read_scan(int(f))
-            secs["read"] += time.perf_counter() - t
-            t = time.perf_counter()
-            pose = odo.register(scan)
-            secs["odometry"] += time.perf_counter() - t
+            got, loop = fe.result()
+            secs["wait"] += time.perf_counter() - t
+            if got != job:
+                raise RuntimeError(f"loop front end answered scan {got} where scan {job} was due")
         else:
-            pose = front.odometry[j]
-        t = time.perf_counter()
-        node = node_of[int(f)] = graph.add_scan(pose, prev)
-        if prior is not None and prev is not None:
-            prior.moved(np.linalg.inv(prev) @ pose)
-        prev = pose
-        odom.append(pose)
-        secs["graph"] += time.perf_counter() - t
-        extra = 0
-        if loops:
-            t = time.perf_counter()
-            if front is None:
-                estimate = graph.last_estimate
-                n_keys = len(det.map)
-                loop = det.step(float(seq.times[f]), desc[j], scan, frame=int(f), key_desc=key_desc[j],
-                                prior=None if prior is None or not n_keys else prior(node, estimate))
-                if prior is not None and len(det.map) > n_keys:
-                    prior.add_keyframe(node, estimate)
-            else:
-                loop = cached[int(f)]
-            secs["loops"] += time.perf_counter() - t
-            results.append((int(f), loop))
-            if loop.published and loop.T is not None:
-                graph.add_loop(node_of[keyframes[loop.index]], node, loop.T, loop.covariance)
-                extra = 2
+            loop = cached[f]
+        results.append((f, loop))
+        if loop.published and loop.T is not None:
+            graph.add_loop(node_of[keyframes[loop.index]], node_of[f], loop.T, loop.covariance)
+            return 2
+        return 0
+
+    def settle(extra: int) -> None:
         t = time.perf_counter()
         graph.update(extra)
         if extra and prior is not None:
             prior.refresh(graph)
         secs["graph"] += time.perf_counter() - t
+
+    prev = None
+    try:
+        for j, f in enumerate(tqdm(frames, desc="slam", disable=not progress)):
+            scan = None
+            if front is None:
+                t = time.perf_counter()
+                scan = seq.read_scan(int(f))
+                secs["read"] += time.perf_counter() - t
+                t = time.perf_counter()
+                pose = odo.register(scan)
+                secs["odometry"] += time.perf_counter() - t
+            else:
+                pose = front.odometry[j]
+            t = time.perf_counter()
+            node = node_of[int(f)] = graph.add_scan(pose, prev)
+            if prior is not None and prev is not None:
+                prior.moved(np.linalg.inv(prev) @ pose)
+            prev = pose
+            odom.append(pose)
+            extra = 0
+            if loops:
+                stamp = float(seq.times[f])
+                estimate = graph.last_estimate
+                if fe is not None:
+                    fe.submit(j, int(f), stamp, scan if not worker else None,
+                              None if prior is None or not prior.key_nodes else prior(node, estimate))
+                if clock.tick(stamp):
+                    keyframes.append(int(f))
+                    if prior is not None:
+                        prior.add_keyframe(node, estimate)
+                pending.append(j)
+            secs["graph"] += time.perf_counter() - t
+            if len(pending) > lag:
+                extra = take(pending.popleft())
+            settle(extra)
+        while pending:
+            settle(take(pending.popleft()))
+    finally:
+        closed = fe.close() if fe is not None else {"seconds": {}, "keyframes": keyframes}
+    if fe is not None and closed["keyframes"] != keyframes:
+        raise RuntimeError("the loop front end's keyframes disagree with the graph's")
     t = time.perf_counter()
     online = graph.poses()
     final, scale = graph.refine_with_odometry_scale() if graph_cfg.refine_scale and graph.loops else (online, None)
     secs["graph"] += time.perf_counter() - t
     if front is not None:
-        secs.update({k: front.seconds.get(k, 0.0) for k in ("read", "odometry", "loops")})
-    return SlamRun(np.asarray(frames), np.asarray(seq.times)[frames], np.asarray(odom), final, results, list(keyframes),
+        secs = {**front.seconds, "graph": secs["graph"]}
+    else:
+        secs.update({f"loops_{k}" if k == "read" else k: v for k, v in closed["seconds"].items()})
+        secs["total"] = time.perf_counter() - t_start
+    return SlamRun(np.asarray(frames), np.asarray(seq.times)[frames], np.asarray(odom), final, results, keyframes,
                    {k: round(v, 2) for k, v in secs.items()}, online, scale)
 
 
@@ -154,6 +213,8 @@ _LOOP_FLOATS = ("t_query", "t_match", "score", "view_yaw_deg", "inlier_ratio", "
 
 def save_front(run: SlamRun, path: Path) -> Path:
     """The front end of a run (odometry poses, every query's loop, keyframes, timings) as one npz (no pickle)."""
+    import json
+
     lp = [loop for _, loop in run.loops]
     nan44, nan66 = np.full((4, 4), np.nan), np.full((6, 6), np.nan)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,12 +224,14 @@ def save_front(run: SlamRun, path: Path) -> Path:
              checked=np.asarray([len(x.checked) for x in lp], np.int64), reason=np.asarray([x.reason for x in lp], dtype=np.str_),
              T=np.asarray([x.T if x.T is not None else nan44 for x in lp]).reshape(-1, 4, 4),
              cov=np.asarray([x.covariance if x.covariance is not None else nan66 for x in lp]).reshape(-1, 6, 6),
-             seconds=np.asarray([run.seconds.get(k, 0.0) for k in ("read", "odometry", "loops")]),
+             seconds=np.asarray(json.dumps(run.seconds)),
              **{k: np.asarray([getattr(x, k) for x in lp], np.float64) for k in _LOOP_FLOATS})
     return path
 
 
 def load_front(path: Path, seq) -> SlamRun:
+    import json
+
     with np.load(path, allow_pickle=False) as z:
         loops = []
         for i, f in enumerate(z["loop_frames"]):
@@ -180,7 +243,7 @@ def load_front(path: Path, seq) -> SlamRun:
             loops.append((int(f), loop))
         frames = z["frames"]
         return SlamRun(frames, np.asarray(seq.times)[frames], z["odometry"], z["odometry"], loops, [int(k) for k in z["keyframes"]],
-                       dict(zip(("read", "odometry", "loops"), map(float, z["seconds"]))))
+                       json.loads(str(z["seconds"])))
 
 
 def loop_consistency(run: SlamRun, seq) -> dict | None:
@@ -221,42 +284,45 @@ def truth(seq, frames: np.ndarray) -> np.ndarray:
     return np.linalg.inv(seq.poses[frames[0]]) @ seq.poses[frames]
 
 
-def evaluate_slam(model, root, sequence: str = "00", out: str | Path | None = None, cache_dir=None, views: int = 4,
+def evaluate_slam(model_path, root, sequence: str = "00", out: str | Path | None = None, cache_dir=None, views: int = 4,
                   loop_cfg: LoopConfig = LoopConfig(), odo_cfg: OdometryConfig = OdometryConfig(),
                   graph_cfg: GraphConfig = GraphConfig(), reverse_offset_m: float | None = None, progress: bool = False,
-                  peer: bool = True, peer_python: str | None = None, prior_cfg: PriorConfig = PriorConfig()) -> dict:
-    """The whole ``attnlink slam`` job on one sequence; writes trajectories (and a plot) under ``out``."""
-    from ..evaluation.loops import LOOP_THRESHOLDS, prepare_drive, score_loops
-    from .metrics import errors, write_trajectories
-
+                  peer: bool = True, peer_python: str | None = None, prior_cfg: PriorConfig = PriorConfig(),
+                  worker: bool = True, lag: int = LOOP_LAG) -> dict:
+    """The whole ``attnlink slam`` job on one sequence (``model_path`` None: the shipped model);
+    writes trajectories (and a plot) under ``out``. ``cache_dir``: the front end (odometry and
+    every scan's loop answer) is kept there and reused when nothing it depends on changed."""
     import hashlib
     import json
 
-    from ..evaluation.recall import model_key
+    from ..data.kitti import KittiSequence
+    from ..evaluation.loops import LOOP_THRESHOLDS, drive_truth, loop_radius_config, score_loops
+    from ..model.io import load_model
+    from .metrics import errors, write_trajectories
 
-    t0 = time.perf_counter()
-    drive = prepare_drive(model, root, sequence, "lidar", cache_dir, views, reverse_offset_m, progress,
-                          keyframe_interval_s=loop_cfg.keyframe_interval_s)
-    t_desc = time.perf_counter() - t0
-    seq = drive.seq
-    cfg = drive.config(loop_cfg)
+    _, meta = load_model(model_path)  # a missing or corrupt model fails here, before any work
+    seq = KittiSequence(root, sequence)
+    if not seq.has_poses:
+        raise ValueError(f"{seq.dir}: attnlink slam scores against ground-truth poses; {seq.dir.name} has none")
+    frames = np.asarray(seq.available_frames())
+    cfg = loop_radius_config(loop_cfg, seq.calib.T_cam_lidar)
+    spec = FrontSpec(None if model_path is None else str(model_path), str(root), sequence, cfg, views, reverse_offset_m)
     front = None
     if cache_dir is not None:  # the front end (odometry + loops) is reused when nothing it depends on changed
-        key = hashlib.sha1(json.dumps([model_key(model), dataclasses.asdict(cfg), dataclasses.asdict(odo_cfg), views, reverse_offset_m,
-                                       len(drive.frames), dataclasses.asdict(prior_cfg)], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        key = hashlib.sha1(json.dumps([meta["fingerprint"], dataclasses.asdict(cfg), dataclasses.asdict(odo_cfg), views, reverse_offset_m,
+                                       len(frames), dataclasses.asdict(prior_cfg), lag], sort_keys=True, default=str).encode()).hexdigest()[:12]
         front_path = Path(cache_dir) / f"{Path(root).resolve().name}_{sequence}_slam_front_{key}.npz"
         if front_path.is_file():
             try:
                 front = load_front(front_path, seq)
             except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
                 front = None  # a truncated or corrupt cache: computed again (and rewritten)
-            if front is not None and len(front.frames) != len(drive.frames):
+            if front is not None and len(front.frames) != len(frames):
                 front = None
-    run = run_slam(seq, drive.frames, drive.desc, drive.key_desc, cfg, odo_cfg, graph_cfg, reverse_offset_m=reverse_offset_m,
-                   progress=progress, front=front, prior_cfg=prior_cfg)
+    run = run_slam(seq, frames, spec, odo_cfg, graph_cfg, progress=progress, front=front, prior_cfg=prior_cfg, worker=worker, lag=lag)
     if cache_dir is not None and front is None:
         save_front(run, front_path)
-    wall = time.perf_counter() - t0 if front is None else t_desc + sum(run.seconds.values())
+    revisits, heading = drive_truth(seq, run.frames)
     Tr = seq.calib.T_cam_lidar
     gt = truth(seq, run.frames)
     est = {"odometry": to_camera(run.odometry, Tr), "with_loops": to_camera(run.with_loops, Tr)}
@@ -278,16 +344,16 @@ def evaluate_slam(model, root, sequence: str = "00", out: str | Path | None = No
         result["kiss_slam"] = {**result["kiss_slam"], "closures": ks["closures"], "seconds": round(ks["seconds"], 1)} if "poses" in ks else \
             {"skipped": ks["skipped"]}
     result["odometry_scale"] = round(run.odometry_scale, 6) if run.odometry_scale is not None else None
-    sc = score_loops(seq, run.loops, run.keyframes, drive.revisits, LOOP_THRESHOLDS, drive.heading)
+    sc = score_loops(seq, run.loops, run.keyframes, revisits, LOOP_THRESHOLDS, heading)
     result["loops"] = {"published": sc["loops_published"], "precision": round(sc["precision"], 4), "recall": round(sc["recall"], 4),
                        "false_in_graph": len(sc["false_loops"]), "revisit_queries": sc["revisit_queries"],
                        "by_heading": sc["by_heading"], "pose_error_median_m": sc["pose_error_median_m"],
                        "covariance_consistency": loop_consistency(run, seq)}
-    result["seconds"] = {"descriptors": round(t_desc, 1), **run.seconds, "total": round(wall, 1)}
+    result["seconds"] = run.seconds  # main process: read, odometry, graph, wait (for loop answers); loop worker: loops_read, descriptors, loops
     result["front_end_cached"] = front is not None
-    result["scans_per_second"] = round(len(run.frames) / wall, 2)
+    result["scans_per_second"] = round(len(run.frames) / run.seconds["total"], 2) if run.seconds.get("total") else None
     result["config"] = {"loops": dataclasses.asdict(cfg), "odometry": dataclasses.asdict(odo_cfg), "graph": dataclasses.asdict(graph_cfg),
-                        "prior": dataclasses.asdict(prior_cfg), "views": views}
+                        "prior": dataclasses.asdict(prior_cfg), "views": views, "worker": worker, "lag": lag}
     if out:
         out = Path(out)
         name = f"{Path(root).resolve().name}_{sequence}"
