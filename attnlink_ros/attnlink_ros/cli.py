@@ -517,7 +517,7 @@ def cmd_slam(args: argparse.Namespace) -> dict:
                 result[seq] = evaluate_slam(args.model, args.data, seq, out=args.out, cache_dir=Path(args.cache or tmp), views=args.views,
                                             loop_cfg=cfg, reverse_offset_m=args.reverse_offset, progress=not args.quiet,
                                             peer=not args.no_peer, peer_python=args.peer_python, worker=not args.in_process)
-            except (ValueError, FileNotFoundError) as exc:
+            except (ValueError, FileNotFoundError, RuntimeError) as exc:  # RuntimeError: the loop worker failed (it says why)
                 raise AttnLinkError(str(exc)) from None
     print(f"{'sequence':9s} {'system':22s} {'APE RMSE (m)':>12s} {'RPE (%)':>8s}  notes")
     for seq, r in result.items():

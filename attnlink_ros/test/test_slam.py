@@ -275,3 +275,30 @@ def test_keyframe_mask_is_the_online_maps_rule():
     m = OnlineMap(2, LoopConfig(keyframe_interval_s=1.0))
     taken = [m.maybe_add(t, np.ones(2, np.float32), None) for t in stamps]
     assert keyframe_mask(stamps, 1.0).tolist() == taken
+
+
+def test_loop_worker_finds_the_in_process_loops(synth_root):
+    """The loop worker (a process of its own that reads the scans itself) answers exactly as the
+    in-process front end at the same lag: the graph takes each answer at a fixed point of the
+    drive, so the loops and the trajectory do not depend on which side is faster."""
+    from attnlink_ros.evaluation.loops import loop_radius_config
+    from attnlink_ros.slam.frontend import FrontSpec
+    from attnlink_ros.slam.pipeline import run_slam
+
+    seq = KittiSequence(synth_root, "00")
+    frames = np.asarray(seq.available_frames())
+    spec = FrontSpec(None, str(synth_root), "00", loop_radius_config(LoopConfig(exclusion_s=0.5), seq.calib.T_cam_lidar), 4)
+    a = run_slam(seq, frames, spec, worker=True, lag=3)
+    b = run_slam(seq, frames, spec, worker=False, lag=3)
+    key = [(f, lp.published, lp.index, lp.reason) for f, lp in a.loops]
+    assert key == [(f, lp.published, lp.index, lp.reason) for f, lp in b.loops] and [f for f, _ in a.loops] == frames.tolist()
+    assert sum(lp.published for _, lp in a.loops) > 0 and a.keyframes == b.keyframes
+    np.testing.assert_allclose(a.with_loops, b.with_loops, atol=1e-6)
+    assert a.seconds["descriptors"] > 0 and a.seconds["loops"] > 0 and "wait" in a.seconds
+
+
+def test_loop_worker_that_cannot_start_says_why(tmp_path):
+    from attnlink_ros.slam.frontend import FrontSpec, LoopWorker
+
+    with pytest.raises(RuntimeError, match="loop worker did not start.*"):
+        LoopWorker(FrontSpec(None, str(tmp_path / "none"), "00", LoopConfig()))
