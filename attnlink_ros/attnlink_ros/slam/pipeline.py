@@ -103,7 +103,8 @@ def run_slam(seq, frames: np.ndarray, spec: FrontSpec, odo_cfg: OdometryConfig =
     the drive's keyframes, GICP; in a process of its own with ``worker``) with SLAM's current
     estimate as the prior. The graph takes scan j's answer when the odometry reaches scan j +
     ``lag`` (waiting for it if the front end is behind): the two sides overlap, and the same drive
-    gives the same loops and trajectory however fast either side runs. ``front``: an earlier run's
+    gives the same loops and trajectory however fast either side runs (``worker`` spawns a process:
+    a script that calls this needs multiprocessing's ``if __name__ == "__main__":`` guard). ``front``: an earlier run's
     odometry and loops (the front end does not depend on the graph at a fixed lag), replayed into
     a new graph in the same order."""
     from collections import deque
@@ -232,7 +233,8 @@ def save_front(run: SlamRun, path: Path) -> Path:
 def load_front(path: Path, seq) -> SlamRun:
     import json
 
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(path, allow_pickle=False) as npz:
+        z = {k: npz[k] for k in npz.files}  # each npz[k] reads and parses the member again
         loops = []
         for i, f in enumerate(z["loop_frames"]):
             T, cov = z["T"][i], z["cov"][i]
