@@ -200,3 +200,39 @@ def test_anchored_fixes_need_a_recent_verification():
         pl, vw, sc = observe(rng, i, n, p_top=1.0)
         f = tr.update(10.0 + 0.1 * i, pl, vw, sc, verified=none, checked=np.arange(10) < 6)
     assert f.state != "tracking"
+
+
+def test_verified_pose_carried_by_odometry_until_the_vehicle_leaves_the_map():
+    """A verified pose moved by odometry is the fix (its nearest place facing the vehicle's way),
+    exactly where ground-truth odometry puts the vehicle, through frames with no verification;
+    past the mapped street it says "lost" at once; beyond dead_reckoning_m, or without odometry,
+    the belief answers again."""
+    rng = np.random.default_rng(4)
+    xy, heading = street_map()  # x from 0 to 149, then z from 1 to 150 at x = 150
+    n = len(xy)
+    cfg = TrackerConfig(require_anchor=True, dead_reckoning_m=80.0)
+    tr = PlaceTracker(xy, heading, [0.0, 180.0], OBS, cfg)
+    none = np.zeros(10, bool)
+    path = [camera_pose(1.3 * i, 0.4, 0.0) for i in range(60)]  # along the street at 1.3 m a frame (not the place spacing)
+    ver_pose = np.array([path[0][0, 3], path[0][2, 3], math.radians(0.0)])
+    pl, vw, sc = observe(rng, 0, n, p_top=1.0)
+    f = tr.update(0.0, pl, vw, sc, verified=pl == pl[0], checked=np.arange(10) == 0, verified_pose=ver_pose)
+    assert f.published and f.source == "verified" and f.place == 0 and f.xy == pytest.approx([0.0, 0.4])
+    for i in range(1, 60):  # hits all wrong, nothing verified: odometry carries the verified pose
+        pl, vw, sc = observe(rng, None, n, p_top=0.0)
+        f = tr.update(0.1 * i, pl, vw, sc, odom=odometry_delta(path[i - 1], path[i]), verified=none, checked=none)
+        assert f.published and f.source == "odometry", i
+        assert f.xy == pytest.approx([path[i][0, 3], path[i][2, 3]], abs=1e-6)
+        assert f.place == int(np.argmin(np.linalg.norm(xy - f.xy, axis=1)))
+        assert f.covariance_xy[0, 0] == pytest.approx((cfg.dead_reckoning_sigma_m + cfg.dead_reckoning_sigma_per_m * 1.3 * i) ** 2)
+    # a vehicle leaving the map: a street off to the side (the carried pose knows it at once)
+    tr.reset()
+    side = [camera_pose(20.0, 0.0, -90.0)] + [camera_pose(20.0, -0.95 * i, -90.0) for i in range(1, 20)]
+    tr.update(0.0, *observe(rng, 20, n, p_top=1.0), verified=np.arange(10) == 0, checked=np.arange(10) == 0,
+              verified_pose=np.array([20.0, 0.0, math.radians(-90.0)]))
+    states = [tr.update(0.1 * i, *observe(rng, None, n, p_top=0.0), odom=odometry_delta(side[i - 1], side[i]),
+                        verified=none, checked=none).state for i in range(1, 20)]
+    assert states == ["tracking"] * 9 + ["lost"] * 10  # crossing the mapped street: its places within 9 m for 9 frames
+    # without odometry the carried pose is gone: the filter's own belief answers (here: unverified, not published)
+    f = tr.update(3.0, *observe(rng, 40, n, p_top=1.0), verified=none, checked=none)
+    assert f.source == "belief" and tr.carried is None

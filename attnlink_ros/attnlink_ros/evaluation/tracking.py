@@ -41,13 +41,14 @@ def _state_right(d_row, q_h, places, views, map_heading, yaws) -> np.ndarray:
     return ok & (d_row[p] <= SUCCESS_RADIUS) & (dh < 90.0)
 
 
-def run_filter(scores, places, views, stamps, tracker: PlaceTracker, odom=None, verified=None) -> list:
+def run_filter(scores, places, views, stamps, tracker: PlaceTracker, odom=None, verified=None, verified_poses=None) -> list:
     tracker.reset()
     fixes = []
     checked = None if verified is None else checked_mask(verified)
     for i in range(len(stamps)):
         fixes.append(tracker.update(float(stamps[i]), places[i], views[i], scores[i], None if odom is None else odom[i],
-                                    None if verified is None else verified[i], None if checked is None else checked[i]))
+                                    None if verified is None else verified[i], None if checked is None else checked[i],
+                                    None if verified_poses is None else verified_poses[i]))
     return fixes
 
 
@@ -162,10 +163,12 @@ class TrackData:
             self._store(stored)
         # GICP verification of the hits (modes with the LiDAR), as the node runs it against a map
         # built with --scans: the first of the best candidates that registers is verified
-        self.verified = {}
+        self.verified, self.registered = {}, {}
+        self.T_cam_lidar = np.asarray(seq.calib.T_cam_lidar, np.float64)
         if verify:
-            with np.load(stored, allow_pickle=False) as z:
-                self.verified = {m: z[f"{m}_ver"] for m in modes if f"{m}_ver" in z.files}
+            with np.load(stored, allow_pickle=False) as z:  # files of session 8 hold no registrations: verified again
+                self.verified = {m: z[f"{m}_ver"] for m in modes if f"{m}_ver" in z.files and f"{m}_T" in z.files}
+                self.registered = {m: z[f"{m}_T"] for m in self.verified}
             todo = [m for m in modes if m != "image" and m not in self.verified]
             if todo:
                 self._verify(seq, cache, todo, progress)
@@ -174,6 +177,7 @@ class TrackData:
     def _store(self, stored: Path) -> None:
         arrays = {f"{mode}_{c}": a for mode, hv in self.hits.items() for c, a in zip("spv", hv)}
         arrays.update({f"{mode}_ver": a for mode, a in getattr(self, "verified", {}).items()})
+        arrays.update({f"{mode}_T": a for mode, a in getattr(self, "registered", {}).items()})
         tmp = stored.with_name(stored.stem + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(stored)
@@ -191,10 +195,11 @@ class TrackData:
         camera = tuple(float(v) for v in np.linalg.inv(seq.calib.T_cam_lidar)[:3, 3])
         cfg = LoopConfig(min_score=-1.0, candidates=6, voxel_m=0.5, yaw_guesses_deg=RELOCALIZE_YAWS_DEG, distance_point=camera)
         offsets = view_offsets(self.yaws, DEFAULT_REVERSE_OFFSET_M)
-        done: dict = {}  # (query, place, view) -> verified, shared by the modes
+        done: dict = {}  # (query, place, view) -> relative pose (T_place_query, LiDAR frames) or None, shared by the modes
         for mode in modes:
             s, p, v = self.hits[mode]
             ver = np.zeros(p.shape, bool)
+            reg = np.full((len(p), 4, 4), np.nan)
             for i in tqdm(range(len(self.q)), desc=f"verify {mode}", disable=not progress):
                 pts = None
                 for r in range(min(cfg.candidates, p.shape[1])):
@@ -206,17 +211,36 @@ class TrackData:
                         hit = {"index": int(p[i, r]), "score": 1.0, "view_yaw_deg": float(self.yaws[v[i, r]]),
                                "view_offset_m": offsets[v[i, r]]}
                         out, _ = verify_hits([hit], pts, store, cfg)
-                        done[key] = bool(out[0]["verified"])
-                    if done[key]:
+                        done[key] = out[0]["relative_pose"] if out[0]["verified"] else None
+                    if done[key] is not None:
                         ver[i, r] = True
+                        reg[i] = done[key]
                         break  # the node stops at the first verified candidate
             self.verified[mode] = ver
+            self.registered[mode] = reg
 
     def right_states(self, mode: str) -> np.ndarray:
         """(Q, k) bool: the hit is the vehicle's state (place within 10 m, heading within 90 deg)."""
         s, p, v = self.hits[mode]
         return np.stack([_state_right(self.dist[i], self.heading[self.q[i]], p[i], v[i], self.heading[: self.map_end], self.yaws)
                          for i in range(len(self.q))])
+
+    def verified_poses(self, mode: str) -> np.ndarray | None:
+        """(Q, 3) the vehicle's ground-plane pose (x, z, heading rad) at each verified query, from its
+        registration onto the verified place (as the node's ``vehicle_pose``); NaN rows elsewhere."""
+        from ..geometry.poses import ground_xy
+        from ..pipeline import vehicle_pose
+
+        ver, reg = self.verified.get(mode), self.registered.get(mode)
+        if ver is None:
+            return None
+        out = np.full((len(ver), 3), np.nan)
+        places = self.hits[mode][1]
+        for i in np.flatnonzero(ver.any(1)):
+            T = vehicle_pose(self.poses[places[i, ver[i].argmax()]], reg[i], self.T_cam_lidar)
+            out[i, :2] = ground_xy(T[None])[0]
+            out[i, 2] = np.radians(headings_deg(T[None])[0])
+        return out
 
     def fix_right(self, places: np.ndarray) -> np.ndarray:
         """(Q,) bool: the given place (-1: none) lies within 10 m of the query's truth."""
@@ -253,7 +277,7 @@ def evaluate_tracking(data: TrackData, obs: dict[str, ObservationModel], cfg: Tr
         for key, od in (("track", None), ("track_odometry", odom)):
             tracker = PlaceTracker(data.xy[: data.map_end], data.heading[: data.map_end], data.yaws, obs[m], mcfg)
             t0 = time.perf_counter()
-            fixes = run_filter(s, p, v, data.stamps[data.q], tracker, od, ver)
+            fixes = run_filter(s, p, v, data.stamps[data.q], tracker, od, ver, data.verified_poses(m) if ver is not None else None)
             ms = 1e3 * (time.perf_counter() - t0) / max(len(fixes), 1)
             places = np.array([f.place if f.published else -1 for f in fixes])
             best = np.array([f.place for f in fixes])

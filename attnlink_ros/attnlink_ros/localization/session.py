@@ -76,7 +76,11 @@ class MapTracking:
             if self._last_pose is not None:
                 odom = odometry_delta(self._last_pose, pose)
             self._last_pose = np.asarray(pose, np.float64)
-        fix = self.tracker.update(stamp, places, views, scores, odom, verified, np.arange(k) < int(checked))
+        vpose = None  # the verified hit's registration: the vehicle's pose in the map (pipeline.apply_verification)
+        if hits and hits[0].get("verified") and hits[0].get("vehicle_pose") is not None:
+            T = np.asarray(hits[0]["vehicle_pose"], np.float64)[None]
+            vpose = np.array([T[0, 0, 3], T[0, 2, 3], np.radians(headings_deg(T)[0])])
+        fix = self.tracker.update(stamp, places, views, scores, odom, verified, np.arange(k) < int(checked), vpose)
         for h, p in zip(hits[:k], fix.hit_posteriors):
             h["posterior"] = p
         return fix
@@ -85,5 +89,9 @@ class MapTracking:
         """(vehicle pose 4x4, 6x6 covariance) of a fix the filter is confident in, else None."""
         if not fix.published:
             return None
-        T = fix_pose(self.map.table.poses[fix.place], float(self.map.view_yaws[fix.view]), fix.xy)
-        return T, fix_covariance(fix.covariance_xy)
+        T_place = self.map.table.poses[fix.place]
+        if fix.source == "belief":
+            return fix_pose(T_place, float(self.map.view_yaws[fix.view]), fix.xy), fix_covariance(fix.covariance_xy)
+        # a verified pose (this frame's or carried by odometry): its own heading, known to a few degrees
+        yaw = float(headings_deg(np.asarray(T_place)[None])[0]) - fix.heading_deg
+        return fix_pose(T_place, yaw, fix.xy), fix_covariance(fix.covariance_xy, heading_sigma_rad=0.05)

@@ -73,6 +73,13 @@ class TrackerConfig:
     # verification within anchor_s seconds agrees with it (its place within reach of the fix)
     require_anchor: bool = False
     anchor_s: float = 2.0
+    # with odometry: the last GICP-verified pose carried forward by odometry; while it has moved at
+    # most dead_reckoning_m since, it is the fix (its nearest place within on_map_m, at the view
+    # facing its way), or "lost" when no place is that near (the vehicle left the mapped area)
+    dead_reckoning_m: float = 0.0  # 0: off
+    on_map_m: float = 9.0  # the fix's place must lie within this of the carried pose (below the 10 m a right fix allows)
+    dead_reckoning_sigma_m: float = 0.2  # position error of a verified pose (GICP at 0.5 m voxels, the map's own pose)
+    dead_reckoning_sigma_per_m: float = 0.03  # and its growth per metre carried by odometry
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,7 @@ class Fix:
     covariance_xy: np.ndarray | None = None  # (2, 2) m^2
     heading_deg: float = 0.0
     hit_posteriors: list[float] = field(default_factory=list)  # per query hit, the posterior of its state
+    source: str = "belief"  # "belief" (the filter's posterior) | "verified" (this frame's registration) | "odometry" (a verified pose carried forward)
 
     @property
     def published(self) -> bool:
@@ -262,6 +270,7 @@ class PlaceTracker:
         self.floor = 0.5 / self.S  # mass of every state not in idx
         self.last_stamp: float | None = None
         self.anchor: tuple[float, np.ndarray] | None = None  # (stamp, place xy) of the last GICP-verified hit
+        self.carried: np.ndarray | None = None  # (x, z, heading rad, metres carried) the last verified pose, moved by odometry
 
     # -- one frame ------------------------------------------------------------------------------
     def _predict(self, dt: float, odom: np.ndarray | None) -> None:
@@ -315,17 +324,22 @@ class PlaceTracker:
         self.idx = uniq
 
     def update(self, stamp: float, places: np.ndarray, views: np.ndarray, scores: np.ndarray,
-               odom: np.ndarray | None = None, verified: np.ndarray | None = None, checked: np.ndarray | None = None) -> Fix:
+               odom: np.ndarray | None = None, verified: np.ndarray | None = None, checked: np.ndarray | None = None,
+               verified_pose: np.ndarray | None = None) -> Fix:
         """One frame: ``places``, ``views``, ``scores`` (k,) the query's hits best first (place -1
         pads); ``odom`` (forward m, left m, yaw rad) of the vehicle since the previous frame, in its
         own frame, or None; ``verified`` (k,) bool where GICP verified a hit, ``checked`` (k,) bool
-        where it tried (a refused candidate is evidence against its place)."""
+        where it tried (a refused candidate is evidence against its place); ``verified_pose`` (x, z,
+        heading rad): the vehicle's ground-plane pose in the map from the verified hit's registration."""
         c = self.cfg
         late = self.last_stamp is not None and stamp < self.last_stamp  # answered after a newer frame: observed, no motion
         if not late:
             dt = c.max_dt_s if self.last_stamp is None else float(min(stamp - self.last_stamp, c.max_dt_s))
             self.last_stamp = stamp
             self._predict(dt, None if odom is None else np.asarray(odom, np.float64))
+            self._carry(None if odom is None else np.asarray(odom, np.float64))
+        if verified_pose is not None and c.dead_reckoning_m and np.isfinite(verified_pose).all():
+            self.carried = np.array([*np.asarray(verified_pose, np.float64)[:3], 0.0])
         # observation
         valid = np.asarray(places) >= 0
         hp = np.asarray(places)[valid].astype(np.int64)
@@ -365,7 +379,7 @@ class PlaceTracker:
         rest = self.S - len(self.idx)
         self.floor = floor + (dropped - floor * (len(all_idx) - len(keep))) / max(rest, 1) if rest else 0.0
         self.floor = max(self.floor, 0.0)
-        fix = self._fix()
+        fix = self._carried_fix() or self._fix()
         post = dict(zip(self.idx.tolist(), self.w.tolist()))
         fix.hit_posteriors = [float(post.get(int(p) * self.K + int(v), self.floor)) if p >= 0 else 0.0
                               for p, v in zip(places, views)]
@@ -392,6 +406,39 @@ class PlaceTracker:
         order = np.argsort(-ratio, kind="stable")
         states, first = np.unique(states[order], return_index=True)  # the best ratio per state
         return states, ratio[order][first]
+
+    def _carry(self, odom: np.ndarray | None) -> None:
+        """Moves the carried pose by this frame's odometry (forward, left, yaw in the vehicle's
+        frame); without odometry it cannot be carried and is dropped."""
+        if self.carried is None:
+            return
+        if odom is None or not self.cfg.dead_reckoning_m:
+            self.carried = None
+            return
+        x, z, h, m = self.carried
+        fwd, left, dyaw = odom
+        c, s = math.cos(h), math.sin(h)
+        self.carried = np.array([x + fwd * c - left * s, z + fwd * s + left * c, h + dyaw, m + math.hypot(fwd, left)])
+        if self.carried[3] > self.cfg.dead_reckoning_m:
+            self.carried = None
+
+    def _carried_fix(self) -> Fix | None:
+        """The fix of a verified pose (this frame's, or one carried by odometry), else None."""
+        c = self.cfg
+        if self.carried is None or not c.dead_reckoning_m:
+            return None
+        x, z, h, m = self.carried
+        d = np.hypot(self.xy[:, 0] - x, self.xy[:, 1] - z)
+        cos_v = self._cos_sin @ np.array([math.cos(h), math.sin(h)])  # (N, K) the views' heading against the pose's
+        view = cos_v.argmax(1)
+        ok = d <= c.on_map_m  # a place that near is the vehicle's whichever way it faces (a crossing)
+        source = "verified" if m == 0 else "odometry"
+        if not ok.any():
+            return Fix("lost", p_lost=1.0, heading_deg=float(np.degrees(h)), source=source)
+        place = int(np.flatnonzero(ok)[np.argmin(d[ok])])
+        sigma = c.dead_reckoning_sigma_m + c.dead_reckoning_sigma_per_m * m
+        return Fix("tracking", place, int(view[place]), 1.0, 0.0, np.array([x, z]), np.eye(2) * sigma ** 2,
+                   float(np.degrees(h)), source=source)
 
     def _fix(self) -> Fix:
         c = self.cfg

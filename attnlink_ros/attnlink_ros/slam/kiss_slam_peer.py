@@ -7,8 +7,8 @@ has a newer one), so it imports numpy and kiss_slam only, never attnlink_ros.
 
 Writes the LiDAR poses of every scan (in the first scan's frame, after KISS-SLAM's final
 fine-grained optimisation) and the closures it found. The odometry settings match
-``attnlink slam``'s (slam/odometry.py): no deskew (KITTI files carry no point times), 100 m range,
-1 m voxels; everything else is KISS-SLAM's default.
+``attnlink slam``'s (slam/odometry.py, passed by slam/peer.py): no deskew (KITTI files carry no
+point times), 100 m range, 1 m voxels, 5 points a voxel; everything else is KISS-SLAM's default.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--last", type=int, required=True, help="one past the last frame")
     ap.add_argument("--voxel", type=float, default=1.0)
     ap.add_argument("--max-range", type=float, default=100.0)
+    ap.add_argument("--max-points-per-voxel", type=int, default=20, help="KISS-ICP's local map (attnlink slam passes its own)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     _preload_libusb()
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
     cfg.odometry.preprocessing.deskew = False
     cfg.odometry.preprocessing.max_range = a.max_range
     cfg.odometry.mapping.voxel_size = a.voxel
+    cfg.odometry.mapping.max_points_per_voxel = a.max_points_per_voxel
     slam = KissSLAM(cfg)
     t0 = time.perf_counter()
     for i in range(a.first, a.last):

@@ -26,8 +26,12 @@ def peer_python(explicit: str | None = None) -> Path | None:
     return None
 
 
-def run_kiss_slam(seq, frames: np.ndarray, python: str | None = None, timeout_s: float = 3600) -> dict:
-    """{"poses": (N, 4, 4) LiDAR poses, "closures": int, "seconds": float} or {"skipped": reason}."""
+def run_kiss_slam(seq, frames: np.ndarray, python: str | None = None, timeout_s: float = 3600, odometry=None) -> dict:
+    """{"poses": (N, 4, 4) LiDAR poses, "closures": int, "seconds": float} or {"skipped": reason}.
+    ``odometry``: the OdometryConfig whose KISS-ICP settings the peer takes (default: attnlink slam's)."""
+    from .odometry import OdometryConfig
+
+    odo = odometry or OdometryConfig()
     py = peer_python(python)
     if py is None:
         return {"skipped": f"KISS-SLAM's environment not found ({python or 'make kiss-slam builds .venv-kiss'})"}
@@ -37,7 +41,8 @@ def run_kiss_slam(seq, frames: np.ndarray, python: str | None = None, timeout_s:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "peer.npz"
         cmd = [str(py), str(PEER_SCRIPT), "--velodyne", str(seq.dir / "velodyne"), "--first", str(int(frames[0])),
-               "--last", str(int(frames[-1]) + 1), "--out", str(out)]
+               "--last", str(int(frames[-1]) + 1), "--out", str(out), "--voxel", str(odo.voxel_m), "--max-range", str(odo.max_range_m),
+               "--max-points-per-voxel", str(odo.max_points_per_voxel)]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

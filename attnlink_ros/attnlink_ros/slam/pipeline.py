@@ -335,7 +335,7 @@ def evaluate_slam(model_path, root, sequence: str = "00", out: str | Path | None
     if peer:
         from .peer import run_kiss_slam
 
-        ks = run_kiss_slam(seq, run.frames, peer_python)
+        ks = run_kiss_slam(seq, run.frames, peer_python, odometry=odo_cfg)
         if "poses" in ks and len(ks["poses"]) != len(run.frames):
             ks = {"skipped": f"KISS-SLAM returned {len(ks['poses'])} poses for {len(run.frames)} scans"}
         if "poses" in ks:
