@@ -80,6 +80,10 @@ class TrackerConfig:
     on_map_m: float = 9.0  # the fix's place must lie within this of the carried pose (below the 10 m a right fix allows)
     dead_reckoning_sigma_m: float = 0.2  # position error of a verified pose (GICP at 0.5 m voxels, the map's own pose)
     dead_reckoning_sigma_per_m: float = 0.03  # and its growth per metre carried by odometry
+    # without odometry: the verified pose carried at the velocity of the last two verified poses
+    # (at most 1 s apart) for at most this long since the last verification (0: off)
+    constant_velocity_s: float = 0.0
+    constant_velocity_sigma_mps: float = 1.0  # its position error grows by this per second carried
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,9 @@ class PlaceTracker:
         self.last_stamp: float | None = None
         self.anchor: tuple[float, np.ndarray] | None = None  # (stamp, place xy) of the last GICP-verified hit
         self.carried: np.ndarray | None = None  # (x, z, heading rad, metres carried) the last verified pose, moved by odometry
+        self.carried_sigma = 0.0  # its position error beyond the registration's (m)
+        self.last_verified: tuple[float, np.ndarray] | None = None  # (stamp, (x, z, heading rad))
+        self.velocity: np.ndarray | None = None  # (vx, vz, yaw rate) from the last two verified poses
 
     # -- one frame ------------------------------------------------------------------------------
     def _predict(self, dt: float, odom: np.ndarray | None) -> None:
@@ -337,9 +344,9 @@ class PlaceTracker:
             dt = c.max_dt_s if self.last_stamp is None else float(min(stamp - self.last_stamp, c.max_dt_s))
             self.last_stamp = stamp
             self._predict(dt, None if odom is None else np.asarray(odom, np.float64))
-            self._carry(None if odom is None else np.asarray(odom, np.float64))
+            self._carry(None if odom is None else np.asarray(odom, np.float64), dt)
         if verified_pose is not None and c.dead_reckoning_m and np.isfinite(verified_pose).all():
-            self.carried = np.array([*np.asarray(verified_pose, np.float64)[:3], 0.0])
+            self._verified(float(stamp), np.asarray(verified_pose, np.float64)[:3])
         # observation
         valid = np.asarray(places) >= 0
         hp = np.asarray(places)[valid].astype(np.int64)
@@ -407,19 +414,41 @@ class PlaceTracker:
         states, first = np.unique(states[order], return_index=True)  # the best ratio per state
         return states, ratio[order][first]
 
-    def _carry(self, odom: np.ndarray | None) -> None:
+    def _verified(self, stamp: float, pose: np.ndarray) -> None:
+        """A verified pose: carried from here on; with the previous one (at most 1 s older) it gives the velocity."""
+        lv = self.last_verified
+        self.velocity = None
+        if lv is not None and 0.0 < stamp - lv[0] <= 1.0:
+            dt = stamp - lv[0]
+            dh = math.atan2(math.sin(pose[2] - lv[1][2]), math.cos(pose[2] - lv[1][2]))
+            self.velocity = np.array([(pose[0] - lv[1][0]) / dt, (pose[1] - lv[1][1]) / dt, dh / dt])
+        self.last_verified = (stamp, pose.copy())
+        self.carried = np.array([*pose, 0.0])
+        self.carried_sigma = 0.0
+
+    def _carry(self, odom: np.ndarray | None, dt: float) -> None:
         """Moves the carried pose by this frame's odometry (forward, left, yaw in the vehicle's
-        frame); without odometry it cannot be carried and is dropped."""
+        frame); without odometry at the last verified velocity for up to ``constant_velocity_s``,
+        else it is dropped."""
+        c = self.cfg
         if self.carried is None:
             return
-        if odom is None or not self.cfg.dead_reckoning_m:
+        x, z, h, m = self.carried
+        if odom is not None and c.dead_reckoning_m:
+            fwd, left, dyaw = odom
+            co, si = math.cos(h), math.sin(h)
+            step = math.hypot(fwd, left)
+            self.carried = np.array([x + fwd * co - left * si, z + fwd * si + left * co, h + dyaw, m + step])
+            self.carried_sigma += c.dead_reckoning_sigma_per_m * step
+        elif (odom is None and c.constant_velocity_s and self.velocity is not None and self.last_stamp is not None
+              and self.last_stamp - self.last_verified[0] <= c.constant_velocity_s):
+            vx, vz, w = self.velocity
+            self.carried = np.array([x + vx * dt, z + vz * dt, h + w * dt, m + math.hypot(vx, vz) * dt])
+            self.carried_sigma += c.constant_velocity_sigma_mps * dt
+        else:
             self.carried = None
             return
-        x, z, h, m = self.carried
-        fwd, left, dyaw = odom
-        c, s = math.cos(h), math.sin(h)
-        self.carried = np.array([x + fwd * c - left * s, z + fwd * s + left * c, h + dyaw, m + math.hypot(fwd, left)])
-        if self.carried[3] > self.cfg.dead_reckoning_m:
+        if self.carried[3] > c.dead_reckoning_m:
             self.carried = None
 
     def _carried_fix(self) -> Fix | None:
@@ -436,7 +465,7 @@ class PlaceTracker:
         if not ok.any():
             return Fix("lost", p_lost=1.0, heading_deg=float(np.degrees(h)), source=source)
         place = int(np.flatnonzero(ok)[np.argmin(d[ok])])
-        sigma = c.dead_reckoning_sigma_m + c.dead_reckoning_sigma_per_m * m
+        sigma = c.dead_reckoning_sigma_m + self.carried_sigma
         return Fix("tracking", place, int(view[place]), 1.0, 0.0, np.array([x, z]), np.eye(2) * sigma ** 2,
                    float(np.degrees(h)), source=source)
 
