@@ -221,7 +221,7 @@ def test_verified_pose_carried_by_odometry_until_the_vehicle_leaves_the_map():
     for i in range(1, 60):  # hits all wrong, nothing verified: odometry carries the verified pose
         pl, vw, sc = observe(rng, None, n, p_top=0.0)
         f = tr.update(0.1 * i, pl, vw, sc, odom=odometry_delta(path[i - 1], path[i]), verified=none, checked=none)
-        assert f.published and f.source == "odometry", i
+        assert f.published and f.source == "carried", i
         assert f.xy == pytest.approx([path[i][0, 3], path[i][2, 3]], abs=1e-6)
         assert f.place == int(np.argmin(np.linalg.norm(xy - f.xy, axis=1)))
         assert f.covariance_xy[0, 0] == pytest.approx((cfg.dead_reckoning_sigma_m + cfg.dead_reckoning_sigma_per_m * 1.3 * i) ** 2)
@@ -236,3 +236,29 @@ def test_verified_pose_carried_by_odometry_until_the_vehicle_leaves_the_map():
     # without odometry the carried pose is gone: the filter's own belief answers (here: unverified, not published)
     f = tr.update(3.0, *observe(rng, 40, n, p_top=1.0), verified=none, checked=none)
     assert f.source == "belief" and tr.carried is None
+
+
+def test_late_verification_is_carried_up_to_the_newest_frame():
+    """The node's verifier answers a frame after newer ones went by: that frame's fix is its own
+    verified pose, and the pose is carried by the odometry since then (``catch_up``), so the next
+    frame's fix is where the vehicle is now. Without odometry, at the velocity of two verified poses."""
+    rng = np.random.default_rng(5)
+    xy, heading = street_map()
+    n = len(xy)
+    none = np.zeros(10, bool)
+    path = [camera_pose(1.1 * i, 0.3, 0.0) for i in range(30)]
+    truth = lambda i: [path[i][0, 3], path[i][2, 3]]  # noqa: E731
+    vpose = lambda i: np.array([*truth(i), 0.0])  # noqa: E731
+    for odometry in (True, False):
+        tr = PlaceTracker(xy, heading, [0.0, 180.0], OBS, TrackerConfig(require_anchor=True))
+        for i in range(11):
+            od = odometry_delta(path[i - 1], path[i]) if odometry and i else None
+            ver = i in (1, 2) and not odometry  # without odometry: two early verifications give the velocity
+            tr.update(0.1 * i, *observe(rng, None, n, p_top=0.0), odom=od, verified=np.arange(10) == 0 if ver else none,
+                      checked=none, verified_pose=vpose(i) if ver else None)
+        late = tr.update(0.5, *observe(rng, 5, n, p_top=1.0), verified=np.arange(10) == 0, checked=np.arange(10) == 0,
+                         verified_pose=vpose(5), catch_up=odometry_delta(path[5], path[10]) if odometry else None)
+        assert late.published and late.xy == pytest.approx(truth(5), abs=1e-9)
+        f = tr.update(1.1, *observe(rng, None, n, p_top=0.0), odom=odometry_delta(path[10], path[11]) if odometry else None,
+                      verified=none, checked=none)
+        assert f.published and f.source == "carried" and f.xy == pytest.approx(truth(11), abs=1e-6), odometry

@@ -70,17 +70,20 @@ class MapTracking:
         for i, h in enumerate(hits[:k]):
             places[i], views[i], scores[i] = int(h["index"]), int(h.get("view", 0)), float(h["score"])
             verified[i] = bool(h.get("verified"))
-        odom = None
+        odom = catch_up = None
         last = self.tracker.last_stamp
-        if pose is not None and np.isfinite(pose).all() and (last is None or stamp >= last):  # a late answer moves nothing
-            if self._last_pose is not None:
-                odom = odometry_delta(self._last_pose, pose)
-            self._last_pose = np.asarray(pose, np.float64)
+        if pose is not None and np.isfinite(pose).all():
+            if last is None or stamp >= last:
+                if self._last_pose is not None:
+                    odom = odometry_delta(self._last_pose, pose)
+                self._last_pose = np.asarray(pose, np.float64)
+            elif self._last_pose is not None:  # a late answer moves nothing; its verified pose is carried to the last frame
+                catch_up = odometry_delta(np.asarray(pose, np.float64), self._last_pose)
         vpose = None  # the verified hit's registration: the vehicle's pose in the map (pipeline.apply_verification)
         if hits and hits[0].get("verified") and hits[0].get("vehicle_pose") is not None:
             T = np.asarray(hits[0]["vehicle_pose"], np.float64)[None]
             vpose = np.array([T[0, 0, 3], T[0, 2, 3], np.radians(headings_deg(T)[0])])
-        fix = self.tracker.update(stamp, places, views, scores, odom, verified, np.arange(k) < int(checked), vpose)
+        fix = self.tracker.update(stamp, places, views, scores, odom, verified, np.arange(k) < int(checked), vpose, catch_up)
         for h, p in zip(hits[:k], fix.hit_posteriors):
             h["posterior"] = p
         return fix
