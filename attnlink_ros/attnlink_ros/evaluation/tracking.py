@@ -160,7 +160,7 @@ class TrackData:
             for mode in todo:
                 s, p, v = pm.search_views(desc[mode][self.q], k)
                 self.hits[mode] = (s.astype(np.float64), p, v)
-            self._store(stored)
+            self._store(stored, fresh=todo)
         # GICP verification of the hits (modes with the LiDAR), as the node runs it against a map
         # built with --scans: the first of the best candidates that registers is verified
         self.verified, self.registered = {}, {}
@@ -174,10 +174,21 @@ class TrackData:
                 self._verify(seq, cache, todo, progress)
                 self._store(stored)
 
-    def _store(self, stored: Path) -> None:
-        arrays = {f"{mode}_{c}": a for mode, hv in self.hits.items() for c, a in zip("spv", hv)}
+    def _store(self, stored: Path, fresh=()) -> None:
+        """Writes this object's hits and verifications into ``stored``, keeping what the file holds
+        of other modes (a run over fewer modes must not drop them)."""
+        arrays = {}
+        if stored.is_file():
+            try:
+                with np.load(stored, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError):
+                arrays = {}
+        arrays.update({f"{mode}_{c}": a for mode, hv in self.hits.items() for c, a in zip("spv", hv)})
         arrays.update({f"{mode}_ver": a for mode, a in getattr(self, "verified", {}).items()})
         arrays.update({f"{mode}_T": a for mode, a in getattr(self, "registered", {}).items()})
+        for mode in fresh:  # new hits of a mode: its old verifications were of other hits
+            arrays.pop(f"{mode}_ver", None), arrays.pop(f"{mode}_T", None)
         tmp = stored.with_name(stored.stem + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(stored)
