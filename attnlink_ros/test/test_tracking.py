@@ -262,3 +262,43 @@ def test_late_verification_is_carried_up_to_the_newest_frame():
         f = tr.update(1.1, *observe(rng, None, n, p_top=0.0), odom=odometry_delta(path[10], path[11]) if odometry else None,
                       verified=none, checked=none)
         assert f.published and f.source == "carried" and f.xy == pytest.approx(truth(11), abs=1e-6), odometry
+
+
+def test_session_carries_the_verified_vehicle_pose_with_odometry():
+    """MapTracking (what the node runs): a verified hit's ``vehicle_pose`` (camera pose in the
+    map) and the odometry poses become the carried fix; ~/place's pose is where the vehicle is,
+    facing its way, with the carried covariance; a late verified answer is carried up to now."""
+    from attnlink_ros.localization.session import MapTracking
+    from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
+
+    n = 120
+    poses = np.stack([camera_pose(float(i), 0.0, 0.0) for i in range(n)])
+    table = PlaceTable(poses, np.arange(n) * 0.1, np.full(n, "00"), np.arange(n, dtype=np.int64), poses[:, [0, 2], 3])
+    desc = np.random.default_rng(0).normal(size=(n, 2, 8)).astype(np.float32)
+    pm = PlaceMap.build(desc / np.linalg.norm(desc, axis=2, keepdims=True), table, "test", view_yaws_deg=[0.0, 180.0])
+    mt = MapTracking(pm, {"lidar": OBS}, TrackerConfig(require_anchor=True))
+    odo_world = camera_pose(500.0, 300.0, 77.0)  # the odometry's own world frame: only its steps count
+    path = [camera_pose(10.0 + 1.2 * i, 0.5, 3.0 * i / 10) for i in range(40)]  # a gentle left bend
+
+    def hits(i, verified=False):
+        h = [{"index": (10 + i) % n, "view": 0, "score": 0.95, "verified": verified}]
+        if verified:
+            h[0]["vehicle_pose"] = path[i]
+        return h + [{"index": (60 + 7 * j) % n, "view": 1, "score": 0.5, "verified": False} for j in range(9)]
+
+    odom = [odo_world @ p for p in path]  # any fixed frame: the same steps
+    f = mt.step(0.0, hits(0, True), "lidar", odom[0], checked=1)
+    assert f.source == "verified" and f.xy == pytest.approx([path[0][0, 3], path[0][2, 3]])
+    for i in range(1, 12):
+        f = mt.step(0.1 * i, hits(i), "lidar", odom[i], checked=1)
+    T, cov = mt.tracked_pose(f)
+    assert f.source == "carried" and np.allclose(T[[0, 2], 3], path[11][[0, 2], 3], atol=1e-6)
+    assert headings_deg(T[None])[0] == pytest.approx(headings_deg(path[11][None])[0], abs=1e-6)
+    assert cov[0] < 1.0 and cov[14] < 1.0  # metres, not the belief's 3 m sigma
+    # a verification answered late (frame 13 after frame 15): its own pose; then carried to now
+    for i in (12, 14, 15):
+        mt.step(0.1 * i, hits(i), "lidar", odom[i], checked=1)
+    late = mt.step(1.3, hits(13, True), "lidar", odom[13], checked=1)
+    assert late.source == "verified" and late.xy == pytest.approx([path[13][0, 3], path[13][2, 3]])
+    f = mt.step(1.6, hits(16), "lidar", odom[16], checked=1)
+    assert f.source == "carried" and f.xy == pytest.approx([path[16][0, 3], path[16][2, 3]], abs=1e-6)
