@@ -369,7 +369,7 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
     else:
         obs = load_for_model(args.calibration, args.model, meta["fingerprint"])
     for d in data:
-        r = evaluate_tracking(d, obs, cfg, modes)
+        r = evaluate_tracking(d, obs, cfg, modes, verify_every=args.verify_every)
         print_tracking(d.name, r, modes)
         if args.plots:
             r["plots"] = plot_tracking(d, r, modes, Path(args.plots))
@@ -700,6 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold-runs", metavar="PATTERN", help="--real-folds: model path with {fold}, e.g. runs/real-lite0-{fold}/model")
     sp.add_argument("--map-fraction", type=float, default=0.375, help="--track: the map holds this first share of the drive (default 0.375)")
     sp.add_argument("--track-k", type=int, default=10, help="--track: hits per query the filter observes (default 10)")
+    sp.add_argument("--verify-every", type=int, default=1, metavar="N", help="--track --verify: the filter sees verification "
+                    "on every N-th frame only, as a node whose verifier keeps up with 1 frame in N (default 1: every frame)")
     sp.add_argument("--verify", action="store_true", help="--track: GICP-verify the best 6 hits of LiDAR and fused queries against "
                     "the map's scans, as the node does with a map built with --scans (slow: ~1 s a query off the map on 2 cores; "
                     "kept in --cache); published fixes then need a recent verification that agrees")
