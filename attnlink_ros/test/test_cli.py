@@ -203,3 +203,26 @@ def test_a_place_is_found_from_behind(synth_root, tmp_path):
         assert abs(top["frame"] - frame) <= 1 and top["view_yaw_deg"] == 180.0 and top["score"] > 0.95
         assert top["view_offset_m"] == [0.0, 3.5]
         assert rec1.query(f, 3, "lidar").hits[0]["score"] < 0.9
+
+
+def test_eval_track_keys_and_leaving_the_map(synth_root, tmp_path):
+    """`attnlink eval --track --verify` on a straight street mapped over its first 3/8 (the rest
+    drives off the map): the issue's JSON keys per mode beside the single frame's; the filter's
+    published fixes are right, none off the map, "lost" within 2 s of leaving; --verify-every is
+    recorded."""
+    out = tmp_path / "t.json"
+    run("eval", "--track", "--verify", "--verify-every", "2", "--mode", "lidar", "--data", synth_root, "--cache", tmp_path / "c",
+        "--quiet", "--json", out)
+    r = json.loads(out.read_text())
+    (name,) = [k for k in r if not k.startswith("_")]
+    res = r[name]
+    assert res["verify_every"] == 2 and r["_tracker"]["dead_reckoning_m"] > 0
+    keys = {"precision", "recall", "published", "answerable", "off_map", "off_map_published", "first_fix_frames"}
+    for path in ("single_frame", "track", "track_odometry"):
+        assert keys <= set(res[path]["lidar"]), path
+    for path in ("track", "track_odometry"):
+        t = res[path]["lidar"]
+        assert "lost_frames" in t and t["answerable"] > 0 and t["off_map"] > 0
+        assert t["published"] > 0 and t["precision"] == 1.0 and t["off_map_published"] == 0, (path, t)
+        assert t["lost_frames"]["exits"] == 1 and t["lost_frames"]["never"] == 0 and t["lost_frames"]["max"] <= 20, (path, t["lost_frames"])
+    assert res["single_frame"]["lidar"]["off_map_published"] == res["single_frame"]["lidar"]["off_map"]  # every frame answered
