@@ -77,21 +77,6 @@ class _Prior:
         return LoopPrior(dist <= self.radius + self.cfg.drift_share * since, starts)
 
 
-class _KeyClock:
-    """Which scans the loop front end's online map takes as keyframes (its ``due`` rule, the same
-    stamps): the graph side knows them without asking the worker."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval = interval_s
-        self.last: float | None = None
-
-    def tick(self, stamp: float) -> bool:
-        if self.last is None or stamp - self.last >= self.interval - 1e-3:
-            self.last = stamp
-            return True
-        return False
-
-
 LOOP_LAG = 10  # scans between a scan's odometry and the pose graph taking its loop answer (1 s at 10 Hz)
 
 
@@ -111,6 +96,7 @@ def run_slam(seq, frames: np.ndarray, spec: FrontSpec, odo_cfg: OdometryConfig =
 
     from tqdm import tqdm
 
+    from ..evaluation.loops import keyframe_mask
     from .frontend import LoopFrontEnd, LoopWorker
 
     cfg = spec.loop_cfg
@@ -124,7 +110,8 @@ def run_slam(seq, frames: np.ndarray, spec: FrontSpec, odo_cfg: OdometryConfig =
     else:
         cached = dict(front.loops)
     prior = _Prior(prior_cfg, cfg) if prior_cfg.enabled and loops and front is None else None
-    clock = _KeyClock(cfg.keyframe_interval_s)
+    # which scans the worker's online map takes as keyframes: its own due rule over the stamps
+    is_key = keyframe_mask(np.asarray(seq.times)[np.asarray(frames)], cfg.keyframe_interval_s)
     keyframes: list[int] = []
     node_of: dict[int, int] = {}
     odom, results = [], []
@@ -181,7 +168,7 @@ def run_slam(seq, frames: np.ndarray, spec: FrontSpec, odo_cfg: OdometryConfig =
                 if fe is not None:
                     fe.submit(j, int(f), stamp, scan if not worker else None,
                               None if prior is None or not prior.key_nodes else prior(node, estimate))
-                if clock.tick(stamp):
+                if is_key[j]:
                     keyframes.append(int(f))
                     if prior is not None:
                         prior.add_keyframe(node, estimate)
