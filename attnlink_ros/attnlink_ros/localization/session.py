@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import AttnLinkError
-from ..geometry.poses import headings_deg
+from ..geometry.poses import ground_xy, headings_deg
 from .tracker import Fix, ObservationModel, PlaceTracker, TrackerConfig, odometry_delta
 
 
@@ -82,7 +82,7 @@ class MapTracking:
         vpose = None  # the verified hit's registration: the vehicle's pose in the map (pipeline.apply_verification)
         if hits and hits[0].get("verified") and hits[0].get("vehicle_pose") is not None:
             T = np.asarray(hits[0]["vehicle_pose"], np.float64)[None]
-            vpose = np.array([T[0, 0, 3], T[0, 2, 3], np.radians(headings_deg(T)[0])])
+            vpose = np.array([*ground_xy(T)[0], np.radians(headings_deg(T)[0])])
         fix = self.tracker.update(stamp, places, views, scores, odom, verified, np.arange(k) < int(checked), vpose, catch_up)
         for h, p in zip(hits[:k], fix.hit_posteriors):
             h["posterior"] = p
