@@ -278,22 +278,24 @@ def _project_pseudo(args: argparse.Namespace, calib, image) -> dict:
     import numpy as np
 
     from .evaluation.depth import predict_depth
-    from .geometry.projection import network_grid
+    from .geometry.projection import model_grid
     from .model.io import load_model
     from .pipeline import Frame, network_inputs
 
     model, meta = load_model(args.model)
     h, w = image.shape[:2]
-    grid = network_grid(calib, w, h, model.cfg.input_height, model.cfg.input_width)
+    grid = model_grid(calib, w, h, model.cfg.input_height, model.cfg.input_width, model.cfg.input_fov_deg)
     pred = predict_depth(model, network_inputs(Frame(0.0, calib, image=image), grid, "image")["rgb"])[0, 0]  # (h', w') metres
+    window = cv2.resize(pred, (grid.crop_w, grid.crop_h), interpolation=cv2.INTER_LINEAR)
+    t, l = grid.top, grid.left  # a level grid's window may reach past the image: paste the part inside
     depth = np.zeros((h, w), np.float32)
-    depth[grid.top:grid.top + grid.crop_h, grid.left:grid.left + grid.crop_w] = cv2.resize(
-        pred, (grid.crop_w, grid.crop_h), interpolation=cv2.INTER_LINEAR)
+    depth[max(t, 0):min(t + grid.crop_h, h), max(l, 0):min(l + grid.crop_w, w)] = \
+        window[max(-t, 0):max(-t, 0) + min(t + grid.crop_h, h) - max(t, 0), max(-l, 0):max(-l, 0) + min(l + grid.crop_w, w) - max(l, 0)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, depth)
     filled = depth > 0
-    return {"out": str(out), "shape": [h, w], "rows": [grid.top, grid.top + grid.crop_h], "network_grid": [grid.out_h, grid.out_w],
+    return {"out": str(out), "shape": [h, w], "rows": [max(grid.top, 0), min(grid.top + grid.crop_h, h)], "network_grid": [grid.out_h, grid.out_w],
             "depth_min_m": float(depth[filled].min()), "depth_max_m": float(depth[filled].max()),
             "model_fingerprint": meta["fingerprint"]}
 
@@ -414,7 +416,8 @@ def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
     if not args.data:
         raise AttnLinkError("--depth needs --data ROOT [ROOT ...]")
     seqs = args.sequences  # None: every drive
-    frames = load_real_frames(args.data, model.cfg.input_height, model.cfg.input_width, seqs, progress=not args.quiet)
+    frames = load_real_frames(args.data, model.cfg.input_height, model.cfg.input_width, seqs, progress=not args.quiet,
+                             fov_deg=model.cfg.input_fov_deg)
     table = evaluate_depth(predict_depth(model, frames.rgb), frames)
     print(format_table(table, f"pseudo-depth vs projected LiDAR (grid {model.cfg.input_height}x{model.cfg.input_width}, "
                               f"returns <= 80 m), model {meta['fingerprint'][:12]}"))

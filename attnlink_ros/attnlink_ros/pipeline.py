@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import AttnLinkError
 from .geometry.calibration import Calibration
-from .geometry.projection import GridGeometry, crop_image, network_grid, sparse_depth
+from .geometry.projection import GridGeometry, crop_image, model_grid, sparse_depth
 from .inference.backends import Backend, make_backend
 from .model.io import default_model_path, load_model
 from .retrieval.place_map import PlaceMap
@@ -86,6 +86,9 @@ class PlaceRecognizer:
         del model
         self.backend_kind = backend
         self.backend_options = dict(backend_options or {})  # passed to the backend (e.g. onnxruntime threads=1)
+        if crop_top is not None and self.cfg.input_fov_deg is not None:
+            raise AttnLinkError(f"crop_top {crop_top} does not apply: this model sees a fixed field of view "
+                                f"(input_fov_deg {list(self.cfg.input_fov_deg)}) through any camera")
         self.crop_top = crop_top
         self._backends: dict[str, Backend] = {}
         self._grids: dict[tuple, GridGeometry] = {}
@@ -108,7 +111,8 @@ class PlaceRecognizer:
     def grid(self, calib: Calibration, width: int, height: int) -> GridGeometry:
         key = (calib.lidar_to_image.tobytes(), width, height)
         if key not in self._grids:
-            self._grids[key] = network_grid(calib, width, height, self.cfg.input_height, self.cfg.input_width, top=self.crop_top)
+            self._grids[key] = model_grid(calib, width, height, self.cfg.input_height, self.cfg.input_width,
+                                          self.cfg.input_fov_deg, top=self.crop_top)
         return self._grids[key]
 
     def prepare(self, frame: Frame, mode: str) -> dict[str, np.ndarray]:

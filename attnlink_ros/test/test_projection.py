@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,39 @@ def test_crop_image(kitti_root):
         crop_image(img[:-1], grid)
     with pytest.raises(ValueError, match="outside"):
         network_grid(seq.calib, W, H, top=H)
+
+
+def test_level_grid_sees_the_same_angles_through_any_camera(kitti_root):
+    """The level grid of KITTI's camera is network_grid's crop exactly (so the synthetic towns' and
+    KITTI's inputs do not change), and through KITTI-360's camera (focal 552 px, looking 5 degrees
+    down) a LiDAR-frame direction lands on the same grid row as through KITTI's (network_grid's
+    crop puts the horizon 8 rows lower and 20 degrees off 14-21 columns nearer the centre)."""
+    from attnlink_ros.geometry.projection import KITTI_FOV_DEG, grid_fov_deg, level_grid
+
+    seq = KittiSequence(kitti_root, "00")
+    W, H = seq.image_size
+    assert level_grid(seq.calib, W, H, 64, 256, KITTI_FOV_DEG) == network_grid(seq.calib, W, H, 64, 256)
+    assert np.allclose(grid_fov_deg(seq.calib, network_grid(seq.calib, W, H, 64, 256)), KITTI_FOV_DEG, atol=2e-3)
+    extra = kitti_root.parent / "kitti_extra"
+    if not (extra / "dataset" / "sequences" / "k360").is_dir():
+        pytest.skip("kitti_extra (KITTI-360 calibration) not found beside the KITTI root")
+    k360 = KittiSequence(extra, "k360")
+    Wk, Hk = k360.image_size
+    g0, g1 = level_grid(seq.calib, W, H, 64, 256), level_grid(k360.calib, Wk, Hk, 64, 256)
+    assert g1.top > 100 and g1.left > 200  # the crop moves down and in: KITTI-360's camera looks down, sees wider
+    # far points straight ahead and 20 degrees off, 5 degrees down and level, in the LiDAR frame
+    dirs = [(math.radians(e), math.radians(a)) for e in (-5.0, 0.0) for a in (-20.0, 0.0, 20.0)]
+    pts = np.array([[500 * math.cos(e) * math.cos(a), 500 * math.cos(e) * math.sin(a), 500 * math.sin(e)] for e, a in dirs], np.float32)
+    cells = []
+    for calib, g in ((seq.calib, g0), (k360.calib, g1), (k360.calib, network_grid(k360.calib, Wk, Hk, 64, 256))):
+        flat, _, idx = project_to_grid(pts, g.grid_matrix(calib.lidar_to_image), g.out_h, g.out_w)
+        assert len(idx) == len(pts)
+        cells.append(np.stack([flat // g.out_w, flat % g.out_w], 1))
+    # the same row within one (the elevation: what fixes the ground's depth); columns within 6 of 256,
+    # since a crop cannot undo KITTI-360's camera yaw of about a degree (a rotation, not a shift)
+    assert np.abs(cells[0][:, 0] - cells[1][:, 0]).max() <= 1 and np.abs(cells[0][:, 1] - cells[1][:, 1]).max() <= 6
+    assert np.abs(cells[0][:, 0] - cells[2][:, 0]).max() >= 8 and np.abs(cells[0][:, 1] - cells[2][:, 1]).max() >= 14
+    # a window reaching past the image (KITTI raw's camera is 3 px shorter): black there, no error
+    wide = GridGeometry(H, W, g0.top, -10, g0.crop_h + 20, W + 20, 64, 256)
+    small = crop_image(seq.read_image(0), wide)
+    assert small.shape == (64, 256, 3) and not small[:, 0].any() and small[:, 5].any()

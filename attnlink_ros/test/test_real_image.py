@@ -43,7 +43,10 @@ def test_lite0_imagenet_weights_load_key_by_key(tmp_path):
 def test_mono_lite0_outputs_the_depth_branch_input():
     m = MonoDepthLite0(pretrained=False).eval()
     d, logit = m(torch.rand(1, 3, 64, 256))
-    assert d.shape == logit.shape == (1, 1, 64, 256) and bool((d > 0).all())
+    assert d.shape == logit.shape == (1, 1, 64, 256) and bool((d > 0).all()) and bool((d < 80).all())
+    assert torch.allclose(d, torch.full_like(d, 15.0))  # a fresh head starts at 15 m everywhere
+    assert m.encoder.out_channels == (16, 24, 40, 112)  # cut at stride 16: 0.70 M of Lite0's 2.96 M weights
+    assert sum(p.numel() for p in m.encoder.parameters()) == 700768
 
 
 def test_depth_metrics_against_brute_force():
@@ -120,3 +123,9 @@ def test_real_image_training_holds_a_fold_out_and_resumes(kitti_root, tmp_path):
     assert model.cfg.mono_encoder == "efficientnet_lite0" and meta["real_held_out"] == "b"
     s, t = model.state_dict(), shipped.state_dict()
     assert all(torch.equal(s[k], t[k]) for k in t if not k.startswith("mono."))  # LiDAR and fused untouched
+    imagenet = EfficientNetLite0Features(levels=4)
+    load_imagenet_weights(imagenet)
+    assert all(torch.equal(s[f"mono.encoder.{k}"], v) for k, v in imagenet.state_dict().items())  # the encoder stays ImageNet's
+    from attnlink_ros.geometry.projection import KITTI_FOV_DEG
+
+    assert model.cfg.input_fov_deg == KITTI_FOV_DEG  # the level grid

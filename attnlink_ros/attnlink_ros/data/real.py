@@ -59,13 +59,13 @@ def real_drives(root: str | Path, sequences=None) -> list[str]:
 
 
 def load_real_frames(roots, height: int, width: int, sequences=None, crop_top: int | None = None,
-                     progress: bool = False, views: int = 0, stride: int = 1) -> RealFrames:
+                     progress: bool = False, views: int = 0, stride: int = 1, fov_deg=None) -> RealFrames:
     """Every ``stride``-th frame of the drives of ``roots`` (each filtered by ``sequences`` where
     given) as network input on a ``height x width`` grid (the pipeline's own conversion); ``views``
     > 0: also the scan's heading views as a map holds them (retrieval/views.py). Any KITTI-layout
-    root reads: real drives, synthetic towns."""
+    root reads: real drives, synthetic towns. ``fov_deg``: a model's ``input_fov_deg`` (level grid)."""
     from ..data.kitti import KittiSequence
-    from ..geometry.projection import network_grid
+    from ..geometry.projection import model_grid
     from ..pipeline import Frame, network_inputs, view_depth_grids
     from ..retrieval.views import DEFAULT_REVERSE_OFFSET_M, view_offsets, view_yaws
 
@@ -89,7 +89,7 @@ def load_real_frames(roots, height: int, width: int, sequences=None, crop_top: i
         img = seq.read_image(i)
         key = (seq.dir, img.shape)
         if key not in grids:
-            grids[key] = network_grid(seq.calib, img.shape[1], img.shape[0], height, width, top=crop_top)
+            grids[key] = model_grid(seq.calib, img.shape[1], img.shape[0], height, width, fov_deg, top=crop_top)
         pts = seq.read_scan(i)
         x = network_inputs(Frame(float(seq.times[i]), seq.calib, image=img, points=pts), grids[key], "fused")
         if views:

@@ -48,7 +48,9 @@ class GridGeometry:
     def __post_init__(self) -> None:
         if min(self.image_h, self.image_w, self.crop_h, self.crop_w, self.out_h, self.out_w) <= 0:
             raise ValueError(f"grid sizes must be positive: {self}")
-        if self.top < 0 or self.left < 0 or self.top + self.crop_h > self.image_h or self.left + self.crop_w > self.image_w:
+        # a level grid (:func:`level_grid`) may reach past the image's edges (its cells there are
+        # black); it must still see part of the image
+        if self.top >= self.image_h or self.left >= self.image_w or self.top + self.crop_h <= 0 or self.left + self.crop_w <= 0:
             raise ValueError(f"crop lies outside the {self.image_w}x{self.image_h} image: {self}")
 
     @classmethod
@@ -183,7 +185,13 @@ def crop_image(image: np.ndarray, grid: GridGeometry) -> np.ndarray:
 
     if image.shape[0] != grid.image_h or image.shape[1] != grid.image_w:
         raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, grid expects {grid.image_w}x{grid.image_h}")
-    crop = image[grid.top : grid.top + grid.crop_h, grid.left : grid.left + grid.crop_w]
+    t, l, b, r = grid.top, grid.left, grid.top + grid.crop_h, grid.left + grid.crop_w
+    if t < 0 or l < 0 or b > grid.image_h or r > grid.image_w:  # a level grid past the image's edges: black there
+        crop = np.zeros((grid.crop_h, grid.crop_w) + image.shape[2:], image.dtype)
+        crop[max(-t, 0):grid.crop_h - max(b - grid.image_h, 0), max(-l, 0):grid.crop_w - max(r - grid.image_w, 0)] = \
+            image[max(t, 0):min(b, grid.image_h), max(l, 0):min(r, grid.image_w)]
+    else:
+        crop = image[t:b, l:r]
     if crop.shape[:2] == (grid.out_h, grid.out_w):
         return np.ascontiguousarray(crop)
     return cv2.resize(crop, (grid.out_w, grid.out_h), interpolation=cv2.INTER_AREA)
@@ -218,6 +226,68 @@ def sparse_depth_torch(points, calib: Calibration, grid: GridGeometry):
     buf.scatter_reduce_(0, flat, w[inside], reduce="amin", include_self=True)
     buf[torch.isinf(buf)] = 0.0
     return buf.view(grid.out_h, grid.out_w)
+
+
+# The reference field of view of a level grid: KITTI odometry's left colour camera cropped as
+# :func:`network_grid` crops it (rows from the LiDAR's top beam down, every column), as angles in
+# the LiDAR frame (x forward, y left, z up): elevation of the top and bottom edges, azimuth of the
+# left and right edges, degrees. The synthetic towns use this camera, so their grid is unchanged.
+KITTI_FOV_DEG = (4.771, -15.277, 40.213, -41.376)
+
+
+def _ray_pixel(M: np.ndarray, elevation: float, azimuth: float) -> np.ndarray:
+    """(u, v) of the LiDAR-frame direction (radians) at infinity through ``M`` (lidar_to_image)."""
+    d = np.array([math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation), 0.0])
+    uvw = np.asarray(M, np.float64) @ d
+    if uvw[2] <= MIN_DEPTH:
+        raise ValueError(f"direction (elevation {math.degrees(elevation):.1f}, azimuth {math.degrees(azimuth):.1f} deg) is behind the camera")
+    return uvw[:2] / uvw[2]
+
+
+def level_grid(calib: Calibration, width: int, height: int, out_h: int, out_w: int, fov_deg=KITTI_FOV_DEG) -> GridGeometry:
+    """The network grid that sees the same angles about the vehicle (the LiDAR frame) through any
+    camera: its window's edges are where the LiDAR-frame directions ``fov_deg`` = (top elevation,
+    bottom elevation, left azimuth, right azimuth) project, on the straight-ahead lines. A camera
+    with another focal length, principal point or pitch (KITTI-360's looks 5 degrees down) then
+    gives the network the same rows for the same elevations: a monocular depth network learns the
+    ground's depth per row, so this is what lets it work through a camera it never trained on.
+    The window may reach past the image (those cells are black)."""
+    M = calib.lidar_to_image
+    top, bottom, left, right = (math.radians(float(a)) for a in fov_deg)
+    v0, v1 = _ray_pixel(M, top, 0.0)[1], _ray_pixel(M, bottom, 0.0)[1]
+    u0, u1 = _ray_pixel(M, 0.0, left)[0], _ray_pixel(M, 0.0, right)[0]
+    t, b, l, r = (int(round(x)) for x in (v0, v1, u0, u1))
+    if b <= t or r <= l:
+        raise ValueError(f"fov {fov_deg} gives an empty window ({l}..{r} x {t}..{b}) through this calibration")
+    return GridGeometry(height, width, t, l, b - t, r - l, out_h, out_w)
+
+
+def grid_fov_deg(calib: Calibration, grid: GridGeometry) -> tuple[float, float, float, float]:
+    """The inverse of :func:`level_grid`: the LiDAR-frame angles of ``grid``'s window edges."""
+    M = calib.lidar_to_image
+
+    def solve(f, target):
+        lo, hi = -1.4, 1.4  # radians; the pixel coordinate is monotonic in the angle over a camera's view
+        flo = f(lo) - target
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            fm = f(mid) - target
+            if (fm > 0) == (flo > 0):
+                lo, flo = mid, fm
+            else:
+                hi = mid
+        return math.degrees(0.5 * (lo + hi))
+
+    return (solve(lambda e: _ray_pixel(M, e, 0.0)[1], grid.top), solve(lambda e: _ray_pixel(M, e, 0.0)[1], grid.top + grid.crop_h),
+            solve(lambda a: _ray_pixel(M, 0.0, a)[0], grid.left), solve(lambda a: _ray_pixel(M, 0.0, a)[0], grid.left + grid.crop_w))
+
+
+def model_grid(calib: Calibration, width: int, height: int, out_h: int, out_w: int, fov_deg=None, top: int | None = None) -> GridGeometry:
+    """A model's grid: :func:`level_grid` when the model fixes a field of view (``input_fov_deg``),
+    else :func:`network_grid` (rows from the LiDAR's top beam down, every column)."""
+    if fov_deg is not None:
+        return level_grid(calib, width, height, out_h, out_w, fov_deg)
+    return network_grid(calib, width, height, out_h, out_w, top=top)
 
 
 def network_grid_from_config(calib: Calibration, width: int, height: int, cfg) -> GridGeometry:

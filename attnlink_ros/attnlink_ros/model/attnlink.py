@@ -92,6 +92,10 @@ class AttnLink(nn.Module):
         """Image-only tokens with ``image_depth``: the image's predicted depth-branch input
         (dense depth, LiDAR-return probability) through the depth branch; F_depth and S_depth."""
         dense, logit = self.mono((rgb - self.rgb_mean) / self.rgb_std)
+        return self.pseudo_lidar_tokens(dense, logit)
+
+    def pseudo_lidar_tokens(self, dense: torch.Tensor, logit: torch.Tensor) -> Tokens:
+        """The depth branch's tokens of a pseudo-LiDAR (dense metres, return logit), each (B, 1, H, W)."""
         x = torch.cat([dense / self.cfg.max_depth_m, torch.sigmoid(logit)], 1)
         f = self.trunk.forward_stages(self.trunk.forward_stem(x, depth=True))
         values = {"F_depth": self.heads["F_depth"](f), "S_depth": self.heads["S_depth"](self.semantic(f))}

@@ -38,6 +38,10 @@ class ModelConfig:
     # with image_depth, an image-only descriptor mixes in the RGB tokens' own descriptor:
     # normalize((1 - w) * pseudo-LiDAR + w * RGB); 0 = pseudo-LiDAR alone (no weights of its own)
     image_rgb_weight: float = 0.0
+    # the input grid: None = the image rows the LiDAR covers, every column (network_grid); or
+    # (top elevation, bottom elevation, left azimuth, right azimuth), degrees in the LiDAR frame:
+    # the same angles through any camera (geometry.projection.level_grid)
+    input_fov_deg: tuple[float, float, float, float] | None = None
     # semantic clustering
     nmf_components: int = 16
     nmf_iterations: int = 8
@@ -63,10 +67,15 @@ class ModelConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "adcn_widths", tuple(int(w) for w in self.adcn_widths))
         object.__setattr__(self, "mono_widths", tuple(int(w) for w in self.mono_widths))
+        if self.input_fov_deg is not None:
+            fov = tuple(float(a) for a in self.input_fov_deg)
+            if len(fov) != 4 or not (fov[0] > fov[1] and fov[2] > fov[3]):
+                raise ConfigError(f"input_fov_deg must be (top, bottom, left, right) degrees with top > bottom, left > right, got {self.input_fov_deg}")
+            object.__setattr__(self, "input_fov_deg", fov)
         if self.mono_encoder not in ("unet", "efficientnet_lite0"):
             raise ConfigError(f"mono_encoder must be 'unet' or 'efficientnet_lite0', got {self.mono_encoder!r}")
-        if self.mono_encoder == "efficientnet_lite0" and (self.input_height % 32 or self.input_width % 32):
-            raise ConfigError("mono_encoder efficientnet_lite0 needs input_height and input_width divisible by 32")
+        if self.mono_encoder == "efficientnet_lite0" and (self.input_height % 16 or self.input_width % 16):
+            raise ConfigError("mono_encoder efficientnet_lite0 needs input_height and input_width divisible by 16")
         if len(self.mono_widths) != 4:
             raise ConfigError("mono_widths needs 4 levels")
         if not 0.0 <= self.image_rgb_weight <= 1.0:

@@ -11,6 +11,7 @@ left unused.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import torch
@@ -56,8 +57,12 @@ class EfficientNetLite0Features(nn.Module):
 
     TAPS = (0, 2, 4, 10, 15)  # last block of each resolution
 
-    def __init__(self) -> None:
+    def __init__(self, levels: int = 5) -> None:
+        """``levels`` < 5 builds only the blocks up to that resolution (4: stride 16, 112 channels,
+        0.70 M of the 2.96 M weights: the stride-32 stage holds most of them)."""
         super().__init__()
+        if not 1 <= levels <= 5:
+            raise ValueError(f"levels must be 1..5, got {levels}")
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         blocks, cin = [], 32
@@ -65,15 +70,16 @@ class EfficientNetLite0Features(nn.Module):
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, expand, kernel, stride if r == 0 else 1))
                 cin = cout
-        self._blocks = nn.ModuleList(blocks)
-        self.out_channels = tuple(self._blocks[i]._bn2.num_features for i in self.TAPS)  # (16, 24, 40, 112, 320)
+        self.taps = self.TAPS[:levels]
+        self._blocks = nn.ModuleList(blocks[: self.taps[-1] + 1])
+        self.out_channels = tuple(self._blocks[i]._bn2.num_features for i in self.taps)  # (16, 24, 40, 112, 320)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu6(self._bn0(self._conv_stem(x)))  # (B, 32, H/2, W/2)
         feats = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in self.TAPS:
+            if i in self.taps:
                 feats.append(x)
         return feats
 
@@ -91,7 +97,7 @@ def pretrained_weights_file() -> Path:
 def load_imagenet_weights(features: EfficientNetLite0Features, path: str | Path | None = None) -> dict:
     """Copies the ImageNet weights into ``features`` key by key; every tensor of the module is
     set and every shape must agree. Returns what was used: the file's sha256, the keys loaded,
-    and the file's keys left out (the classifier's head only)."""
+    and the file's keys left out (the classifier's head only, for all five levels).""" 
     path = Path(path) if path is not None else pretrained_weights_file()
     blob = path.read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
@@ -116,25 +122,31 @@ def _block(i: int, o: int) -> nn.Sequential:
 
 class MonoDepthLite0(nn.Module):
     """Image -> pseudo-LiDAR (dense depth in metres, LiDAR-return logit), as ``MonoDepth`` does,
-    on an ImageNet-pretrained EfficientNet-Lite0 encoder. The decoder climbs the five encoder
-    resolutions with skips; pixel-row/column coordinates join at the last two levels (on a level
-    camera the row fixes the ground's depth), and a global-context vector at the bottom."""
+    on an ImageNet-pretrained EfficientNet-Lite0 encoder cut at stride 16 (four levels; frozen in
+    training: 77 real frames cannot retrain it without forgetting ImageNet). The decoder climbs to
+    stride 2 with skips, a global-context vector at the bottom and pixel row/column coordinates at
+    the top (on a level grid the row fixes the ground's depth), and the output is upsampled to
+    the input size. Depth = ``max_depth * sigmoid(x)``, starting near ``init_depth``."""
 
-    def __init__(self, max_depth: float = 80.0, decoder=(96, 64, 48, 32, 24), pretrained: bool = False) -> None:
+    LEVELS = 4
+
+    def __init__(self, max_depth: float = 80.0, decoder=(64, 48, 32, 24), pretrained: bool = False, init_depth: float = 15.0) -> None:
         super().__init__()
         self.max_depth = max_depth
-        self.encoder = EfficientNetLite0Features()
+        self.encoder = EfficientNetLite0Features(levels=self.LEVELS)
         if pretrained:
             self.pretrained = load_imagenet_weights(self.encoder)
-        c1, c2, c3, c4, c5 = self.encoder.out_channels
-        d4, d3, d2, d1, d0 = (int(x) for x in decoder)
-        self.context = nn.Sequential(nn.Linear(c5, c5), nn.ReLU(inplace=True))
-        self.dec4 = _block(2 * c5 + c4, d4)   # stride 16
+        c1, c2, c3, c4 = self.encoder.out_channels
+        d4, d3, d2, d1 = (int(x) for x in decoder)
+        self.context = nn.Sequential(nn.Linear(c4, c4), nn.ReLU(inplace=True))
+        self.dec4 = _block(2 * c4, d4)        # stride 16
         self.dec3 = _block(d4 + c3, d3)       # stride 8
         self.dec2 = _block(d3 + c2, d2)       # stride 4
         self.dec1 = _block(d2 + c1 + 2, d1)   # stride 2 (+ coordinates)
-        self.dec0 = _block(d1 + 2, d0)        # full resolution (+ coordinates)
-        self.head = nn.Conv2d(d0, 2, 3, 1, 1)
+        self.head = nn.Conv2d(d1, 2, 3, 1, 1)
+        nn.init.zeros_(self.head.weight)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.tensor([math.log(init_depth / (max_depth - init_depth)), 0.0]))
 
     @staticmethod
     def _coords(ref: torch.Tensor) -> torch.Tensor:
@@ -143,15 +155,18 @@ class MonoDepthLite0(nn.Module):
         xs = torch.linspace(-1.0, 1.0, W, device=ref.device, dtype=ref.dtype).view(1, 1, 1, W).expand(B, 1, H, W)
         return torch.cat([ys, xs], 1)  # (B, 2, H, W)
 
-    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """rgb (B, 3, H, W) normalised (H, W multiples of 32) -> (depth (B, 1, H, W) metres, logit (B, 1, H, W))."""
-        f1, f2, f3, f4, f5 = self.encoder(rgb)
+    def decode(self, feats) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's four feature maps -> (depth (B, 1, 2h, 2w) metres, logit), h x w = stride 2."""
+        f1, f2, f3, f4 = feats
         up = lambda x, ref: F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
-        g = self.context(f5.mean(dim=(2, 3)))[:, :, None, None].expand_as(f5)
-        d = self.dec4(torch.cat([up(torch.cat([f5, g], 1), f4), f4], 1))
+        g = self.context(f4.mean(dim=(2, 3)))[:, :, None, None].expand_as(f4)
+        d = self.dec4(torch.cat([f4, g], 1))
         d = self.dec3(torch.cat([up(d, f3), f3], 1))
         d = self.dec2(torch.cat([up(d, f2), f2], 1))
         d = self.dec1(torch.cat([up(d, f1), f1, self._coords(f1)], 1))
-        full = F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False)
-        out = self.head(self.dec0(torch.cat([full, self._coords(full)], 1)))
-        return F.softplus(out[:, :1]) * self.max_depth, out[:, 1:]
+        out = F.interpolate(self.head(d), scale_factor=2.0, mode="bilinear", align_corners=False)
+        return torch.sigmoid(out[:, :1]) * self.max_depth, out[:, 1:]
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rgb (B, 3, H, W) normalised (H, W multiples of 16) -> (depth (B, 1, H, W) metres, logit (B, 1, H, W))."""
+        return self.decode(self.encoder(rgb))

@@ -1,18 +1,26 @@
-"""The image side on real pairs (issue 20): a pseudo-LiDAR network on an ImageNet-pretrained
-encoder, taught by real LiDAR, validated on a real fold it never saw.
+"""The image side on real pairs (issue 20): a pseudo-LiDAR network on a frozen ImageNet-pretrained
+encoder, taught by real LiDAR, seen through a level grid, validated on a real fold it never saw.
 
-Everything but the pseudo-LiDAR network (``model.mono``) is the starting model's, frozen: the
-LiDAR and fused descriptors stay bit-identical, and the frozen depth branch is the teacher. Per
-frame (real frames of the training folds, and synthetic town frames beside them):
+Everything but the pseudo-LiDAR network's decoder (``model.mono`` less its encoder) is frozen: the
+EfficientNet-Lite0 encoder keeps its ImageNet weights (77 real frames cannot retrain 0.7 M weights
+without forgetting what makes them transfer; session 8 tried and its held-out depth was worse than a
+constant), and the LiDAR and fused descriptors stay bit-identical, the frozen depth branch being the
+teacher. So the encoder's features are computed once per frame (and its mirror image) and the
+decoder trains on them in seconds a step on two cores. The grid is level (``fov_deg``: the same
+angles about the vehicle through every camera, geometry.projection.level_grid), which is what
+lets the depth transfer to KITTI-360's camera (another focal length, looking 5 degrees down).
 
-- depth: |log d_pred - log d_lidar| on the grid pixels holding a real LiDAR return (<= 80 m);
+Per frame (real frames of the training folds, synthetic town frames beside them):
+
+- depth: |log d_pred - log d_lidar| on the grid pixels holding a LiDAR return (<= 80 m);
 - returns: BCE of the predicted LiDAR-return logit against the scan's returns;
-- teacher: L1 (units of max depth) against the depth branch's own input, the completed scan;
-- descriptor: InfoNCE of the image's descriptor (pseudo-LiDAR through the frozen depth branch)
-  against its own frame's LiDAR descriptor, the batch's other frames as negatives.
+- teacher: |log d_pred - log d_completed| everywhere, against the depth branch's own input (its
+  completion of the scan): the pseudo-LiDAR should look like what the depth branch sees;
+- descriptor (``nce_weight`` > 0): InfoNCE of the image's descriptor (pseudo-LiDAR through the
+  frozen depth branch) against its own frame's LiDAR descriptor, the batch's other frames as negatives.
 
-The run is resumable (``OUT/last.pt``: weights, optimiser, step, RNG) and ends with the held-out
-fold's real depth table and its "which drive" recall (``evaluate_fold``), written to
+The run is resumable (``OUT/last.pt``: decoder weights, optimiser, step, RNG) and ends with the
+held-out fold's real depth table and its "which drive" recall (``evaluate_fold``), written to
 ``OUT/result.json``; the model artifact is ``OUT/model`` (``.json`` + ``.safetensors``).
 """
 
@@ -22,7 +30,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,34 +38,31 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..geometry.projection import KITTI_FOV_DEG
 
 
 @dataclass(frozen=True)
 class RealImageConfig:
     init_from: str = "attnlink_ros/models/attnlink-lite"  # model whose frozen parts are kept
-    mono_encoder: str = "efficientnet_lite0"
-    image_rgb_weight: float = 0.0  # the new model's image-only descriptor: pseudo-LiDAR alone (fixed before training)
     folds: str = "attnlink_ros/config/real_folds.yaml"
     held_out: str = ""  # a fold's name, or "" to train on every real frame (the shipped model)
     synth: tuple = ()  # KITTI-layout roots of synthetic towns (sequence 00), every `synth_stride`-th frame
     synth_stride: int = 2
+    fov_deg: tuple | None = KITTI_FOV_DEG  # the model's input_fov_deg (level grid); None: the starting model's grid
     out: str = "runs/real-image"
-    steps: int = 400
+    steps: int = 600
     batch_real: int = 8
     batch_synth: int = 8
-    lr: float = 5e-4
-    encoder_lr_scale: float = 0.3  # the pretrained encoder learns slower than the fresh decoder
+    lr: float = 1e-3
     weight_decay: float = 1e-4
-    warmup_steps: int = 30
+    warmup_steps: int = 20
     depth_weight: float = 1.0
     return_weight: float = 0.1
-    teacher_weight: float = 0.5
-    nce_weight: float = 0.2
+    teacher_weight: float = 0.2
+    nce_weight: float = 0.0
     temperature: float = 0.07
-    brightness: float = 0.3  # image gain in [1 - b, 1 + b]
-    contrast: float = 0.3
-    flip: bool = True  # mirror image and scan together (the teacher sees the mirrored scan)
-    checkpoint_every: int = 50
+    flip: bool = True  # mirror image and scan together (features of both cached)
+    checkpoint_every: int = 100
     threads: int = 2
     seed: int = 0
 
@@ -77,81 +82,102 @@ class RealImageConfig:
         unknown = set(body) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"{path}: unknown real_image keys {sorted(unknown)}")
-        if "synth" in body:
-            body["synth"] = tuple(body["synth"] or ())
+        for key in ("synth", "fov_deg"):
+            if body.get(key) is not None:
+                body[key] = tuple(body[key])
         return cls(**body)
 
 
-@dataclass
-class _Pool:
-    rgb: torch.Tensor    # (N, 3, h, w) [0, 1]
-    depth: torch.Tensor  # (N, 1, h, w) sparse metres
-    drive: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-def _synth_pool(roots, stride: int, height: int, width: int) -> _Pool | None:
-    """Every ``stride``-th frame of the synthetic towns (sequence 00), as the real ones are read."""
-    from ..data.real import load_real_frames
-
-    if not roots:
-        return None
-    f = load_real_frames(roots, height, width, sequences=["00"], stride=stride)
-    return _Pool(torch.from_numpy(f.rgb), torch.from_numpy(f.depth))
-
-
 def build_model(cfg: RealImageConfig):
-    """The starting model with a fresh pseudo-LiDAR network (ImageNet-pretrained encoder); every
-    other weight copied from ``init_from``."""
+    """The starting model with a fresh pseudo-LiDAR network (ImageNet-pretrained encoder, frozen)
+    and the level grid; every other weight copied from ``init_from``."""
     from ..model import AttnLink
     from ..model.efficientnet import MonoDepthLite0
     from ..model.io import load_model
 
     init, meta = load_model(cfg.init_from)
-    mcfg = dataclasses.replace(init.cfg, image_depth=True, mono_encoder=cfg.mono_encoder, image_rgb_weight=cfg.image_rgb_weight)
+    mcfg = dataclasses.replace(init.cfg, image_depth=True, mono_encoder="efficientnet_lite0", image_rgb_weight=0.0,
+                               input_fov_deg=cfg.fov_deg if cfg.fov_deg is not None else init.cfg.input_fov_deg)
     model = AttnLink(mcfg)
     state = {k: v for k, v in init.state_dict().items() if not k.startswith("mono.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("mono.") for k in missing):
         raise ConfigError(f"init_from {cfg.init_from}: weights do not fit ({unexpected[:3]}, {missing[:3]})")
-    if cfg.mono_encoder == "efficientnet_lite0":
-        model.mono = MonoDepthLite0(mcfg.max_depth_m, pretrained=True)
+    model.mono = MonoDepthLite0(mcfg.max_depth_m, pretrained=True)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("mono."))
+        p.requires_grad_(name.startswith("mono.") and not name.startswith("mono.encoder."))
     return model, meta
 
 
-def _augment(rgb: torch.Tensor, depth: torch.Tensor, cfg: RealImageConfig, g: torch.Generator):
-    B = rgb.shape[0]
-    gain = 1 + cfg.brightness * (2 * torch.rand(B, 1, 1, 1, generator=g) - 1)
-    con = 1 + cfg.contrast * (2 * torch.rand(B, 1, 1, 1, generator=g) - 1)
-    mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
-    rgb = ((rgb - mean) * con + mean) * gain
-    if cfg.flip:
-        f = torch.rand(B, generator=g) < 0.5
-        rgb = torch.where(f[:, None, None, None], rgb.flip(-1), rgb)
-        depth = torch.where(f[:, None, None, None], depth.flip(-1), depth)
-    return rgb.clamp(0, 1), depth
+@dataclass
+class _Pool:
+    """Frames as the decoder trains on them: the frozen encoder's features of the image and of its
+    mirror, the sparse LiDAR depth, the depth branch's completion of it (mirrored too) and, for
+    the descriptor term, the LiDAR descriptors."""
+
+    feats: list      # 4 x (N, 2, C, h, w) float16: [:, 0] the image, [:, 1] its mirror
+    depth: torch.Tensor   # (N, 1, H, W) sparse metres
+    dense: torch.Tensor   # (N, 2, H, W) the completion of the scan and of the mirrored scan
+    desc: torch.Tensor | None  # (N, 2, D) LiDAR descriptors (scan, mirrored scan)
+
+    def __len__(self) -> int:
+        return len(self.depth)
+
+    def batch(self, idx: torch.Tensor, flip: torch.Tensor):
+        f = flip.long()
+        feats = [x[idx, f].float() for x in self.feats]
+        depth = torch.where(flip[:, None, None, None], self.depth[idx].flip(-1), self.depth[idx])
+        dense = self.dense[idx, f][:, None]
+        desc = None if self.desc is None else self.desc[idx, f]
+        return feats, depth, dense, desc
 
 
-def step_loss(model, rgb: torch.Tensor, depth: torch.Tensor, cfg: RealImageConfig) -> tuple[torch.Tensor, dict]:
-    """The loss of one batch: rgb (B, 3, h, w) in [0, 1], depth (B, 1, h, w) sparse metres."""
-    maxd = model.cfg.max_depth_m
-    with torch.no_grad():  # the frozen depth branch on the real scan: the teacher
-        teacher = model.encode(None, depth)
-        lidar_desc = model.fuse(teacher)[0]  # (B, D)
-    tokens = model.encode_pseudo_lidar(rgb)
-    image_desc = model.fuse(tokens)[0]  # (B, D), as an image-only query computes it (image_rgb_weight 0)
-    pred, logit = tokens.dense_depth, tokens.return_logit
+@torch.no_grad()
+def _pool(model, rgb: np.ndarray, depth: np.ndarray, with_desc: bool, chunk: int = 16) -> _Pool:
+    feats, dense, desc = [[] for _ in range(4)], [], []
+    enc = model.mono.encoder.eval()
+    for i in range(0, len(rgb), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(rgb[i:i + chunk]))
+        d = torch.from_numpy(np.ascontiguousarray(depth[i:i + chunk]))
+        per = [enc((im - model.rgb_mean) / model.rgb_std) for im in (x, x.flip(-1))]
+        for k in range(4):
+            feats[k].append(torch.stack([per[0][k], per[1][k]], 1).half())
+        toks = [model.encode(None, dd) for dd in (d, d.flip(-1))]
+        dense.append(torch.cat([t.dense_depth for t in toks], 1))
+        if with_desc:
+            desc.append(torch.stack([model.fuse(t)[0] for t in toks], 1))
+    return _Pool([torch.cat(f) for f in feats], torch.from_numpy(depth), torch.cat(dense), torch.cat(desc) if with_desc else None)
+
+
+def _synth_frames(roots, stride: int, height: int, width: int, fov_deg):
+    """Every ``stride``-th frame of each synthetic town (sequence 00), read as the real ones are."""
+    from ..data.real import load_real_frames
+
+    parts = [load_real_frames([r], height, width, sequences=["00"], stride=stride, fov_deg=fov_deg) for r in roots]
+    return np.concatenate([p.rgb for p in parts]), np.concatenate([p.depth for p in parts])
+
+
+def step_loss(model, feats, depth: torch.Tensor, dense: torch.Tensor, lidar_desc, cfg: RealImageConfig) -> tuple[torch.Tensor, dict]:
+    """The loss of one batch: the frozen encoder's features, sparse LiDAR depth (B, 1, H, W)
+    metres, the depth branch's completion (B, 1, H, W), the LiDAR descriptors (n, D) of the
+    batch's first n frames (the real ones) or None."""
+    pred, logit = model.mono.decode(feats)
     valid = (depth > 0) & (depth <= 80.0)
-    ld = (torch.log(pred.clamp_min(0.1)) - torch.log(depth.clamp_min(0.1))).abs()[valid].mean()
+    logp = torch.log(pred.clamp_min(0.1))
+    ld = (logp - torch.log(depth.clamp_min(0.1))).abs()[valid].mean()
     lr = F.binary_cross_entropy_with_logits(logit, (depth > 0).to(logit.dtype))
-    lt = (pred - teacher.dense_depth).abs().mean() / maxd
-    sim = image_desc @ lidar_desc.T / cfg.temperature  # (B, B)
-    ln = F.cross_entropy(sim, torch.arange(len(sim)))
-    loss = cfg.depth_weight * ld + cfg.return_weight * lr + cfg.teacher_weight * lt + cfg.nce_weight * ln
-    with torch.no_grad():
-        top1 = float((sim.argmax(1) == torch.arange(len(sim))).float().mean())
-    return loss, {"depth_log": float(ld.detach()), "return": float(lr.detach()), "teacher": float(lt.detach()), "nce": float(ln.detach()), "nce_top1": top1}
+    lt = (logp - torch.log(dense.clamp_min(0.1))).abs().mean()
+    loss = cfg.depth_weight * ld + cfg.return_weight * lr + cfg.teacher_weight * lt
+    stats = {"depth_log": float(ld.detach()), "return": float(lr.detach()), "teacher": float(lt.detach())}
+    if lidar_desc is not None and cfg.nce_weight > 0:
+        n = len(lidar_desc)  # the batch's first n frames are the real ones: the term is theirs alone
+        image_desc = model.fuse(model.pseudo_lidar_tokens(pred[:n], logit[:n]))[0]  # as an image-only query computes it
+        sim = image_desc @ lidar_desc.T / cfg.temperature
+        ln = F.cross_entropy(sim, torch.arange(len(sim)))
+        loss = loss + cfg.nce_weight * ln
+        stats["nce"] = float(ln.detach())
+        stats["nce_top1"] = float((sim.argmax(1) == torch.arange(len(sim))).float().mean())
+    return loss, stats
 
 
 def _descriptors(model, rgb=None, depth=None, batch: int = 16) -> np.ndarray:
@@ -211,23 +237,25 @@ def train_real_image(cfg: RealImageConfig, fresh: bool = False, progress: bool =
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     folds = RealFolds.load(cfg.folds)
     model, init_meta = build_model(cfg)
-    H, W = model.cfg.input_height, model.cfg.input_width
-    frames = load_real_frames(folds.roots, H, W, sequences=folds.drives, views=2)
+    model.eval()  # frozen parts (and the encoder's BatchNorm) keep inference behaviour throughout
+    H, W, fov = model.cfg.input_height, model.cfg.input_width, model.cfg.input_fov_deg
+    frames = load_real_frames(folds.roots, H, W, sequences=folds.drives, views=2, fov_deg=fov)
     train_drives = folds.train_drives(cfg.held_out) if cfg.held_out else folds.drives
     tr = frames.of_drives(train_drives)
-    real = _Pool(torch.from_numpy(tr.rgb), torch.from_numpy(tr.depth), tr.drive)
-    synth = _synth_pool(cfg.synth, cfg.synth_stride, H, W) if cfg.batch_synth else None
-    enc = [p for n, p in model.mono.named_parameters() if n.startswith("encoder.")]
-    dec = [p for n, p in model.mono.named_parameters() if not n.startswith("encoder.")]
-    opt = torch.optim.AdamW([{"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale}, {"params": dec, "lr": cfg.lr}],
-                            weight_decay=cfg.weight_decay)
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    t0 = time.perf_counter()
+    with_desc = cfg.nce_weight > 0
+    real = _pool(model, tr.rgb, tr.depth, with_desc)
+    synth = _pool(model, *_synth_frames(cfg.synth, cfg.synth_stride, H, W, fov), with_desc) if cfg.batch_synth and cfg.synth else None
+    cache_s = time.perf_counter() - t0
+    params = [p for p in model.mono.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, log = 0, []
     g = torch.Generator().manual_seed(cfg.seed)
     ckpt = out / "last.pt"
+    decoder_state = lambda: {k: v for k, v in model.mono.state_dict().items() if not k.startswith("encoder.")}  # noqa: E731
     if ckpt.exists() and not fresh:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.mono.load_state_dict(state["mono"])
+        model.mono.load_state_dict(state["decoder"], strict=False)
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
         g.set_state(state["rng"])
@@ -237,20 +265,24 @@ def train_real_image(cfg: RealImageConfig, fresh: bool = False, progress: bool =
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc=f"real image ({cfg.held_out or 'all folds'})", unit="step")
-    model.eval()
-    model.mono.train()  # frozen parts keep inference behaviour (BatchNorm statistics)
+    dec_modules = [m for n, m in model.mono.named_children() if n != "encoder"]
+    for m in dec_modules:
+        m.train()
     t0 = time.perf_counter()
     while step < cfg.steps:
-        i = torch.randint(len(real.rgb), (min(cfg.batch_real, len(real.rgb)),), generator=g)
-        rgb, depth = real.rgb[i], real.depth[i]
+        i = torch.randint(len(real), (min(cfg.batch_real, len(real)),), generator=g)
+        fl = (torch.rand(len(i), generator=g) < 0.5) & cfg.flip
+        feats, depth, dense, desc = real.batch(i, fl)
         if synth is not None:
-            j = torch.randint(len(synth.rgb), (cfg.batch_synth,), generator=g)
-            rgb, depth = torch.cat([rgb, synth.rgb[j]]), torch.cat([depth, synth.depth[j]])
-        rgb, depth = _augment(rgb, depth, cfg, g)
+            j = torch.randint(len(synth), (cfg.batch_synth,), generator=g)
+            sf = (torch.rand(len(j), generator=g) < 0.5) & cfg.flip
+            f2, d2, n2, _ = synth.batch(j, sf)
+            feats = [torch.cat([a, b]) for a, b in zip(feats, f2)]
+            depth, dense = torch.cat([depth, d2]), torch.cat([dense, n2])
         scale = min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        for grp, lr in zip(opt.param_groups, base_lrs):
-            grp["lr"] = lr * scale
-        loss, stats = step_loss(model, rgb, depth, cfg)
+        for grp in opt.param_groups:
+            grp["lr"] = cfg.lr * scale
+        loss, stats = step_loss(model, feats, depth, dense, desc, cfg)  # the descriptor term on the real frames only
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -258,20 +290,21 @@ def train_real_image(cfg: RealImageConfig, fresh: bool = False, progress: bool =
         log.append({"step": step, "loss": round(float(loss.detach()), 5), **{k: round(v, 5) for k, v in stats.items()}})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", depth=f"{stats['depth_log']:.3f}", nce=f"{stats['nce_top1']:.2f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", depth=f"{stats['depth_log']:.3f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             tmp = out / "last.pt.tmp"
-            torch.save({"mono": model.mono.state_dict(), "opt": opt.state_dict(), "step": step, "rng": g.get_state()}, tmp)
+            torch.save({"decoder": decoder_state(), "opt": opt.state_dict(), "step": step, "rng": g.get_state()}, tmp)
             tmp.replace(ckpt)
             (out / "log.json").write_text(json.dumps(log) + "\n")
     if bar is not None:
         bar.close()
     model.eval()
-    provenance = (f"{init_meta['fingerprint'][:12]} with a fresh pseudo-LiDAR network ({cfg.mono_encoder}, ImageNet encoder) "
-                  f"trained {cfg.steps} steps on real folds {train_drives} + synthetic {list(cfg.synth)} (train/real_image.py)")
+    provenance = (f"{init_meta['fingerprint'][:12]} with a pseudo-LiDAR network on a frozen ImageNet EfficientNet-Lite0 "
+                  f"(level grid {list(fov) if fov else None}) whose decoder trained {cfg.steps} steps on real folds {train_drives} "
+                  f"+ synthetic {list(cfg.synth)} (train/real_image.py)")
     save_model(model, out / "model", {"trained_steps": cfg.steps, "provenance": provenance, "real_train_drives": train_drives,
                                       "real_held_out": cfg.held_out})
-    result = {"held_out": cfg.held_out, "train_drives": train_drives, "steps": step,
+    result = {"held_out": cfg.held_out, "train_drives": train_drives, "steps": step, "cache_seconds": round(cache_s, 1),
               "seconds_this_run": round(time.perf_counter() - t0, 1), "last": log[-1] if log else None}
     if cfg.held_out:
         result["held_out_eval"] = evaluate_fold(model, frames, folds.folds[cfg.held_out])
@@ -289,7 +322,7 @@ def evaluate_folds(folds_path: str | Path, run_pattern: str, baseline: str | Pat
 
     folds = RealFolds.load(folds_path)
     base, base_meta = load_model(baseline)
-    frames = None
+    frames = {}  # per grid (a model's input_fov_deg): the baseline may see the frames through another
     out = {"folds": {}, "baseline": base_meta["fingerprint"]}
     pooled = {"model": {"depth": np.zeros(4), "hits": {m: [] for m in ("image", "lidar", "fused")}},
               "baseline": {"depth": np.zeros(4), "hits": {m: [] for m in ("image", "lidar", "fused")}}}
@@ -297,14 +330,15 @@ def evaluate_folds(folds_path: str | Path, run_pattern: str, baseline: str | Pat
         model, meta = load_model(run_pattern.format(fold=name))
         if meta.get("real_held_out") not in (None, name):
             raise ConfigError(f"{run_pattern.format(fold=name)} was trained with fold {meta.get('real_held_out')!r} held out, not {name!r}")
-        if frames is None:
-            frames = load_real_frames(folds.roots, model.cfg.input_height, model.cfg.input_width, sequences=folds.drives, views=2)
         row = {}
-        held = frames.of_drives(drives)
         for key, m in (("model", model), ("baseline", base)):
+            grid = (m.cfg.input_height, m.cfg.input_width, m.cfg.input_fov_deg)
+            if grid not in frames:
+                frames[grid] = load_real_frames(folds.roots, *grid[:2], sequences=folds.drives, views=2, fov_deg=grid[2])
+            held = frames[grid].of_drives(drives)
             pred = predict_depth(m, held.rgb)  # once: the fold's table and the pooled sums
             pooled[key]["depth"] += sum(depth_sums(p, t) for p, t in zip(pred, held.depth))
-            ev = {"drives": list(drives), "depth": evaluate_depth(pred, held), "which_drive": which_drive(m, frames, drives)}
+            ev = {"drives": list(drives), "depth": evaluate_depth(pred, held), "which_drive": which_drive(m, frames[grid], drives)}
             row[key] = ev
             wd = ev["which_drive"]
             for mode in ("image", "lidar", "fused"):
