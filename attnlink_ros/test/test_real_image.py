@@ -129,3 +129,25 @@ def test_real_image_training_holds_a_fold_out_and_resumes(kitti_root, tmp_path):
     from attnlink_ros.geometry.projection import KITTI_FOV_DEG
 
     assert model.cfg.input_fov_deg == KITTI_FOV_DEG  # the level grid
+
+
+def test_real_image_training_with_synthetic_frames_and_descriptor_terms(kitti_root, synth_root, tmp_path):
+    """Real and synthetic frames in one batch, the InfoNCE term on the real ones and the
+    distillation term on the synthetic ones: both logged, and only the decoder moves."""
+    from attnlink_ros.train.real_image import RealImageConfig, build_model, train_real_image
+
+    folds = tmp_path / "folds.yaml"
+    folds.write_text(f"roots: [{kitti_root}]\nfolds:\n  a: ['00', '01']\n  b: ['02', '08']\n")
+    cfg = RealImageConfig(folds=str(folds), held_out="b", out=str(tmp_path / "run"), steps=2, batch_real=3, batch_synth=2,
+                          synth=(str(synth_root),), synth_stride=4, nce_weight=0.2, distill_weight=1.0, checkpoint_every=2)
+    start, _ = build_model(cfg)
+    train_real_image(cfg, progress=False)
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert len(log) == 2 and all({"nce", "distill_cos", "depth_log", "teacher"} <= set(row) for row in log)
+    assert all(-1.0 <= row["distill_cos"] <= 1.0 for row in log)
+    from attnlink_ros.model.io import load_model
+
+    model, _ = load_model(tmp_path / "run" / "model")
+    s, t = model.state_dict(), start.state_dict()
+    moved = {k for k in t if not torch.equal(s[k], t[k])}
+    assert moved and all(k.startswith("mono.") and not k.startswith("mono.encoder.") for k in moved)
