@@ -30,7 +30,7 @@ def time_image_query(model_path: str | None, threads: int, repeats: int) -> dict
         t = time.perf_counter()
         be.encode(rgb=rgb)
         ts.append(1e3 * (time.perf_counter() - t))
-    return {"model": str(model_path or "shipped"), "fingerprint": meta["fingerprint"][:12], "mono_widths": list(cfg.mono_widths),
+    return {"model": str(model_path or "shipped"), "fingerprint": meta["fingerprint"][:12], "mono_widths": list(cfg.mono_widths), "mono": cfg.mono_encoder,
             "image_rgb_weight": cfg.image_rgb_weight, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "ms_median": round(float(np.median(ts)), 2), "ms_p90": round(float(np.percentile(ts, 90)), 2)}
 
@@ -45,9 +45,13 @@ def main() -> None:
     args = ap.parse_args()
     rows = [time_image_query(args.baseline, args.threads, args.repeats), time_image_query(args.model, args.threads, args.repeats)]
     print(f"image-only query, ONNX Runtime CPU, {args.threads} threads, batch 1, median of {args.repeats}")
-    print("| model | U-Net widths | params M | ms median | ms p90 |\n| --- | --- | ---: | ---: | ---: |")
+
+    def net(r):
+        return "U-Net " + "-".join(map(str, r["mono_widths"])) if r["mono"] == "unet" else r["mono"]
+
+    print("| model | pseudo-LiDAR network | params M | ms median | ms p90 |\n| --- | --- | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['model']} ({r['fingerprint']}) | {'-'.join(map(str, r['mono_widths']))} | {r['params_M']} | {r['ms_median']} | {r['ms_p90']} |")
+        print(f"| {r['model']} ({r['fingerprint']}) | {net(r)} | {r['params_M']} | {r['ms_median']} | {r['ms_p90']} |")
     ratio = rows[1]["ms_median"] / rows[0]["ms_median"]
     print(f"model / baseline: {ratio:.2f}x")
     if args.json:
