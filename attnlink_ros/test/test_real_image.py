@@ -151,3 +151,28 @@ def test_real_image_training_with_synthetic_frames_and_descriptor_terms(kitti_ro
     s, t = model.state_dict(), start.state_dict()
     moved = {k for k in t if not torch.equal(s[k], t[k])}
     assert moved and all(k.startswith("mono.") and not k.startswith("mono.encoder.") for k in moved)
+
+
+def test_frame_cache_follows_the_models_level_grid(kitti_root, tmp_path):
+    """Evaluation caches are cut on the model's grid: KITTI's camera keeps the old cache (the level
+    grid is its crop), KITTI-360's gets its own, cut where the level grid says."""
+    import dataclasses
+
+    from attnlink_ros.data.cache import model_cache
+    from attnlink_ros.data.kitti import KittiSequence
+    from attnlink_ros.geometry.projection import KITTI_FOV_DEG, level_grid, network_grid
+    from attnlink_ros.model.config import ModelConfig
+
+    cfg = dataclasses.replace(ModelConfig(), input_height=64, input_width=256, input_fov_deg=KITTI_FOV_DEG)
+    c00 = model_cache(kitti_root, "00", tmp_path, cfg, progress=False)
+    seq = KittiSequence(kitti_root, "00")
+    assert c00.path.name.endswith("_64x256") and c00.grid == network_grid(seq.calib, *seq.image_size, 64, 256)
+    extra = kitti_root.parent / "kitti_extra"
+    if not (extra / "dataset" / "sequences" / "k360").is_dir():
+        pytest.skip("kitti_extra not found beside the KITTI root")
+    k = KittiSequence(extra, "k360")
+    ck = model_cache(extra, "k360", tmp_path, cfg, progress=False)
+    assert ck.path.name.endswith("_level") and ck.grid == level_grid(k.calib, *k.image_size, 64, 256, KITTI_FOV_DEG)
+    assert len(ck) == 17 and ck.images.shape[1:] == (64, 256, 3)
+    crop = model_cache(extra, "k360", tmp_path, dataclasses.replace(cfg, input_fov_deg=None), progress=False)
+    assert not crop.path.name.endswith("_level") and crop.grid.left == 0 and crop.grid != ck.grid

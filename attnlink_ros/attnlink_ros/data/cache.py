@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..geometry.calibration import Calibration
-from ..geometry.projection import GridGeometry, crop_image, network_grid, project_to_grid
+from ..geometry.projection import GridGeometry, crop_image, model_grid, network_grid, project_to_grid
 from .kitti import KittiSequence
 
 CACHE_VERSION = 1
@@ -34,7 +34,7 @@ def _infov(points: np.ndarray, calib: Calibration, grid: GridGeometry, margin: f
 
 
 def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 128, width: int = 512,
-                progress: bool = True, frame_range: tuple[int, int] | None = None, threads: int = 0) -> Path:
+                progress: bool = True, frame_range: tuple[int, int] | None = None, threads: int = 0, fov_deg=None) -> Path:
     """Writes the cache of ``root``'s ``sequence`` into ``out`` (atomically: temp dir + rename),
     optionally of the frames ``frame_range[0] <= i < frame_range[1]`` only. Frames are read and
     projected by ``threads`` threads (0: one per CPU core, at most 8; PNG decoding and numpy
@@ -52,7 +52,7 @@ def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 
     if len(frames) == 0:
         raise DataError(seq.dir, "no frame has both a scan and an image")
     W, H = seq.image_size
-    grid = network_grid(seq.calib, W, H, out_h=height, out_w=width)
+    grid = model_grid(seq.calib, W, H, height, width, fov_deg)  # fov_deg: a model's level grid (input_fov_deg)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -80,6 +80,7 @@ def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 
     manifest = {
         "version": CACHE_VERSION, "source": str(seq.dir), "sequence": seq.name, "frames": int(len(frames)),
         "input": [height, width], "image_size": [W, H], "crop_top": grid.top,
+        "grid": [grid.top, grid.left, grid.crop_h, grid.crop_w],
         "lidar_to_image": seq.calib.lidar_to_image.tolist(), "has_poses": seq.has_poses,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -116,7 +117,8 @@ class FrameCache:
         calib = Calibration(P=M, T_cam_lidar=np.eye(4))
         W, H = man["image_size"]
         h, w = man["input"]
-        grid = GridGeometry(H, W, man["crop_top"], 0, H - man["crop_top"], W, h, w)
+        top, left, ch, cw = man.get("grid") or (man["crop_top"], 0, H - man["crop_top"], W)  # caches before session 11: no "grid"
+        grid = GridGeometry(H, W, top, left, ch, cw, h, w)
         load = lambda n: np.load(path / n, allow_pickle=False)  # noqa: E731
         return cls(path, np.load(path / "images.npy", mmap_mode="r", allow_pickle=False), load("points.npy"), load("offsets.npy"),
                    load("frames.npy"), load("xy.npy"), load("times.npy"), calib, grid, f"{Path(man['source']).parent.parent.parent.name}/{man['sequence']}")
@@ -126,3 +128,20 @@ class FrameCache:
 
     def frame_points(self, k: int) -> np.ndarray:
         return self.points[self.offsets[k] : self.offsets[k + 1]].astype(np.float32)
+
+
+def model_cache(root: str | Path, sequence: str, cache_dir: str | Path, cfg, progress: bool = True) -> FrameCache:
+    """The frame cache of ``root``'s ``sequence`` on the grid of a model (``cfg``: its ModelConfig),
+    built in ``cache_dir`` the first time. A model with a level grid (``input_fov_deg``) that crops
+    this camera otherwise than network_grid gets its own cache (name suffix ``_level``)."""
+    name = f"{Path(root).resolve().name}_{sequence}_{cfg.input_height}x{cfg.input_width}"
+    if cfg.input_fov_deg is not None:
+        seq = KittiSequence(root, sequence)
+        W, H = seq.image_size
+        if model_grid(seq.calib, W, H, cfg.input_height, cfg.input_width, cfg.input_fov_deg) != \
+                network_grid(seq.calib, W, H, cfg.input_height, cfg.input_width):
+            name += "_level"
+    path = Path(cache_dir) / name
+    if not (path / "manifest.json").is_file():
+        build_cache(root, sequence, path, cfg.input_height, cfg.input_width, progress=progress, fov_deg=cfg.input_fov_deg)
+    return FrameCache.open(path)

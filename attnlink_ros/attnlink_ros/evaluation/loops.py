@@ -149,7 +149,7 @@ def prepare_drive(model, root, sequence: str = "00", mode: str = "lidar", cache_
     that interval takes as keyframes (the others' views are never read; zeros)."""
     import tempfile
 
-    from ..data.cache import FrameCache, build_cache
+    from ..data.cache import model_cache
     from ..data.kitti import KittiSequence
     from ..retrieval.views import view_yaws
     from .recall import encode_cache, encode_views
@@ -158,10 +158,7 @@ def prepare_drive(model, root, sequence: str = "00", mode: str = "lidar", cache_
     if not seq.has_poses:
         raise ValueError(f"{seq.dir}: loop-closure evaluation needs ground-truth poses")
     cache_dir = Path(cache_dir or tempfile.mkdtemp())
-    path = cache_dir / f"{Path(root).resolve().name}_{sequence}_{model.cfg.input_height}x{model.cfg.input_width}"
-    if not (path / "manifest.json").is_file():
-        build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
-    cache = FrameCache.open(path)
+    cache = model_cache(root, sequence, cache_dir, model.cfg, progress)
     enc = encode_cache(model, cache, modes=tuple(dict.fromkeys((mode, "lidar"))), progress=progress)
     frames = np.asarray(cache.frames) if hasattr(cache, "frames") else np.arange(len(cache))
     only = None if keyframe_interval_s is None else keyframe_mask(seq.times[frames], keyframe_interval_s)

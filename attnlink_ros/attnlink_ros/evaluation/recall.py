@@ -217,7 +217,7 @@ def evaluate_sequence(model: AttnLink, root, sequence: str, protocols=PROTOCOLS,
     import tempfile
     from pathlib import Path
 
-    from ..data.cache import build_cache
+    from ..data.cache import model_cache
     from ..data.kitti import KittiSequence
     from ..retrieval.views import view_yaws
     from .plots import plot_matches, plot_recall_curves
@@ -225,10 +225,7 @@ def evaluate_sequence(model: AttnLink, root, sequence: str, protocols=PROTOCOLS,
     from .robustness import fusion_analysis, robustness_study
 
     cache_dir = Path(cache_dir or tempfile.mkdtemp())
-    path = cache_dir / f"{Path(root).resolve().name}_{sequence}_{model.cfg.input_height}x{model.cfg.input_width}"
-    if not (path / "manifest.json").is_file():
-        build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
-    cache = FrameCache.open(path)
+    cache = model_cache(root, sequence, cache_dir, model.cfg, progress)
     desc = encode_cache(model, cache, modes=tuple(dict.fromkeys(tuple(modes) + ("lidar", "fused"))), progress=progress)
     seq = KittiSequence(root, sequence)
     heading = headings_deg(seq.poses[cache.frames]) if seq.has_poses else None

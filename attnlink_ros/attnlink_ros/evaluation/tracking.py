@@ -120,19 +120,17 @@ class TrackData:
 
     def __init__(self, model, root, sequence: str, cache_dir, map_fraction: float = 0.375, views: int = 2,
                  modes=("image", "lidar", "fused"), k: int = 10, progress: bool = False, verify: bool = False) -> None:
-        from ..data.cache import FrameCache, build_cache
+        from ..data.cache import model_cache
         from ..data.kitti import KittiSequence
         from ..retrieval.place_map import PlaceMap, PlaceTable
         from ..retrieval.views import view_offsets, view_yaws
         from .recall import encode_cache, encode_views
 
         cache_dir = Path(cache_dir)
-        path = cache_dir / f"{Path(root).resolve().name}_{sequence}_{model.cfg.input_height}x{model.cfg.input_width}"
-        if not (path / "manifest.json").is_file():
-            build_cache(root, sequence, path, model.cfg.input_height, model.cfg.input_width, progress=progress)
         from .recall import model_key
 
-        cache = FrameCache.open(path)
+        cache = model_cache(root, sequence, cache_dir, model.cfg, progress)
+        path = cache.path
         seq = KittiSequence(root, sequence)
         if not seq.has_poses:
             raise ValueError(f"{root} {sequence}: tracking evaluation needs ground-truth poses")
