@@ -26,8 +26,9 @@ def test_real_image_config_builds_its_model(path, monkeypatch):
     cfg = RealImageConfig.load(path)
     assert cfg.steps > 0 and Path(cfg.folds).is_file()
     m, _ = build_model(cfg)
-    assert m.cfg.image_depth and m.cfg.mono_encoder == cfg.mono_encoder
-    assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"mono"}  # only the image side trains
+    assert m.cfg.image_depth and m.cfg.mono_encoder == "efficientnet_lite0" and m.cfg.input_fov_deg == cfg.fov_deg
+    trained = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("mono.") and not n.startswith("mono.encoder.") for n in trained)  # only the decoder trains
     with torch.no_grad():
         assert m.eval()(rgb=torch.rand(1, 3, m.cfg.input_height, m.cfg.input_width)).descriptor.shape == (1, m.cfg.descriptor_dim)
 
