@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -91,28 +90,6 @@ def stop(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _teardown_watchdog(seconds: float, interrupted: bool) -> threading.Timer:
-    """Ends the process if the teardown below has not finished in ``seconds``: every thread's stack
-    goes to a file (for the next person to read), one line to stderr, exit 130 if interrupted.
-    Session 11 saw an interrupted run's teardown (children stopped, then the ROS executor, node and
-    context) outlive the test's 60 s once in a full `make test`, not in six runs alone; where it
-    hung was not recorded then, and is now."""
-    import faulthandler
-
-    def fire() -> None:
-        path = Path(tempfile.gettempdir()) / f"bench_ros_e2e_teardown_{os.getpid()}.txt"
-        with open(path, "w") as f:
-            faulthandler.dump_traceback(file=f, all_threads=True)
-        print(f"{'interrupted: ' if interrupted else ''}teardown did not end in {seconds:.0f} s (stacks in {path}); exiting",
-              file=sys.stderr, flush=True)
-        os._exit(130 if interrupted else 1)
-
-    t = threading.Timer(seconds, fire)
-    t.daemon = True
-    t.start()
-    return t
 
 
 def measure(pubs, answers: dict, frames: list, topic_ready, n: int, timeout: float = 5.0) -> np.ndarray:
@@ -218,7 +195,6 @@ def main() -> None:
         e2e = measure(pubs, place, frames, None, args.frames)
         time.sleep(1.5)
     finally:
-        watchdog = _teardown_watchdog(30.0, interrupted=sys.exc_info()[0] is KeyboardInterrupt)
         stop(rel)
         stop(node)
         if ex is not None:
@@ -228,7 +204,6 @@ def main() -> None:
             io.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-        watchdog.cancel()
     if not len(floor) or not len(e2e):
         raise SystemExit(f"no answers: transport floor {len(floor)}, node {len(e2e)} of {args.frames} frames")
     values = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
