@@ -344,8 +344,13 @@ def _bench_e2e(kitti_root, *extra):
 
     from .conftest import PKG
 
+    import signal
+
+    # SIGINT back to its default in the child: a test run launched from a background shell inherits
+    # SIGINT ignored (session 11 lost two `make test` runs to that: the Ctrl-C below never arrived)
     return subprocess.Popen([sys.executable, str(PKG / "bench" / "bench_ros_e2e.py"), "--data", str(kitti_root), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_end_to_end_benchmark_exits_cleanly(kitti_root, tmp_path):
