@@ -97,7 +97,7 @@ def pretrained_weights_file() -> Path:
 def load_imagenet_weights(features: EfficientNetLite0Features, path: str | Path | None = None) -> dict:
     """Copies the ImageNet weights into ``features`` key by key; every tensor of the module is
     set and every shape must agree. Returns what was used: the file's sha256, the keys loaded,
-    and the file's keys left out (the classifier's head only, for all five levels).""" 
+    and the file's keys left out (the classifier's head; with fewer levels, the blocks past them too)."""
     path = Path(path) if path is not None else pretrained_weights_file()
     blob = path.read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
