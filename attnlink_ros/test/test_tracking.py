@@ -101,6 +101,80 @@ def observe(rng, true_place: int | None, n: int, k: int = 10, p_top: float = 0.6
 OBS = ObservationModel(weights=(-40.0, 40.0, 30.0, -0.3), prior=0.05, hit_rate=0.6, k=10)
 
 
+def _predict_by_hand(tr: PlaceTracker, dt: float, odom) -> dict:
+    """The motion step written state by state, as its docstring says (the reference of the
+    vectorised one): each state's mass spreads over the places within reach, at the view facing
+    its (turned) heading, by the along / lateral / heading kernel; returns {state: mass} before
+    the floor is added."""
+    c = tr.cfg
+    out: dict = {}
+    for s, w in zip(tr.idx, tr.w):
+        p, h0 = s // tr.K, tr.state_heading[s]
+        step = 0.0 if odom is None else math.hypot(odom[0], odom[1])
+        need = c.max_speed_mps * dt + 3 * max(c.along_sigma_m, c.lateral_sigma_m) if odom is None else \
+            step + 3 * (c.along_sigma_m + c.odom_sigma_fraction * step)
+        h_new = h0 + (0.0 if odom is None else odom[2])
+        targets, logs = [], []
+        for j in range(tr.N):
+            dx, dy = tr.xy[j] - tr.xy[p]
+            if math.hypot(dx, dy) > need:
+                continue
+            cosines = [math.cos(math.radians(heading_j) - math.radians(yaw) - h_new)
+                       for heading_j, yaw in ((HEADING_DEG[j], y) for y in tr.yaws)]
+            v = int(np.argmax(cosines))
+            along = dx * math.cos(h0) + dy * math.sin(h0)
+            lateral = dy * math.cos(h0) - dx * math.sin(h0)
+            if odom is None:
+                reach = c.max_speed_mps * dt
+                la = -0.5 * (min(along, 0) ** 2 + max(along - reach, 0) ** 2) / c.along_sigma_m ** 2 - 0.5 * lateral ** 2 / c.lateral_sigma_m ** 2
+            else:
+                sig = c.along_sigma_m + c.odom_sigma_fraction * step
+                la = -0.5 * ((along - odom[0]) ** 2 + (lateral - odom[1]) ** 2) / sig ** 2
+            targets.append(j * tr.K + v)
+            logs.append(la + (cosines[v] - 1.0) / math.radians(c.heading_sigma_deg) ** 2)
+        k = np.exp(np.asarray(logs) - max(logs))
+        for t, m in zip(targets, w * (1 - c.p_leave) * k / k.sum()):
+            out[t] = out.get(t, 0.0) + m
+    return out
+
+
+HEADING_DEG = street_map()[1]
+
+
+@pytest.mark.parametrize("states", [3, 200])  # few states: the sparse sum (sort); many: the dense one
+@pytest.mark.parametrize("odom", [None, (1.2, 0.3, 0.05)])
+def test_motion_step_equals_the_per_state_loop(states, odom):
+    xy, heading = street_map()
+    tr = PlaceTracker(xy, heading, [0.0, 180.0], OBS, TrackerConfig())
+    rng = np.random.default_rng(states)
+    tr.idx = np.sort(rng.choice(tr.S, states, replace=False))
+    tr.w = rng.uniform(0.1, 1.0, states) / states
+    tr.floor, tr.lost = 1e-5, 0.2
+    want = _predict_by_hand(tr, 0.1, odom)
+    floor = tr.floor * (1 - tr.cfg.p_leave) + tr.cfg.p_enter * tr.lost / tr.S
+    tr._predict(0.1, None if odom is None else np.asarray(odom))
+    assert sorted(tr.idx.tolist()) == sorted(want)
+    got = dict(zip(tr.idx.tolist(), tr.w - floor))
+    np.testing.assert_allclose([got[s] for s in sorted(want)], [want[s] for s in sorted(want)], rtol=1e-9, atol=1e-15)
+
+
+def test_support_speaks_for_the_states_near_a_hit_facing_its_way():
+    xy, heading = street_map()
+    tr = PlaceTracker(xy, heading, [0.0, 180.0], OBS, TrackerConfig())
+    hits = np.array([40 * 2 + 0, 200 * 2 + 1, 41 * 2 + 0])  # place 40 view 0, place 200 view 1, place 41 view 0
+    states, ratio = tr._support(hits, np.array([5.0, 2.0, 3.0]))
+    want: dict = {}
+    for s, r in zip(hits, (5.0, 2.0, 3.0)):
+        h = tr.state_heading[s]
+        for j in range(tr.N):
+            if np.linalg.norm(xy[j] - xy[s // 2]) <= tr.cfg.support_radius_m:
+                cos = [math.cos(math.radians(heading[j] - y) - h) for y in (0.0, 180.0)]
+                if max(cos) > 0:
+                    t = j * 2 + int(np.argmax(cos))
+                    want[t] = max(want.get(t, 0.0), r)
+    assert dict(zip(states.tolist(), ratio.tolist())) == want
+
+
 def test_filter_tracks_goes_lost_off_the_map_and_comes_back():
     """A drive along the map at 1 m a frame (10 Hz), then 100 frames off the map, then back in
     the other direction: fixes published on the map are right, none off it, "lost" within 2 s of

@@ -46,6 +46,7 @@ import numpy as np
 from ..errors import AttnLinkError, DataError
 
 FEATURES = ("bias", "score", "margin", "log_rank")  # logistic features of one hit
+_BIN_M = 0.5  # distance bins of the neighbour counts (PlaceTracker._within)
 
 
 @dataclass(frozen=True)
@@ -238,33 +239,68 @@ class PlaceTracker:
         self.state_heading = np.arctan2(np.sin(h), np.cos(h)).reshape(-1)  # (S,) radians
         self._cos_sin = np.stack([np.cos(h), np.sin(h)], -1)  # (N, K, 2): heading unit vectors
         self.state_xy = np.repeat(self.xy, self.K, axis=0)  # (S, 2)
-        self._neighbours = self._neighbour_lists(cfg.neighbour_radius_m)
+        ph = np.radians(np.asarray(heading_deg, np.float64))
+        self._place_c, self._place_s = np.cos(ph), np.sin(ph)  # (N,) the places' driving directions
+        self._x, self._y = self.xy[:, 0].copy(), self.xy[:, 1].copy()
+        self._yaw_cs = np.stack([np.cos(np.radians(self.yaws)), np.sin(np.radians(self.yaws))], -1)  # (K, 2)
+        self._neighbour_lists(cfg.neighbour_radius_m)
         self.reset()
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _neighbour_lists(self, radius: float) -> np.ndarray:
-        """(N, M) indices of the places within ``radius`` of each place (-1 pads), by a grid hash."""
+    def _neighbour_lists(self, radius: float) -> None:
+        """The places within ``radius`` of each place, nearest first, by a grid hash, stored flat
+        (CSR: place i's neighbours are ``_nb[_nb_ptr[i]:_nb_ptr[i + 1]]``, their distances in
+        ``_nb_d``), with ``_nb_count[i, b]``: how many lie within (b + 1) x ``_BIN_M``. (Padded
+        (N, most neighbours) arrays took 87 MB at 5k places, most of it padding; this, 40 MB.)"""
         cell = radius
         keys = np.floor(self.xy / cell).astype(np.int64)
         buckets: dict = {}
         for i, k in enumerate(map(tuple, keys)):
             buckets.setdefault(k, []).append(i)
+        edges = np.arange(1, int(math.ceil(radius / _BIN_M)) + 1) * _BIN_M
         lists, dists = [], []
+        self._nb_count = np.zeros((self.N, len(edges)), np.int32)
         for i, (kx, ky) in enumerate(keys):
-            cand = [j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in buckets.get((kx + dx, ky + dy), ())]
-            cand = np.asarray(cand, np.int64)
+            cand = np.asarray([j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in buckets.get((kx + dx, ky + dy), ())], np.int64)
             d = np.linalg.norm(self.xy[cand] - self.xy[i], axis=1)
             order = np.argsort(d, kind="stable")
             keep = order[d[order] <= radius]
             lists.append(cand[keep])
             dists.append(d[keep])
-        M = max(len(v) for v in lists) if lists else 1
-        out = np.full((self.N, M), -1, np.int64)
-        self._nb_dist = np.full((self.N, M), np.inf)
-        for i, (v, d) in enumerate(zip(lists, dists)):
-            out[i, : len(v)] = v
-            self._nb_dist[i, : len(v)] = d
-        return out
+            self._nb_count[i] = np.searchsorted(dists[-1], edges, side="right")
+        self._nb_ptr = np.zeros(self.N + 1, np.int64)
+        self._nb_ptr[1:] = np.cumsum([len(v) for v in lists])
+        self._nb = (np.concatenate(lists) if lists else np.zeros(0)).astype(np.int32)  # 4 bytes an entry: millions of them
+        self._nb_d = np.concatenate(dists) if dists else np.zeros(0)
+
+    def _within(self, places: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbours within ``radius`` of each of ``places`` (M,), flat: (row into ``places``,
+        neighbour place), rows ascending, each row's neighbours by distance. Only the pairs that
+        exist are touched (no padding to the most crowded place: a crossing of several passes
+        has twice the average), so a step costs what the belief can reach."""
+        b = min(max(int(math.ceil(radius / _BIN_M)) - 1, 0), self._nb_count.shape[1] - 1)
+        cnt = self._nb_count[places, b]  # an upper bound: the bin's far edge
+        row = np.repeat(np.arange(len(places)), cnt)
+        pos = np.arange(len(row)) + np.repeat(self._nb_ptr[places] - (np.cumsum(cnt) - cnt), cnt)
+        keep = self._nb_d[pos] <= radius
+        return row[keep], self._nb[pos[keep]]
+
+    def _best_views(self, nb: np.ndarray, hc: np.ndarray, hs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per pair: the view of neighbour place ``nb`` whose heading is closest to the heading whose
+        cosine and sine are ``hc``, ``hs``, and the cosine of the angle between them. A view's
+        heading is its place's driving direction minus the view's yaw. (1-D gathers and a loop over
+        the few views: a quarter of the cost of (P, K, 2) arrays.)"""
+        pc, ps = self._place_c[nb], self._place_s[nb]
+        c = pc * hc + ps * hs  # cos(place heading - heading)
+        s = ps * hc - pc * hs  # sin(place heading - heading)
+        best = np.zeros(len(nb), np.int64)
+        cos_best = c * self._yaw_cs[0, 0] + s * self._yaw_cs[0, 1]
+        for k in range(1, self.K):
+            cos_k = c * self._yaw_cs[k, 0] + s * self._yaw_cs[k, 1]  # cos(place heading - yaw_k - heading)
+            better = cos_k > cos_best
+            best[better] = k
+            np.maximum(cos_best, cos_k, out=cos_best)
+        return best, cos_best
 
     def reset(self) -> None:
         """Forgets everything (relocalisation): every state equally likely, "lost" as likely as the map."""
@@ -290,26 +326,20 @@ class PlaceTracker:
         if M == 0:
             return
         place = self.idx // self.K
-        # only the neighbours this step can reach (lists are sorted by distance)
+        # only the neighbours this step can reach
         if odom is None:
             need = c.max_speed_mps * dt + 3 * max(c.along_sigma_m, c.lateral_sigma_m)
         else:
             need = math.hypot(odom[0], odom[1]) + 3 * (c.along_sigma_m + c.odom_sigma_fraction * math.hypot(odom[0], odom[1]))
-        cols = max(1, int((self._nb_dist[place] <= need).sum(1).max()))
-        nb = self._neighbours[place, :cols]  # (M, Mn) places
-        ok = (nb >= 0) & (self._nb_dist[place, :cols] <= need)
+        row, nb = self._within(place, need)  # (P,) pairs (source state, neighbour place)
         # targets: the neighbour place's view whose heading is closest to the source state's (after odometry's turn)
         h0 = self.state_heading[self.idx]  # (M,)
         dyaw = 0.0 if odom is None else odom[2]
-        h_new = h0 + dyaw
-        u = np.stack([np.cos(h_new), np.sin(h_new)], -1)  # (M, 2)
-        cos_d = np.einsum("mnkc,mc->mnk", self._cos_sin[np.maximum(nb, 0)], u)  # (M, Mn, K) cosine of the heading change
-        v_best = cos_d.argmax(2)  # (M, Mn)
-        cos_best = cos_d.max(2)
-        d = self.xy[np.maximum(nb, 0)] - self.xy[place][:, None, :]  # (M, Mn, 2)
-        fwd = np.stack([np.cos(h0), np.sin(h0)], 1)[:, None, :]  # (M, 1, 2)
-        along = (d * fwd).sum(-1)
-        lateral = d[..., 1] * fwd[..., 0] - d[..., 0] * fwd[..., 1]  # to the left (counter-clockwise seen from above)
+        v_best, cos_best = self._best_views(nb, np.cos(h0 + dyaw)[row], np.sin(h0 + dyaw)[row])
+        dx, dy = self._x[nb] - self._x[place][row], self._y[nb] - self._y[place][row]
+        fx, fy = np.cos(h0)[row], np.sin(h0)[row]
+        along = dx * fx + dy * fy
+        lateral = dy * fx - dx * fy  # to the left (counter-clockwise seen from above)
         if odom is None:  # forward by 0 .. max_speed * dt, soft edges
             reach = c.max_speed_mps * dt
             below = np.minimum(along, 0.0)
@@ -320,15 +350,18 @@ class PlaceTracker:
             sig = c.along_sigma_m + c.odom_sigma_fraction * math.hypot(fwd_m, lat_m)
             la = -0.5 * ((along - fwd_m) ** 2 + (lateral - lat_m) ** 2) / sig ** 2
         la = la + (cos_best - 1.0) / math.radians(c.heading_sigma_deg) ** 2  # von Mises: ~ -dh^2 / (2 sigma^2)
-        la = np.where(ok, la, -np.inf)
-        k = np.exp(la - la.max(1, keepdims=True))
-        k = k / k.sum(1, keepdims=True)  # each state's mass moves, none is created
-        moved = (self.w * (1 - c.p_leave))[:, None] * k
-        tgt = (nb * self.K + v_best)[ok]
-        mass = moved[ok]
-        uniq, inv = np.unique(tgt, return_inverse=True)
-        self.w = np.bincount(inv, weights=mass, minlength=len(uniq)) + self.floor
-        self.idx = uniq
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])  # every state reaches its own place (distance 0)
+        k = np.exp(la - np.maximum.reduceat(la, starts)[row])
+        k = k / np.add.reduceat(k, starts)[row]  # each state's mass moves, none is created
+        mass = (self.w * (1 - c.p_leave))[row] * k
+        tgt = nb * self.K + v_best
+        if self.S <= 4 * len(tgt):  # a small map: summed over all its states (no sort)
+            dense = np.bincount(tgt, weights=mass, minlength=self.S)
+            self.idx = np.flatnonzero(np.bincount(tgt, minlength=self.S))
+            self.w = dense[self.idx] + self.floor
+        else:
+            self.idx, inv = np.unique(tgt, return_inverse=True)
+            self.w = np.bincount(inv, weights=mass, minlength=len(self.idx)) + self.floor
 
     def update(self, stamp: float, places: np.ndarray, views: np.ndarray, scores: np.ndarray,
                odom: np.ndarray | None = None, verified: np.ndarray | None = None, checked: np.ndarray | None = None,
@@ -406,17 +439,13 @@ class PlaceTracker:
         likely at the hit's neighbour as at the hit, and "right" means within 10 m.)"""
         if len(hit_states) == 0:
             return hit_states, lr
-        r = self.cfg.support_radius_m
         places = hit_states // self.K
-        cols = max(1, int((self._nb_dist[places] <= r).sum(1).max()))
-        nb = self._neighbours[places, :cols]  # (H, M)
-        ok = (nb >= 0) & (self._nb_dist[places, :cols] <= r)
-        u = self._cos_sin.reshape(-1, 2)[hit_states]  # (H, 2) the hits' headings
-        cos_d = np.einsum("hmkc,hc->hmk", self._cos_sin[np.maximum(nb, 0)], u)  # (H, M, K)
-        v = cos_d.argmax(2)
-        ok &= cos_d.max(2) > 0.0  # within 90 degrees
+        row, nb = self._within(places, self.cfg.support_radius_m)
+        h = self.state_heading[hit_states]
+        v, cos_best = self._best_views(nb, np.cos(h)[row], np.sin(h)[row])
+        ok = cos_best > 0.0  # within 90 degrees of the hit's heading
         states = (nb * self.K + v)[ok]
-        ratio = np.broadcast_to(lr[:, None], nb.shape)[ok]
+        ratio = lr[row][ok]
         order = np.argsort(-ratio, kind="stable")
         states, first = np.unique(states[order], return_index=True)  # the best ratio per state
         return states, ratio[order][first]
