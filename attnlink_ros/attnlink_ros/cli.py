@@ -417,11 +417,17 @@ def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
         raise AttnLinkError("--depth needs --data ROOT [ROOT ...]")
     seqs = args.sequences  # None: every drive
     frames = load_real_frames(args.data, model.cfg.input_height, model.cfg.input_width, seqs, progress=not args.quiet,
-                             fov_deg=model.cfg.input_fov_deg)
+                             fov_deg=model.cfg.input_fov_deg, stride=args.stride)
     table = evaluate_depth(predict_depth(model, frames.rgb), frames)
     print(format_table(table, f"pseudo-depth vs projected LiDAR (grid {model.cfg.input_height}x{model.cfg.input_width}, "
                               f"returns <= 80 m), model {meta['fingerprint'][:12]}"))
-    return {"depth": table, "_model": {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}}
+    out = {"depth": table, "_model": {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}}
+    if args.sensitivity:
+        from .evaluation.depth import descriptor_sensitivity, format_sensitivity
+
+        out["sensitivity"] = descriptor_sensitivity(model, frames.rgb, frames.depth)
+        print(format_sensitivity(out["sensitivity"], f"the depth branch's descriptor under wrong depth ({len(frames)} frames)"))
+    return out
 
 
 def _eval_table(args: argparse.Namespace, model, meta) -> dict:
@@ -696,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--depth", action="store_true", help="instead: the image's pseudo-depth against the projected LiDAR "
                     "(AbsRel, RMSE, delta<1.25 on pixels with a return <= 80 m), per drive and pooled, with the per-row-median "
                     "baseline; every drive of each --data root with scans and images (or --sequences), poses not needed")
+    sp.add_argument("--stride", type=int, default=1, metavar="N", help="--depth: every N-th frame of each drive (default 1: all)")
+    sp.add_argument("--sensitivity", action="store_true", help="--depth: also how far the depth branch's descriptor moves "
+                    "when its input depth is wrong (scaled, noisy, far range clamped, the image's pseudo-depth in part or all of it)")
     sp.add_argument("--track", action="store_true", help="instead: each drive replayed frame by frame against a map of its "
                     "first part (--map-fraction): the tracking filter, with and without odometry, beside the single-frame top-1")
     sp.add_argument("--real-folds", metavar="FOLDS", help="instead: each leave-one-set-out fold's model (--fold-runs) on its "

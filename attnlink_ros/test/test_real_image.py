@@ -90,6 +90,30 @@ def test_eval_depth_and_pseudo_depth_on_real_kitti(kitti_root, tmp_path):
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no sequence" in out.stderr
 
 
+def test_descriptor_sensitivity_on_real_kitti(kitti_root):
+    """How exact a depth the depth branch's descriptor asks for, on real scans: the perturbations
+    are what they say (scale 1.1 is 0.1 AbsRel from the completion), a perturbation that changes
+    nothing scores 1, and the image query's row is the image-only descriptor the product computes."""
+    from attnlink_ros.evaluation.depth import SENSITIVITY, descriptor_sensitivity, format_sensitivity
+    from attnlink_ros.model.io import load_model
+
+    model, _ = load_model(None)
+    frames = load_real_frames([kitti_root], model.cfg.input_height, model.cfg.input_width, ["00"], stride=3,
+                              fov_deg=model.cfg.input_fov_deg)
+    t = descriptor_sensitivity(model, frames.rgb, frames.depth, batch=3)
+    assert list(t) == list(SENSITIVITY)
+    assert t["scale 1.1"]["abs_rel_vs_completion"] == pytest.approx(0.1, abs=1e-4)
+    assert t["scale 0.8"]["abs_rel_vs_completion"] == pytest.approx(0.2, abs=1e-4)
+    for r in t.values():
+        assert -1.0 <= r["cos_median"] <= 1.0 and r["abs_rel_vs_completion"] >= 0
+    assert t["scale 0.9"]["cos_mean"] > t["scale 0.8"]["cos_mean"]  # further from the scan, further from its descriptor
+    with torch.no_grad():  # the pseudo-LiDAR row is the image-only query's depth-branch descriptor
+        own = model.fuse(model.encode_pseudo_lidar(torch.from_numpy(frames.rgb)))[0]
+        lidar = model(depth=torch.from_numpy(frames.depth)).descriptor
+    assert t["pseudo-LiDAR (its depth and returns)"]["cos_mean"] == pytest.approx(float((own * lidar).sum(1).mean()), abs=1e-4)
+    assert "pseudo-depth in the top third" in format_sensitivity(t)
+
+
 def test_folds_are_fixed_and_disjoint():
     folds = RealFolds.load(PKG / "config" / "real_folds.yaml", base=REPO)
     assert list(folds.folds) == ["kitti_00_01", "kitti_02_08", "k360", "r0926"]

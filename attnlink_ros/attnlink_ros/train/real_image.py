@@ -63,6 +63,7 @@ class RealImageConfig:
     depth_weight: float = 1.0
     return_weight: float = 0.1
     teacher_weight: float = 1.0
+    top_weight: float = 1.0  # the depth and teacher terms' weight on the grid's top third (the far band the descriptor hangs on: eval --depth --sensitivity)
     nce_weight: float = 0.0
     distill_weight: float = 0.0  # 1 - cos(image descriptor, its own frame's LiDAR descriptor), synthetic frames
     temperature: float = 0.07
@@ -170,9 +171,12 @@ def step_loss(model, feats, depth: torch.Tensor, dense: torch.Tensor, lidar_desc
     pred, logit = model.mono.decode(feats)
     valid = (depth > 0) & (depth <= 80.0)
     logp = torch.log(pred.clamp_min(0.1))
-    ld = (logp - torch.log(depth.clamp_min(0.1))).abs()[valid].mean()
+    H = pred.shape[2]
+    rows = 1.0 + (cfg.top_weight - 1.0) * (torch.arange(H, dtype=pred.dtype) < H // 3).to(pred.dtype).view(1, 1, H, 1)
+    rows = rows.expand_as(pred)
+    ld = ((logp - torch.log(depth.clamp_min(0.1))).abs() * rows)[valid].sum() / rows[valid].sum().clamp_min(1e-6)
     lr = F.binary_cross_entropy_with_logits(logit, (depth > 0).to(logit.dtype))
-    lt = (logp - torch.log(dense.clamp_min(0.1))).abs().mean()
+    lt = ((logp - torch.log(dense.clamp_min(0.1))).abs() * rows).sum() / rows.sum()
     loss = cfg.depth_weight * ld + cfg.return_weight * lr + cfg.teacher_weight * lt
     stats = {"depth_log": float(ld.detach()), "return": float(lr.detach()), "teacher": float(lt.detach())}
     if lidar_desc is not None and cfg.nce_weight > 0:
