@@ -114,6 +114,28 @@ def test_descriptor_sensitivity_on_real_kitti(kitti_root):
     assert "pseudo-depth in the top third" in format_sensitivity(t)
 
 
+def test_top_weight_weighs_the_far_band_of_the_depth_terms():
+    """``top_weight`` multiplies the depth and teacher terms on the grid's top third: with the
+    error only there (log 2 on every top-third pixel, none below), each term is log 2 times the
+    top third's share of the weights."""
+    from types import SimpleNamespace
+
+    from attnlink_ros.train.real_image import RealImageConfig, step_loss
+
+    mono = MonoDepthLite0(pretrained=False).eval()
+    model = SimpleNamespace(mono=mono)
+    with torch.no_grad():
+        feats = mono.encoder(torch.rand(2, 3, 64, 256))
+        pred, _ = mono.decode(feats)
+    top = torch.arange(64).view(1, 1, 64, 1) < 64 // 3
+    truth = torch.where(top, pred * 2, pred)  # every pixel a return (<= 80 m: the head starts at 15 m)
+    for w in (1.0, 4.0):
+        _, stats = step_loss(model, feats, truth, truth, None, RealImageConfig(top_weight=w))
+        share = w * 21 / (w * 21 + 43)
+        assert stats["depth_log"] == pytest.approx(np.log(2) * share, rel=1e-4)
+        assert stats["teacher"] == pytest.approx(np.log(2) * share, rel=1e-4)
+
+
 def test_folds_are_fixed_and_disjoint():
     folds = RealFolds.load(PKG / "config" / "real_folds.yaml", base=REPO)
     assert list(folds.folds) == ["kitti_00_01", "kitti_02_08", "k360", "r0926"]
