@@ -101,6 +101,21 @@ def test_cache_and_samples_on_real_frames(kitti_root, tmp_path):
     assert 3 <= len(soft) <= 20 and all(b.shape == rgb.shape and b.dtype == np.float32 for b in blurred)
     detail = lambda im: float(np.abs(np.diff(im, axis=2)).mean())  # noqa: E731
     assert all(detail(b) < detail(rgb) and abs(float(b.mean() - rgb.mean())) < 0.01 for b in soft)
+    # the depth branch's input made wrong (augment.depth_scale, far_band_drop): one scale for input
+    # and target alike, within the range; the far band (top third) loses its returns on about that share
+    _, d0, _ = make_sample(c, 3, grid, np.random.default_rng(5), still)
+    ratios = []
+    for k in range(20):
+        _, d, t = make_sample(c, 3, grid, np.random.default_rng(k), dataclasses.replace(still, depth_scale=0.2))
+        r = d[d0 > 0] / d0[d0 > 0]
+        assert np.allclose(r, r[0], rtol=1e-5) and not t.any()
+        ratios.append(float(r[0]))
+    assert np.exp(-0.2) <= min(ratios) < 0.95 and 1.05 < max(ratios) <= np.exp(0.2)
+    dropped = [make_sample(c, 3, grid, np.random.default_rng(k), dataclasses.replace(still, far_band_drop=0.5))[1] for k in range(40)]
+    band = 64 // 3
+    assert d0[:, :band].any()
+    gone = [not d[:, :band].any() for d in dropped]
+    assert 8 <= sum(gone) <= 32 and all(np.array_equal(d[:, band:], d0[:, band:]) for d in dropped)
     with pytest.raises(DataError, match="no manifest"):
         FrameCache.open(tmp_path)
 

@@ -22,6 +22,10 @@ class AugmentConfig:
     noise: float = 0.0  # Gaussian pixel noise, sigma uniform in [0, noise], on half of the images
     blur: float = 0.0  # Gaussian blur (defocus, motion), sigma uniform in [0, blur] pixels of the input, on a quarter of the images
     camera: float = 0.0  # share of the images recorded through a random camera (data/camera.py: exposure, white balance, tone, vignetting, blur, noise, JPEG)
+    # the depth branch's input made wrong the ways a camera's depth is wrong (session 12: its
+    # descriptor hangs on the far band and on the global scale, `eval --depth --sensitivity`)
+    depth_scale: float = 0.0  # every depth (input and completion target) times exp(U(-depth_scale, depth_scale))
+    far_band_drop: float = 0.0  # share of the samples whose top third of the grid (the far band) loses its returns
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -77,4 +81,12 @@ def make_sample(cache: FrameCache, k: int, grid: GridGeometry, rng: np.random.Ge
         hidden = filled[rng.random(len(filled)) < aug.hide]
         target.ravel()[hidden] = depth.ravel()[hidden]
         depth.ravel()[hidden] = 0
+    if rng is not None and aug.depth_scale > 0:
+        s = np.float32(math.exp(rng.uniform(-aug.depth_scale, aug.depth_scale)))
+        depth *= s
+        target *= s
+    if rng is not None and aug.far_band_drop > 0 and rng.random() < aug.far_band_drop:
+        band = depth.shape[1] // 3
+        depth[:, :band] = 0
+        target[:, :band] = 0
     return rgb, depth, target
