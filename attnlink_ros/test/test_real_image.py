@@ -92,8 +92,8 @@ def test_eval_depth_and_pseudo_depth_on_real_kitti(kitti_root, tmp_path):
 
 def test_descriptor_sensitivity_on_real_kitti(kitti_root):
     """How exact a depth the depth branch's descriptor asks for, on real scans: the perturbations
-    are what they say (scale 1.1 is 0.1 AbsRel from the completion), a perturbation that changes
-    nothing scores 1, and the image query's row is the image-only descriptor the product computes."""
+    are what they say (scale 1.1 is 0.1 AbsRel from the completion), a larger error moves the
+    descriptor further, and the pseudo-LiDAR row is the image-only query's depth-branch descriptor."""
     from attnlink_ros.evaluation.depth import SENSITIVITY, descriptor_sensitivity, format_sensitivity
     from attnlink_ros.model.io import load_model
 
