@@ -235,10 +235,13 @@ def cmd_to_bag(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> dict:
     import yaml
 
-    if "real_image" in (yaml.safe_load(Path(args.config).read_text()) or {}):
+    sections = yaml.safe_load(Path(args.config).read_text()) or {}
+    if "real_image" in sections:
         return _train_real_image(args)
+    if "mixture" in sections:
+        return _train_mixture(args)
     if args.held_out is not None:
-        raise AttnLinkError("--held-out applies to a real_image config")
+        raise AttnLinkError("--held-out applies to a real_image or mixture config")
     from .train.trainer import RunConfig, train
 
     cfg = RunConfig.load(args.config, {"steps": args.steps, "out": args.out})
@@ -267,6 +270,28 @@ def _train_real_image(args: argparse.Namespace) -> dict:
         wd = ev["which_drive"]
         print(f"which drive (map: first halves of {len(wd['image']['by_drive']) and wd['map_places']} places x {wd['views']} views, "
               f"chance {wd['chance']:.3f}; {wd['queries']} held-out queries): image {wd['image']['recall@1']:.3f}, "
+              f"lidar {wd['lidar']['recall@1']:.3f}, fused {wd['fused']['recall@1']:.3f}")
+    return r
+
+
+def _train_mixture(args: argparse.Namespace) -> dict:
+    """``train`` with a ``mixture:`` config: two pseudo-LiDAR networks and the gate between them (train/mixture.py)."""
+    from .train.mixture import MixtureConfig, train_mixture
+
+    cfg = MixtureConfig.load(args.config, {"out": args.out, "held_out": args.held_out})
+    r = train_mixture(cfg, progress=not args.quiet)
+    fit = r["gate_fit"]
+    print(f"mixture into {cfg.out}: gate right on {fit['render_accuracy']:.3f} of {fit['renders']} renders and "
+          f"{fit['camera_accuracy']:.3f} of {fit['camera_frames']} camera frames (training, mirrors included)")
+    ev = r.get("held_out_eval")
+    if ev:
+        from .evaluation.depth import format_table
+
+        p = r["held_out_render_probability"]
+        print(f"held-out fold {cfg.held_out}: render probability median {p['median']:.3f}, max {p['max']:.3f} ({p['above_0.5']} of {p['frames']} above 0.5)")
+        print(format_table(ev["depth"], f"held-out fold {cfg.held_out}: pseudo-depth vs projected LiDAR"))
+        wd = ev["which_drive"]
+        print(f"which drive ({wd['queries']} held-out queries, chance {wd['chance']:.3f}): image {wd['image']['recall@1']:.3f}, "
               f"lidar {wd['lidar']['recall@1']:.3f}, fused {wd['fused']['recall@1']:.3f}")
     return r
 

@@ -136,6 +136,38 @@ def test_top_weight_weighs_the_far_band_of_the_depth_terms():
         assert stats["teacher"] == pytest.approx(np.log(2) * share, rel=1e-4)
 
 
+def test_mono_teacher_replaces_the_synthetic_frames_depth_terms():
+    """With a mono teacher, the batch's last m (synthetic) frames learn the teacher's depth and
+    return probability, and the depth, return and completion terms are the real frames' alone:
+    garbage LiDAR on the synthetic frames changes nothing, the teacher's own output costs only the
+    entropy of its return probabilities, and a teacher twice as far costs log 2."""
+    from types import SimpleNamespace
+
+    from attnlink_ros.train.real_image import RealImageConfig, step_loss
+
+    mono = MonoDepthLite0(pretrained=False).eval()
+    model = SimpleNamespace(mono=mono)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        mono.head.weight.normal_(0, 0.05)  # logits away from 0 so the BCE is not flat
+        feats = mono.encoder(torch.rand(5, 3, 64, 256))
+        pred, logit = mono.decode(feats)
+    truth = pred * 2  # the real frames (first 3): everything a return, twice as far
+    cfg = RealImageConfig(mono_teacher_weight=1.0)
+    for garbage in (pred, torch.full_like(pred, 70.0)):
+        depth = torch.cat([truth[:3], garbage[3:]])
+        loss, st = step_loss(model, feats, depth, depth, None, cfg, taught=(pred[3:], logit[3:]))
+        assert st["depth_log"] == pytest.approx(np.log(2), rel=1e-4) and st["teacher"] == pytest.approx(np.log(2), rel=1e-4)
+        assert st["mono_teacher"] == pytest.approx(0.0, abs=1e-6)
+        p = torch.sigmoid(logit[3:])
+        entropy = float(-(p * torch.log(p) + (1 - p) * torch.log(1 - p)).mean())
+        assert st["mono_teacher_return"] == pytest.approx(entropy, rel=1e-4)
+    _, st = step_loss(model, feats, depth, depth, None, cfg, taught=(pred[3:] * 2, logit[3:]))
+    assert st["mono_teacher"] == pytest.approx(np.log(2), rel=1e-4)
+    _, st0 = step_loss(model, feats, depth, depth, None, RealImageConfig(), taught=(pred[3:], logit[3:]))
+    assert "mono_teacher" not in st0 and st0["depth_log"] > st["depth_log"]  # weight 0: the old terms over the whole batch
+
+
 def test_folds_are_fixed_and_disjoint():
     folds = RealFolds.load(PKG / "config" / "real_folds.yaml", base=REPO)
     assert list(folds.folds) == ["kitti_00_01", "kitti_02_08", "k360", "r0926"]
@@ -197,6 +229,27 @@ def test_real_image_training_with_synthetic_frames_and_descriptor_terms(kitti_ro
     s, t = model.state_dict(), start.state_dict()
     moved = {k for k in t if not torch.equal(s[k], t[k])}
     assert moved and all(k.startswith("mono.") and not k.startswith("mono.encoder.") for k in moved)
+
+
+def test_real_image_training_with_a_mono_teacher_and_a_kept_pool(kitti_root, synth_root, tmp_path):
+    """The shipped model's pseudo-LiDAR network teaches the synthetic frames; the synthetic pool is
+    kept in ``pool_cache`` and a second run (another fold) reads it back: same losses at step 1."""
+    import dataclasses
+
+    from attnlink_ros.train.real_image import RealImageConfig, train_real_image
+
+    folds = tmp_path / "folds.yaml"
+    folds.write_text(f"roots: [{kitti_root}]\nfolds:\n  a: ['00', '01']\n  b: ['02', '08']\n")
+    cfg = RealImageConfig(folds=str(folds), held_out="b", out=str(tmp_path / "run"), steps=1, batch_real=2, batch_synth=2,
+                          synth=(str(synth_root),), synth_stride=4, mono_teacher=str(PKG / "models" / "attnlink-lite"),
+                          mono_teacher_weight=1.0, pool_cache=str(tmp_path / "pool"), checkpoint_every=1)
+    train_real_image(cfg, progress=False)
+    kept = list((tmp_path / "pool").glob("real_image_pool_*.pt"))
+    assert len(kept) == 1
+    train_real_image(dataclasses.replace(cfg, out=str(tmp_path / "run2")), progress=False)
+    assert list((tmp_path / "pool").glob("real_image_pool_*.pt")) == kept
+    logs = [json.loads((tmp_path / r / "log.json").read_text()) for r in ("run", "run2")]
+    assert logs[0] == logs[1] and logs[0][0]["mono_teacher"] > 0 and "mono_teacher_return" in logs[0][0]
 
 
 def test_frame_cache_follows_the_models_level_grid(kitti_root, tmp_path):

@@ -73,6 +73,10 @@ class AttnLink(nn.Module):
                 from .efficientnet import MonoDepthLite0
 
                 self.mono = MonoDepthLite0(cfg.max_depth_m)  # ImageNet weights: MonoDepthLite0(pretrained=True) when training starts
+            elif cfg.mono_encoder == "mixture":
+                from .mixture import MonoMixture
+
+                self.mono = MonoMixture(cfg.mono_widths, cfg.max_depth_m)
             else:
                 self.mono = MonoDepth(cfg.mono_widths, cfg.max_depth_m)
         self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))

@@ -33,7 +33,8 @@ class ModelConfig:
     image_depth: bool = False
     mono_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     # the pseudo-LiDAR network: "unet" (MonoDepth, mono_widths) or "efficientnet_lite0"
-    # (MonoDepthLite0: an ImageNet-pretrained EfficientNet-Lite0 encoder, a U-Net decoder)
+    # (MonoDepthLite0: an ImageNet-pretrained EfficientNet-Lite0 encoder, a U-Net decoder) or
+    # "mixture" (both, and a gate that picks per image: model/mixture.py)
     mono_encoder: str = "unet"
     # with image_depth, an image-only descriptor mixes in the RGB tokens' own descriptor:
     # normalize((1 - w) * pseudo-LiDAR + w * RGB); 0 = pseudo-LiDAR alone (no weights of its own)
@@ -72,10 +73,10 @@ class ModelConfig:
             if len(fov) != 4 or not (fov[0] > fov[1] and fov[2] > fov[3]):
                 raise ConfigError(f"input_fov_deg must be (top, bottom, left, right) degrees with top > bottom, left > right, got {self.input_fov_deg}")
             object.__setattr__(self, "input_fov_deg", fov)
-        if self.mono_encoder not in ("unet", "efficientnet_lite0"):
-            raise ConfigError(f"mono_encoder must be 'unet' or 'efficientnet_lite0', got {self.mono_encoder!r}")
-        if self.mono_encoder == "efficientnet_lite0" and (self.input_height % 16 or self.input_width % 16):
-            raise ConfigError("mono_encoder efficientnet_lite0 needs input_height and input_width divisible by 16")
+        if self.mono_encoder not in ("unet", "efficientnet_lite0", "mixture"):
+            raise ConfigError(f"mono_encoder must be 'unet', 'efficientnet_lite0' or 'mixture', got {self.mono_encoder!r}")
+        if self.mono_encoder != "unet" and (self.input_height % 16 or self.input_width % 16):
+            raise ConfigError(f"mono_encoder {self.mono_encoder} needs input_height and input_width divisible by 16")
         if len(self.mono_widths) != 4:
             raise ConfigError("mono_widths needs 4 levels")
         if not 0.0 <= self.image_rgb_weight <= 1.0:

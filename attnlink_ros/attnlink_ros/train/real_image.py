@@ -66,7 +66,10 @@ class RealImageConfig:
     top_weight: float = 1.0  # the depth and teacher terms' weight on the grid's top third (the far band the descriptor hangs on: eval --depth --sensitivity)
     nce_weight: float = 0.0
     distill_weight: float = 0.0  # 1 - cos(image descriptor, its own frame's LiDAR descriptor), synthetic frames
+    mono_teacher: str = ""  # a model whose pseudo-LiDAR network teaches on the synthetic frames ("" = none)
+    mono_teacher_weight: float = 0.0  # its depth (log L1) and return probability (BCE); replaces the synthetic frames' depth terms
     temperature: float = 0.07
+    pool_cache: str = ""  # folder keeping the synthetic frames' pool (features, completions, teacher outputs) between runs
     flip: bool = True  # mirror image and scan together (features of both cached)
     checkpoint_every: int = 100
     threads: int = 2
@@ -125,6 +128,7 @@ class _Pool:
     depth: torch.Tensor   # (N, 1, H, W) sparse metres
     dense: torch.Tensor   # (N, 2, H, W) the completion of the scan and of the mirrored scan
     desc: torch.Tensor | None  # (N, 2, D) LiDAR descriptors (scan, mirrored scan)
+    taught: tuple | None = None  # the mono teacher's (depth, logit), each (N, 2, H, W) float16: image, mirror
 
     def __len__(self) -> int:
         return len(self.depth)
@@ -135,12 +139,13 @@ class _Pool:
         depth = torch.where(flip[:, None, None, None], self.depth[idx].flip(-1), self.depth[idx])
         dense = self.dense[idx, f][:, None]
         desc = None if self.desc is None else self.desc[idx, f]
-        return feats, depth, dense, desc
+        taught = None if self.taught is None else tuple(t[idx, f][:, None].float() for t in self.taught)
+        return feats, depth, dense, desc, taught
 
 
 @torch.no_grad()
-def _pool(model, rgb: np.ndarray, depth: np.ndarray, with_desc: bool, chunk: int = 16) -> _Pool:
-    feats, dense, desc = [[] for _ in range(4)], [], []
+def _pool(model, rgb: np.ndarray, depth: np.ndarray, with_desc: bool, chunk: int = 16, teacher=None) -> _Pool:
+    feats, dense, desc, taught = [[] for _ in range(4)], [], [], ([], [])
     enc = model.mono.encoder.eval()
     for i in range(0, len(rgb), chunk):
         x = torch.from_numpy(np.ascontiguousarray(rgb[i:i + chunk]))
@@ -152,7 +157,12 @@ def _pool(model, rgb: np.ndarray, depth: np.ndarray, with_desc: bool, chunk: int
         dense.append(torch.cat([t.dense_depth for t in toks], 1))
         if with_desc:
             desc.append(torch.stack([model.fuse(t)[0] for t in toks], 1))
-    return _Pool([torch.cat(f) for f in feats], torch.from_numpy(depth), torch.cat(dense), torch.cat(desc) if with_desc else None)
+        if teacher is not None:
+            out = [teacher.mono((im - teacher.rgb_mean) / teacher.rgb_std) for im in (x, x.flip(-1))]
+            for k in range(2):
+                taught[k].append(torch.cat([out[0][k], out[1][k]], 1).half())
+    return _Pool([torch.cat(f) for f in feats], torch.from_numpy(depth), torch.cat(dense), torch.cat(desc) if with_desc else None,
+                 tuple(torch.cat(t) for t in taught) if teacher is not None else None)
 
 
 def _synth_frames(roots, stride: int, height: int, width: int, fov_deg):
@@ -163,12 +173,42 @@ def _synth_frames(roots, stride: int, height: int, width: int, fov_deg):
     return np.concatenate([p.rgb for p in parts]), np.concatenate([p.depth for p in parts])
 
 
+def _cached_pool(cfg: RealImageConfig, init_meta: dict, teacher_fp: str | None, build, grid) -> _Pool:
+    """The synthetic pool, built once per (towns, stride, grid, frozen weights, teacher) and kept in
+    ``cfg.pool_cache`` when set: every fold run of a recipe sees the same synthetic frames through
+    the same frozen parts, and building it takes minutes on two cores."""
+    if not cfg.pool_cache:
+        return build()
+    import hashlib
+
+    key = json.dumps({"synth": [str(Path(r).resolve()) for r in cfg.synth], "stride": cfg.synth_stride, "grid": list(map(str, grid)),
+                      "init": init_meta.get("fingerprint"), "desc": cfg.distill_weight > 0,
+                      "teacher": teacher_fp}, sort_keys=True)
+    path = Path(cfg.pool_cache) / f"real_image_pool_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if path.exists():
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        return _Pool(d["feats"], d["depth"], d["dense"], d.get("desc"), tuple(d["taught"]) if d.get("taught") else None)
+    pool = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"feats": pool.feats, "depth": pool.depth, "dense": pool.dense, "desc": pool.desc,
+                "taught": list(pool.taught) if pool.taught is not None else None, "key": key}, tmp)
+    tmp.replace(path)
+    return pool
+
+
 def step_loss(model, feats, depth: torch.Tensor, dense: torch.Tensor, lidar_desc, cfg: RealImageConfig,
-              synth_desc=None) -> tuple[torch.Tensor, dict]:
+              synth_desc=None, taught=None) -> tuple[torch.Tensor, dict]:
     """The loss of one batch: the frozen encoder's features, sparse LiDAR depth (B, 1, H, W)
     metres, the depth branch's completion (B, 1, H, W), the LiDAR descriptors (n, D) of the
-    batch's first n frames (the real ones) or None, and those of its last m (synthetic) or None."""
-    pred, logit = model.mono.decode(feats)
+    batch's first n frames (the real ones) or None, and those of its last m (synthetic) or None.
+    ``taught``: the mono teacher's (depth, logit) of the last m frames, each (m, 1, H, W); they
+    then learn the teacher's output instead of the depth, return and completion terms."""
+    pred_all, logit_all = model.mono.decode(feats)
+    pred, logit = pred_all, logit_all
+    if taught is not None and cfg.mono_teacher_weight > 0:
+        m = len(taught[0])
+        pred, logit, depth, dense = pred_all[:-m], logit_all[:-m], depth[:-m], dense[:-m]
     valid = (depth > 0) & (depth <= 80.0)
     logp = torch.log(pred.clamp_min(0.1))
     H = pred.shape[2]
@@ -179,6 +219,14 @@ def step_loss(model, feats, depth: torch.Tensor, dense: torch.Tensor, lidar_desc
     lt = ((logp - torch.log(dense.clamp_min(0.1))).abs() * rows).sum() / rows.sum()
     loss = cfg.depth_weight * ld + cfg.return_weight * lr + cfg.teacher_weight * lt
     stats = {"depth_log": float(ld.detach()), "return": float(lr.detach()), "teacher": float(lt.detach())}
+    if taught is not None and cfg.mono_teacher_weight > 0:
+        tp, tl = pred_all[-m:], logit_all[-m:]
+        lm = (torch.log(tp.clamp_min(0.1)) - torch.log(taught[0].clamp_min(0.1))).abs().mean()
+        lb = F.binary_cross_entropy_with_logits(tl, torch.sigmoid(taught[1]))
+        loss = loss + cfg.mono_teacher_weight * (lm + lb)
+        stats["mono_teacher"] = float(lm.detach())
+        stats["mono_teacher_return"] = float(lb.detach())
+        pred, logit = pred_all, logit_all  # the descriptor terms below index the whole batch
     if lidar_desc is not None and cfg.nce_weight > 0:
         n = len(lidar_desc)  # the batch's first n frames are the real ones: the term is theirs alone
         image_desc = model.fuse(model.pseudo_lidar_tokens(pred[:n], logit[:n]))[0]  # as an image-only query computes it
@@ -261,8 +309,19 @@ def train_real_image(cfg: RealImageConfig, fresh: bool = False, progress: bool =
     t0 = time.perf_counter()
     with_desc = cfg.nce_weight > 0
     real = _pool(model, tr.rgb, tr.depth, with_desc)
-    synth = (_pool(model, *_synth_frames(cfg.synth, cfg.synth_stride, H, W, fov), cfg.distill_weight > 0)
-             if cfg.batch_synth and cfg.synth else None)
+    teacher = teacher_fp = None
+    if cfg.mono_teacher and cfg.mono_teacher_weight > 0:
+        from ..model.io import load_model
+
+        teacher, tmeta = load_model(cfg.mono_teacher)
+        teacher.eval()
+        teacher_fp = tmeta["fingerprint"]
+        if teacher.mono is None:
+            raise ConfigError(f"mono_teacher {cfg.mono_teacher}: the model has no pseudo-LiDAR network")
+    synth = None
+    if cfg.batch_synth and cfg.synth:
+        synth = _cached_pool(cfg, init_meta, teacher_fp, lambda: _pool(model, *_synth_frames(cfg.synth, cfg.synth_stride, H, W, fov),
+                                                                    cfg.distill_weight > 0, teacher=teacher), (H, W, fov))
     cache_s = time.perf_counter() - t0
     params = [p for p in model.mono.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -289,19 +348,18 @@ def train_real_image(cfg: RealImageConfig, fresh: bool = False, progress: bool =
     while step < cfg.steps:
         i = torch.randint(len(real), (min(cfg.batch_real, len(real)),), generator=g)
         fl = (torch.rand(len(i), generator=g) < 0.5) & cfg.flip
-        feats, depth, dense, desc = real.batch(i, fl)
+        feats, depth, dense, desc, _ = real.batch(i, fl)
+        sdesc = taught = None
         if synth is not None:
             j = torch.randint(len(synth), (cfg.batch_synth,), generator=g)
             sf = (torch.rand(len(j), generator=g) < 0.5) & cfg.flip
-            f2, d2, n2, sdesc = synth.batch(j, sf)
+            f2, d2, n2, sdesc, taught = synth.batch(j, sf)
             feats = [torch.cat([a, b]) for a, b in zip(feats, f2)]
             depth, dense = torch.cat([depth, d2]), torch.cat([dense, n2])
-        else:
-            sdesc = None
         scale = min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for grp in opt.param_groups:
             grp["lr"] = cfg.lr * scale
-        loss, stats = step_loss(model, feats, depth, dense, desc, cfg, sdesc)
+        loss, stats = step_loss(model, feats, depth, dense, desc, cfg, sdesc, taught)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

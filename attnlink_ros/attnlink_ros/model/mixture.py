@@ -1,0 +1,62 @@
+"""Two pseudo-LiDAR networks and a gate that picks, per image, the one that knows its kind of image.
+
+Sessions 11-13 (model card) found that no single pseudo-LiDAR network trained here serves both
+kinds of image the product meets:
+
+- ``render``: the U-Net (``MonoDepth``) trained end to end on twelve rendered towns gives the
+  depth branch the pseudo-LiDAR it recognises on rendered images (validation town 601, image
+  same-heading Recall@1 0.643) and is worse than a constant on camera images (real KITTI
+  pseudo-depth AbsRel 1.18);
+- ``camera``: the frozen ImageNet EfficientNet-Lite0 with a decoder taught by real LiDAR
+  (``MonoDepthLite0``, train/real_image.py) gives real depth (held-out AbsRel 0.45) and real image
+  queries off chance (held-out "which drive" 0.47), but on rendered images its pseudo-LiDAR,
+  though as close to the truth as the U-Net's, lands elsewhere in the depth branch (0.17-0.33 on
+  town 601, even when taught to copy the U-Net: 0.27).
+
+The gate is a logistic regression on the ImageNet encoder's pooled features (every level's
+channel means: colour, texture and noise statistics, which is where a render and a photograph
+differ), fitted on rendered towns against real camera frames (train/mixture.py). Its output is
+the probability that the image is a render; the two networks' outputs are mixed with it (log
+depth and return logit), so a confident gate passes one network's pseudo-LiDAR through unchanged.
+Both networks run on every image (one ONNX graph, no data-dependent branches)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .depth_completion import MonoDepth
+from .efficientnet import MonoDepthLite0
+
+
+class MonoMixture(nn.Module):
+    """Image -> pseudo-LiDAR (dense depth in metres, LiDAR-return logit) as ``MonoDepth`` does:
+    ``render`` for rendered images, ``camera`` for camera images, mixed by ``render_probability``."""
+
+    def __init__(self, render_widths=(16, 32, 64, 128), max_depth: float = 80.0) -> None:
+        super().__init__()
+        self.render = MonoDepth(render_widths, max_depth)
+        self.camera = MonoDepthLite0(max_depth)
+        n = sum(self.camera.encoder.out_channels)
+        self.gate = nn.Linear(n, 1)
+        # the gate's input standardisation (fitted with it)
+        self.register_buffer("gate_mean", torch.zeros(n))
+        self.register_buffer("gate_std", torch.ones(n))
+
+    @staticmethod
+    def gate_features(feats) -> torch.Tensor:
+        """(B, sum of channels): the channel means of the encoder's feature maps."""
+        return torch.cat([f.mean(dim=(2, 3)) for f in feats], 1)
+
+    def render_logit(self, feats) -> torch.Tensor:
+        """(B,) the gate's logit that the image is a render, from the encoder's features."""
+        return self.gate((self.gate_features(feats) - self.gate_mean) / self.gate_std)[:, 0]
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rgb (B, 3, H, W) normalised -> (depth (B, 1, H, W) metres, logit (B, 1, H, W))."""
+        feats = self.camera.encoder(rgb)
+        cam_d, cam_l = self.camera.decode(feats)
+        ren_d, ren_l = self.render(rgb)
+        p = torch.sigmoid(self.render_logit(feats)).view(-1, 1, 1, 1)
+        depth = torch.exp(p * torch.log(ren_d.clamp_min(1e-3)) + (1 - p) * torch.log(cam_d.clamp_min(1e-3)))
+        return depth, p * ren_l + (1 - p) * cam_l

@@ -1,0 +1,107 @@
+"""Issue 20, session 13: the pseudo-LiDAR mixture: the rendered-town U-Net and the real-image Lite0
+network behind a gate fitted on renders against camera frames; LiDAR and fused untouched."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attnlink_ros.errors import ConfigError
+from attnlink_ros.model import AttnLink
+from attnlink_ros.model.mixture import MonoMixture
+
+from .conftest import PKG
+
+SHIPPED = PKG / "models" / "attnlink-lite"
+
+
+def test_the_gate_passes_one_network_through_and_mixes_in_between():
+    torch.manual_seed(0)
+    m = MonoMixture((8, 8, 16, 16)).eval()
+    with torch.no_grad():
+        m.camera.head.weight.normal_(0, 0.1)  # the fresh Lite0 head is constant: make it say something
+        x = torch.randn(2, 3, 64, 256)
+        m.gate.weight.zero_()
+        cam_d, cam_l = m.camera(x)
+        ren_d, ren_l = m.render(x)
+        for bias, want in ((30.0, (ren_d, ren_l)), (-30.0, (cam_d, cam_l))):
+            m.gate.bias.fill_(bias)
+            d, logit = m(x)
+            assert torch.allclose(d, want[0], rtol=1e-5) and torch.allclose(logit, want[1], atol=1e-5)
+        m.gate.bias.fill_(0.0)
+        d, logit = m(x)
+        assert torch.allclose(d, torch.sqrt(ren_d * cam_d), rtol=1e-4)  # p = 0.5: the geometric mean of the depths
+        assert torch.allclose(logit, (ren_l + cam_l) / 2, atol=1e-5)
+
+
+def test_fit_gate_tells_two_kinds_apart_with_few_of_one():
+    """Balanced classes: 30 frames of one kind against 3000 of the other are both classified."""
+    from attnlink_ros.train.mixture import fit_gate
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (30, 12)), rng.normal(0, 1, (3000, 12)) + np.eye(12)[0] * 4]).astype(np.float32)
+    y = np.concatenate([np.zeros(30), np.ones(3000)])
+    gate = torch.nn.Linear(12, 1)
+    mean, std = torch.zeros(12), torch.ones(12)
+    fit = fit_gate(gate, mean, std, X, y, weight_decay=1e-2, steps=100)
+    assert fit["camera_frames"] == 30 and fit["renders"] == 3000
+    assert fit["render_accuracy"] >= 0.97 and fit["camera_accuracy"] >= 0.9
+    assert torch.allclose(mean, torch.from_numpy(X.mean(0)), atol=1e-5)
+    with pytest.raises(ConfigError, match="both"):
+        fit_gate(gate, mean, std, X[:30], y[:30], 1e-2, 10)
+
+
+def test_mixture_trained_on_real_kitti_keeps_lidar_and_serves_both_kinds(kitti_root, synth_root, tmp_path):
+    """A real-image run (one step, drives 02 + 08 held out) and the shipped model joined: the gate
+    tells the held-out real drives from renders, LiDAR and fused descriptors are the shipped
+    model's, the image descriptor of a render is the shipped model's and of a camera image the
+    real-image run's; models that differ outside their pseudo-LiDAR networks are refused."""
+    from attnlink_ros.model.io import load_model, save_model
+    from attnlink_ros.train.mixture import MixtureConfig, build_mixture, render_probability, train_mixture
+    from attnlink_ros.train.real_image import RealImageConfig, train_real_image
+
+    folds = tmp_path / "folds.yaml"
+    folds.write_text(f"roots: [{kitti_root}]\nfolds:\n  a: ['00', '01']\n  b: ['02', '08']\n")
+    train_real_image(RealImageConfig(folds=str(folds), held_out="b", out=str(tmp_path / "cam-b"), steps=1, batch_real=2,
+                                     batch_synth=0), progress=False)
+    cfg = MixtureConfig(render_from=str(SHIPPED), camera_from=str(tmp_path / "cam-{fold}" / "model"), folds=str(folds),
+                        held_out="b", synth=(str(synth_root),), synth_stride=2, out=str(tmp_path / "mix"), steps=50)
+    r = train_mixture(cfg, progress=False)
+    assert r["gate_fit"]["render_accuracy"] == 1.0 and r["gate_fit"]["camera_accuracy"] == 1.0
+    assert r["held_out_render_probability"]["above_0.5"] == 0 and r["held_out_render_probability"]["frames"] == 20
+    assert r["held_out_eval"]["which_drive"]["lidar"]["recall@1"] >= 0.9
+    assert json.loads((tmp_path / "mix" / "result.json").read_text())["held_out"] == "b"
+
+    mix, meta = load_model(tmp_path / "mix" / "model")
+    shipped, _ = load_model(SHIPPED)
+    cam, _ = load_model(tmp_path / "cam-b" / "model")
+    assert mix.cfg.mono_encoder == "mixture" and meta["real_held_out"] == "b"
+    s, t = mix.state_dict(), shipped.state_dict()
+    assert all(torch.equal(s[k], t[k]) for k in t if not k.startswith("mono."))
+    from attnlink_ros.data.real import load_real_frames
+
+    H, W, fov = mix.cfg.input_height, mix.cfg.input_width, mix.cfg.input_fov_deg
+    real = load_real_frames([kitti_root], H, W, ["08"], stride=5, fov_deg=fov)
+    rend = load_real_frames([synth_root], H, W, ["00"], stride=12, fov_deg=fov)
+    assert (render_probability(mix, rend.rgb) > 0.5).all() and (render_probability(mix, real.rgb) < 0.5).all()
+    with torch.no_grad():
+        for frames, ref, tol in ((rend, shipped, 0.05), (real, cam, 0.05)):
+            x = torch.from_numpy(frames.rgb)
+            got = mix(rgb=x).descriptor
+            alone = AttnLink(dataclasses.replace(ref.cfg, image_rgb_weight=0.0))  # the mixture's image query has no RGB share
+            alone.load_state_dict(ref.state_dict())
+            want = alone.eval()(rgb=x).descriptor
+            assert float((got * want).sum(1).min()) > 1 - tol
+        d = torch.from_numpy(real.depth)
+        assert torch.allclose(mix(depth=d).descriptor, shipped(depth=d).descriptor, atol=1e-5)  # LiDAR queries unchanged
+
+    other, ometa = load_model(SHIPPED)
+    with torch.no_grad():
+        next(p for n, p in other.named_parameters() if n.startswith("trunk.")).add_(0.01)
+    save_model(other, tmp_path / "other", {"provenance": "a perturbed copy"})
+    with pytest.raises(ConfigError, match="differ outside"):
+        build_mixture(tmp_path / "other", tmp_path / "cam-b" / "model")
+    with pytest.raises(ConfigError, match="held out"):
+        train_mixture(dataclasses.replace(cfg, held_out="a", camera_from=str(tmp_path / "cam-b" / "model")), progress=False)
