@@ -617,10 +617,14 @@ def test_test_set_config_is_test_only(tmp_path):
 
     from .conftest import PKG
 
-    ts = TestSet.load(PKG / "config" / "test_set.yaml")
-    assert len(ts.towns) >= 6 and sorted(t.frames for t in ts.towns)[:3] == [900] * 3 and [t.frames for t in ts.towns].count(1500) >= 3
-    test_seeds = {t.seed for t in ts.towns}
-    assert {301, 401} <= {t.seed for t in ts.validation}  # the old card's test towns now make choices
+    test_seeds = set()
+    for path in sorted(PKG.glob("config/test_set*.yaml")):  # the card's set and session 13's fresh one
+        ts = TestSet.load(path)
+        assert len(ts.towns) >= 6 and sorted(t.frames for t in ts.towns)[:3] == [900] * 3 and [t.frames for t in ts.towns].count(1500) >= 3
+        assert not (test_seeds & {t.seed for t in ts.towns})  # each set's towns are its own
+        test_seeds |= {t.seed for t in ts.towns}
+        assert {301, 401} <= {t.seed for t in ts.validation}  # the old card's test towns now make choices
+    assert len(test_seeds) >= 12
     used = set()
     for cfg in [*PKG.glob("config/train_*.yaml"), *PKG.glob("config/*/*.yaml")]:
         used |= {int(s) for s in re.findall(r"towns/s(\d+)", cfg.read_text())}

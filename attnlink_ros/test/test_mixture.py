@@ -87,15 +87,21 @@ def test_mixture_trained_on_real_kitti_keeps_lidar_and_serves_both_kinds(kitti_r
     rend = load_real_frames([synth_root], H, W, ["00"], stride=12, fov_deg=fov)
     assert (render_probability(mix, rend.rgb) > 0.5).all() and (render_probability(mix, real.rgb) < 0.5).all()
     with torch.no_grad():
-        for frames, ref, tol in ((rend, shipped, 0.05), (real, cam, 0.05)):
+        # a render's image query is the shipped model's whole image path (its U-Net and its RGB
+        # share, image_rgb_weight 0.2), a camera image's the real-image run's pseudo-LiDAR alone
+        assert mix.cfg.image_rgb_weight == shipped.cfg.image_rgb_weight == 0.2 and cam.cfg.image_rgb_weight == 0.0
+        for frames, ref in ((rend, shipped), (real, cam)):
             x = torch.from_numpy(frames.rgb)
-            got = mix(rgb=x).descriptor
-            alone = AttnLink(dataclasses.replace(ref.cfg, image_rgb_weight=0.0))  # the mixture's image query has no RGB share
-            alone.load_state_dict(ref.state_dict())
-            want = alone.eval()(rgb=x).descriptor
-            assert float((got * want).sum(1).min()) > 1 - tol
+            got, want = mix(rgb=x).descriptor, ref(rgb=x).descriptor
+            assert float((got * want).sum(1).min()) > 0.95
         d = torch.from_numpy(real.depth)
         assert torch.allclose(mix(depth=d).descriptor, shipped(depth=d).descriptor, atol=1e-5)  # LiDAR queries unchanged
+
+    from attnlink_ros.model.mixture import render_half
+
+    half = render_half(mix)  # what a U-Net run or another mixture starts from: the shipped U-Net again
+    assert half.cfg.mono_encoder == "unet"
+    assert all(torch.equal(v, t[k]) for k, v in half.state_dict().items() if k in t)
 
     other, ometa = load_model(SHIPPED)
     with torch.no_grad():
@@ -105,3 +111,15 @@ def test_mixture_trained_on_real_kitti_keeps_lidar_and_serves_both_kinds(kitti_r
         build_mixture(tmp_path / "other", tmp_path / "cam-b" / "model")
     with pytest.raises(ConfigError, match="held out"):
         train_mixture(dataclasses.replace(cfg, held_out="a", camera_from=str(tmp_path / "cam-b" / "model")), progress=False)
+
+
+def test_mixture_exports_to_onnx_and_agrees_with_torch(tmp_path):
+    from attnlink_ros.inference.export import export_onnx, parity
+    from attnlink_ros.model.config import variant
+
+    torch.manual_seed(0)
+    m = AttnLink(variant("attnlink-lite", image_depth=True, mono_encoder="mixture", input_fov_deg=(4.771, -15.277, 40.213, -41.376))).eval()
+    with torch.no_grad():
+        m.mono.gate.weight.normal_(0, 0.5)  # a gate that is neither 0 nor 1 on random images
+    path = export_onnx(m, tmp_path / "mix.image.onnx", "image")
+    assert parity(m, path, "image") < 1e-4

@@ -51,6 +51,7 @@ class Tokens:
     dense_depth: torch.Tensor | None = None
     rgb_depth: torch.Tensor | None = None  # (B, 1, h/16, w/16) metres, training aux head only
     return_logit: torch.Tensor | None = None  # (B, 1, H, W) pseudo-LiDAR return logit (image_depth)
+    render_p: torch.Tensor | None = None  # (B,) a mixture's probability that the image is a render (model/mixture.py)
 
 
 class AttnLink(nn.Module):
@@ -95,7 +96,13 @@ class AttnLink(nn.Module):
     def encode_pseudo_lidar(self, rgb: torch.Tensor) -> Tokens:
         """Image-only tokens with ``image_depth``: the image's predicted depth-branch input
         (dense depth, LiDAR-return probability) through the depth branch; F_depth and S_depth."""
-        dense, logit = self.mono((rgb - self.rgb_mean) / self.rgb_std)
+        x = (rgb - self.rgb_mean) / self.rgb_std
+        if self.cfg.mono_encoder == "mixture":
+            dense, logit, p = self.mono.gated(x)
+            tokens = self.pseudo_lidar_tokens(dense, logit)
+            tokens.render_p = p
+            return tokens
+        dense, logit = self.mono(x)
         return self.pseudo_lidar_tokens(dense, logit)
 
     def pseudo_lidar_tokens(self, dense: torch.Tensor, logit: torch.Tensor) -> Tokens:
@@ -176,6 +183,8 @@ class AttnLink(nn.Module):
         if depth is None and self.mono is not None and w > 0:
             # image only: the pseudo-LiDAR descriptor mixed with the RGB tokens' (cfg.image_rgb_weight)
             rgb_desc = self.fuse(self.encode(rgb, None, pseudo=False))[0]
+            if tokens.render_p is not None:  # a mixture: the RGB share is the rendered-town model's, on renders
+                w = w * tokens.render_p[:, None]
             desc = F.normalize((1.0 - w) * desc + w * rgb_desc, dim=1)
         return AttnLinkOutput(desc, weights, tokens.dense_depth, return_logit=tokens.return_logit)
 

@@ -37,7 +37,8 @@ class ModelConfig:
     # "mixture" (both, and a gate that picks per image: model/mixture.py)
     mono_encoder: str = "unet"
     # with image_depth, an image-only descriptor mixes in the RGB tokens' own descriptor:
-    # normalize((1 - w) * pseudo-LiDAR + w * RGB); 0 = pseudo-LiDAR alone (no weights of its own)
+    # normalize((1 - w) * pseudo-LiDAR + w * RGB); 0 = pseudo-LiDAR alone (no weights of its own);
+    # with mono_encoder "mixture", w times the gate's render probability
     image_rgb_weight: float = 0.0
     # the input grid: None = the image rows the LiDAR covers, every column (network_grid); or
     # (top elevation, bottom elevation, left azimuth, right azimuth), degrees in the LiDAR frame:

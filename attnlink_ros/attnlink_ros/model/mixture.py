@@ -18,7 +18,11 @@ channel means: colour, texture and noise statistics, which is where a render and
 differ), fitted on rendered towns against real camera frames (train/mixture.py). Its output is
 the probability that the image is a render; the two networks' outputs are mixed with it (log
 depth and return logit), so a confident gate passes one network's pseudo-LiDAR through unchanged.
-Both networks run on every image (one ONNX graph, no data-dependent branches)."""
+Both networks run on every image (one ONNX graph, no data-dependent branches). The image-only
+descriptor's RGB share (``image_rgb_weight``, the rendered-town model's: its image query mixed its
+RGB tokens' descriptor in) is scaled by the same probability, so a render's image query is the
+rendered-town model's whole image path and a camera image's is the Lite0 network's alone (the
+RGB tokens know the towns, not real roads: session 12)."""
 
 from __future__ import annotations
 
@@ -52,11 +56,33 @@ class MonoMixture(nn.Module):
         """(B,) the gate's logit that the image is a render, from the encoder's features."""
         return self.gate((self.gate_features(feats) - self.gate_mean) / self.gate_std)[:, 0]
 
-    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """rgb (B, 3, H, W) normalised -> (depth (B, 1, H, W) metres, logit (B, 1, H, W))."""
+    def gated(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """rgb (B, 3, H, W) normalised -> (depth (B, 1, H, W) metres, logit (B, 1, H, W), the
+        render probability (B,))."""
         feats = self.camera.encoder(rgb)
         cam_d, cam_l = self.camera.decode(feats)
         ren_d, ren_l = self.render(rgb)
-        p = torch.sigmoid(self.render_logit(feats)).view(-1, 1, 1, 1)
+        prob = torch.sigmoid(self.render_logit(feats))
+        p = prob.view(-1, 1, 1, 1)
         depth = torch.exp(p * torch.log(ren_d.clamp_min(1e-3)) + (1 - p) * torch.log(cam_d.clamp_min(1e-3)))
-        return depth, p * ren_l + (1 - p) * cam_l
+        return depth, p * ren_l + (1 - p) * cam_l, prob
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rgb (B, 3, H, W) normalised -> (depth (B, 1, H, W) metres, logit (B, 1, H, W))."""
+        return self.gated(rgb)[:2]
+
+
+def render_half(model):
+    """A copy of a mixture model whose pseudo-LiDAR network is its ``render`` U-Net alone
+    (mono_encoder "unet"): what a run that trains the U-Net, or a new mixture, starts from."""
+    import dataclasses
+
+    from .attnlink import AttnLink
+
+    if model.cfg.mono_encoder != "mixture":
+        raise ValueError("render_half needs a mixture model")
+    out = AttnLink(dataclasses.replace(model.cfg, mono_encoder="unet"))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("mono.")}
+    state.update({f"mono.{k}": v for k, v in model.mono.render.state_dict().items()})
+    out.load_state_dict(state)
+    return out.eval()

@@ -65,6 +65,10 @@ def build_mixture(render_from: str | Path, camera_from: str | Path):
 
     ren, rmeta = load_model(render_from)
     cam, cmeta = load_model(camera_from)
+    if ren.cfg.mono_encoder == "mixture":  # a mixture (the shipped model) lends its rendered-town U-Net
+        from ..model.mixture import render_half
+
+        ren = render_half(ren)
     if ren.cfg.mono_encoder != "unet" or ren.mono is None:
         raise ConfigError(f"render_from {render_from}: needs a model with the pseudo-LiDAR U-Net (mono_encoder unet)")
     if cam.cfg.mono_encoder != "efficientnet_lite0":
@@ -73,7 +77,8 @@ def build_mixture(render_from: str | Path, camera_from: str | Path):
     shared = [k for k in cs if not k.startswith("mono.")]
     if set(shared) != {k for k in rs if not k.startswith("mono.")} or any(not torch.equal(rs[k], cs[k]) for k in shared):
         raise ConfigError(f"{render_from} and {camera_from} differ outside their pseudo-LiDAR networks: they cannot share one depth branch")
-    cfg = dataclasses.replace(cam.cfg, mono_encoder="mixture", mono_widths=ren.cfg.mono_widths)
+    # the RGB share of an image query is the rendered-town model's (scaled by the gate: model/mixture.py)
+    cfg = dataclasses.replace(cam.cfg, mono_encoder="mixture", mono_widths=ren.cfg.mono_widths, image_rgb_weight=ren.cfg.image_rgb_weight)
     model = AttnLink(cfg)
     model.load_state_dict({k: cs[k] for k in shared}, strict=False)
     model.mono.render.load_state_dict(ren.mono.state_dict())

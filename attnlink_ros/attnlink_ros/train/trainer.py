@@ -254,6 +254,10 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         from ..model.io import load_model
 
         init, init_meta = load_model(tc.init_from)
+        if init.cfg.mono_encoder == "mixture" and mcfg.mono_encoder == "unet":
+            from ..model.mixture import render_half
+
+            init = render_half(init)  # the shipped mixture's rendered-town U-Net is what a U-Net run continues
         same = dataclasses.replace(init.cfg, image_depth=mcfg.image_depth, mono_widths=mcfg.mono_widths, variant=mcfg.variant)
         if same != mcfg:
             raise ConfigError(f"train.init_from {tc.init_from}: its model config differs from this run's")
