@@ -447,6 +447,16 @@ def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
     print(format_table(table, f"pseudo-depth vs projected LiDAR (grid {model.cfg.input_height}x{model.cfg.input_width}, "
                               f"returns <= 80 m), model {meta['fingerprint'][:12]}"))
     out = {"depth": table, "_model": {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}}
+    if model.cfg.mono_encoder == "mixture":  # which of its two networks the gate hands each drive's images
+        import numpy as np
+
+        from .train.mixture import render_probability
+
+        p = render_probability(model, frames.rgb)
+        out["render_probability"] = {d: {"median": round(float(np.median(p[frames.drive == d])), 4),
+                                         "max": round(float(p[frames.drive == d].max()), 4)} for d in frames.drives}
+        print("the mixture's gate, probability that the image is a render (median / max per drive; > 0.5: the rendered-town "
+              "network): " + ", ".join(f"{d} {v['median']:.3f} / {v['max']:.3f}" for d, v in out["render_probability"].items()))
     if args.sensitivity:
         from .evaluation.depth import descriptor_sensitivity, format_sensitivity
 

@@ -103,6 +103,16 @@ def test_mixture_trained_on_real_kitti_keeps_lidar_and_serves_both_kinds(kitti_r
     assert half.cfg.mono_encoder == "unet"
     assert all(torch.equal(v, t[k]) for k, v in half.state_dict().items() if k in t)
 
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "attnlink_ros", "eval", "--depth", "--data", str(kitti_root), "--sequences", "08",
+                          "--model", str(tmp_path / "mix" / "model"), "--json", str(tmp_path / "d.json"), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    gate = json.loads((tmp_path / "d.json").read_text())["render_probability"]
+    assert list(gate) == ["08"] and gate["08"]["max"] < 0.5 and "probability that the image is a render" in out.stdout
+
     other, ometa = load_model(SHIPPED)
     with torch.no_grad():
         next(p for n, p in other.named_parameters() if n.startswith("trunk.")).add_(0.01)
