@@ -13,7 +13,24 @@ from .conftest import PKG
 
 ALL = sorted(PKG.glob("config/train_*.yaml")) + sorted(PKG.glob("config/ablations/*.yaml")) + sorted(PKG.glob("config/experiments/*.yaml"))
 REAL_IMAGE = [p for p in ALL if "real_image" in (yaml.safe_load(p.read_text()) or {})]  # train/real_image.py's configs
-CONFIGS = [p for p in ALL if p not in REAL_IMAGE]
+MIXTURE = [p for p in ALL if "mixture" in (yaml.safe_load(p.read_text()) or {})]  # train/mixture.py's configs
+CONFIGS = [p for p in ALL if p not in REAL_IMAGE and p not in MIXTURE]
+
+
+@pytest.mark.parametrize("path", MIXTURE, ids=lambda p: str(Path(p).relative_to(PKG)))
+def test_mixture_config_names_what_it_joins(path, monkeypatch):
+    """A mixture config parses, its folds exist, its rendered-town model has the U-Net (directly
+    or as a mixture's render half) and its camera model is named per fold."""
+    from attnlink_ros.model.io import load_model
+    from attnlink_ros.train.mixture import MixtureConfig
+
+    from .conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    cfg = MixtureConfig.load(path)
+    assert Path(cfg.folds).is_file() and cfg.synth and "{fold}" in cfg.camera_from
+    ren, _ = load_model(cfg.render_from)
+    assert ren.cfg.mono_encoder in ("unet", "mixture")
 
 
 @pytest.mark.parametrize("path", REAL_IMAGE, ids=lambda p: str(Path(p).relative_to(PKG)))
