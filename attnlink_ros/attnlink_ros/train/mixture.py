@@ -42,19 +42,9 @@ class MixtureConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict | None = None) -> "MixtureConfig":
-        import yaml
+        from .real_image import load_section
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        body = data.get("mixture")
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}: no 'mixture:' section")
-        body = {**body, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        unknown = set(body) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"{path}: unknown mixture keys {sorted(unknown)}")
-        if body.get("synth") is not None:
-            body["synth"] = tuple(body["synth"])
-        return cls(**body)
+        return load_section(cls, path, "mixture", overrides, tuples=("synth",))
 
 
 def build_mixture(render_from: str | Path, camera_from: str | Path):

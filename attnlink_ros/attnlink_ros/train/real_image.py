@@ -81,20 +81,26 @@ class RealImageConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict | None = None) -> "RealImageConfig":
-        import yaml
+        return load_section(cls, path, "real_image", overrides, tuples=("synth", "fov_deg"))
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        body = data.get("real_image")
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}: no 'real_image:' section")
-        body = {**body, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        unknown = set(body) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"{path}: unknown real_image keys {sorted(unknown)}")
-        for key in ("synth", "fov_deg"):
-            if body.get(key) is not None:
-                body[key] = tuple(body[key])
-        return cls(**body)
+
+def load_section(cls, path: str | Path, section: str, overrides: dict | None = None, tuples=()):
+    """The dataclass ``cls`` from the ``section:`` of a YAML file, ``overrides`` (not None) on top;
+    unknown keys refused; the keys in ``tuples`` made tuples."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    body = data.get(section)
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: no '{section}:' section")
+    body = {**body, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    unknown = set(body) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"{path}: unknown {section} keys {sorted(unknown)}")
+    for key in tuples:
+        if body.get(key) is not None:
+            body[key] = tuple(body[key])
+    return cls(**body)
 
 
 def build_model(cfg: RealImageConfig):
