@@ -34,6 +34,11 @@ def test_the_gate_passes_one_network_through_and_mixes_in_between():
         d, logit = m(x)
         assert torch.allclose(d, torch.sqrt(ren_d * cam_d), rtol=1e-4)  # p = 0.5: the geometric mean of the depths
         assert torch.allclose(logit, (ren_l + cam_l) / 2, atol=1e-5)
+        m.hard.fill_(1.0)  # the hard gate: the favoured network alone, exactly, however close the call
+        for bias, want, p in ((0.2, (ren_d, ren_l), 1.0), (-0.2, (cam_d, cam_l), 0.0)):
+            m.gate.bias.fill_(bias)
+            d, logit, prob = m.gated(x)
+            assert torch.equal(d, want[0]) and torch.equal(logit, want[1]) and bool((prob == p).all())
 
 
 def test_fit_gate_tells_two_kinds_apart_with_few_of_one():
@@ -131,5 +136,7 @@ def test_mixture_exports_to_onnx_and_agrees_with_torch(tmp_path):
     m = AttnLink(variant("attnlink-lite", image_depth=True, mono_encoder="mixture", input_fov_deg=(4.771, -15.277, 40.213, -41.376))).eval()
     with torch.no_grad():
         m.mono.gate.weight.normal_(0, 0.5)  # a gate that is neither 0 nor 1 on random images
-    path = export_onnx(m, tmp_path / "mix.image.onnx", "image")
-    assert parity(m, path, "image") < 1e-4
+    for hard in (0.0, 1.0):  # the soft mix and the hard pick
+        m.mono.hard.fill_(hard)
+        path = export_onnx(m, tmp_path / f"mix{hard}.image.onnx", "image")
+        assert parity(m, path, "image") < 1e-4

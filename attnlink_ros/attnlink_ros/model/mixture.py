@@ -46,6 +46,8 @@ class MonoMixture(nn.Module):
         # the gate's input standardisation (fitted with it)
         self.register_buffer("gate_mean", torch.zeros(n))
         self.register_buffer("gate_std", torch.ones(n))
+        # 1: a hard gate (the favoured network alone: a render's output IS the render network's); 0: the soft mix
+        self.register_buffer("hard", torch.zeros(()))
 
     @staticmethod
     def gate_features(feats) -> torch.Tensor:
@@ -58,14 +60,20 @@ class MonoMixture(nn.Module):
 
     def gated(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """rgb (B, 3, H, W) normalised -> (depth (B, 1, H, W) metres, logit (B, 1, H, W), the
-        render probability (B,))."""
+        render probability (B,); with the hard gate 1 or 0)."""
         feats = self.camera.encoder(rgb)
         cam_d, cam_l = self.camera.decode(feats)
         ren_d, ren_l = self.render(rgb)
         prob = torch.sigmoid(self.render_logit(feats))
         p = prob.view(-1, 1, 1, 1)
         depth = torch.exp(p * torch.log(ren_d.clamp_min(1e-3)) + (1 - p) * torch.log(cam_d.clamp_min(1e-3)))
-        return depth, p * ren_l + (1 - p) * cam_l, prob
+        logit = p * ren_l + (1 - p) * cam_l
+        # the hard gate picks one network's output as it is (bit for bit), not a mix of one with weight 1
+        hard, pick = self.hard > 0, p > 0.5
+        depth = torch.where(hard, torch.where(pick, ren_d, cam_d), depth)
+        logit = torch.where(hard, torch.where(pick, ren_l, cam_l), logit)
+        prob = torch.where(hard, (prob > 0.5).to(prob.dtype), prob)
+        return depth, logit, prob
 
     def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """rgb (B, 3, H, W) normalised -> (depth (B, 1, H, W) metres, logit (B, 1, H, W))."""

@@ -38,6 +38,7 @@ class MixtureConfig:
     out: str = "runs/mixture"
     weight_decay: float = 1e-2  # L2 on the gate's weights (standardised features)
     steps: int = 200  # L-BFGS iterations
+    hard_gate: bool = False  # the favoured network alone (p > 0.5), not the mix (model/mixture.py)
     threads: int = 2
 
     @classmethod
@@ -158,9 +159,10 @@ def train_mixture(cfg: MixtureConfig, progress: bool = True) -> dict:
     X = np.concatenate([real, *renders])
     y = np.concatenate([np.zeros(len(real)), np.ones(sum(len(r) for r in renders))])
     fit = fit_gate(model.mono.gate, model.mono.gate_mean, model.mono.gate_std, X, y, cfg.weight_decay, cfg.steps)
+    model.mono.hard.fill_(1.0 if cfg.hard_gate else 0.0)
     model.eval()
     provenance = (f"pseudo-LiDAR mixture: the U-Net of {rmeta['fingerprint'][:12]} ({cfg.render_from}) for renders, the Lite0 "
-                  f"network of {cmeta['fingerprint'][:12]} ({camera_from}) for camera images, a gate fitted on real drives "
+                  f"network of {cmeta['fingerprint'][:12]} ({camera_from}) for camera images, a {'hard' if cfg.hard_gate else 'soft'} gate fitted on real drives "
                   f"{train_drives} against renders of {list(cfg.synth)} (train/mixture.py)")
     save_model(model, out / "model", {"trained_steps": 0, "provenance": provenance, "real_train_drives": train_drives,
                                       "real_held_out": cfg.held_out})
