@@ -187,10 +187,18 @@ def test_lidar_lost_and_back(ros, model_and_map):
             for _ in range(count):
                 h = Header(stamp=sec_to_stamp(2000.0 + 0.1 * k), frame_id="camera")
                 i = k % len(seq)
+                before = {s: node.counters[f"{s}_in"] for s in ("image", "points")}
                 pubs["camera_info"].publish(calibration_to_camera_info(seq.calib, h))
                 pubs["image"].publish(bgr_to_image(seq.read_image(i), h))
+                sent = ("image", "points") if what == "both" else ("image",)
                 if what == "both":
                     pubs["points"].publish(xyzi_to_pointcloud2(seq.read_scan(i), h))
+                # lock step: the next frame goes out once the node took this one, so that a loaded
+                # machine cannot make DDS replace a sample in the node's depth-1 queue (the test is
+                # about the sensor timeout, not about delivery under load)
+                wait_until = time.monotonic() + 5
+                while time.monotonic() < wait_until and any(node.counters[f"{s}_in"] <= before[s] for s in sent):
+                    time.sleep(0.01)
                 k += 1
                 time.sleep(0.15)
             lost_seen.append(len(diags))
