@@ -72,7 +72,9 @@ def test_eval_depth_and_pseudo_depth_on_real_kitti(kitti_root, tmp_path):
         assert row["model"]["pixels"] > 10000 and 0 < row["model"]["abs_rel"] and 0 <= row["row_median"]["delta1"] <= 1
     assert "row-median baseline" in out.stdout
     # the baseline computed by hand from the same frames
-    frames = load_real_frames([kitti_root], 64, 256, ["00", "08"])
+    from attnlink_ros.model.io import load_model
+
+    frames = load_real_frames([kitti_root], 64, 256, ["00", "08"], fov_deg=load_model(None)[0].cfg.input_fov_deg)  # the model's grid
     base = row_median_image(frames.depth)
     assert evaluate_depth(np.broadcast_to(base, frames.depth.shape), frames)["pooled"]["model"] == table["pooled"]["row_median"]
     seq = kitti_root / "dataset" / "sequences" / "00"
