@@ -374,9 +374,9 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
     tracking filter (with and without odometry) beside the single-frame top-1, per mode."""
     import tempfile
 
-    from .evaluation.tracking import TrackData, calibrate, evaluate_tracking, print_tracking, plot_tracking
+    from .evaluation.tracking import TrackData, calibrate, evaluate_tracking, measured_thresholds, print_tracking, plot_tracking
     from .localization.calibration import load_for_model, save_for_model
-    from .localization.tracker import TrackerConfig
+    from .localization.tracker import DEFAULT_MIN_CONFIDENCE, TrackerConfig
 
     if not args.data:
         raise AttnLinkError("--track needs --data ROOT [ROOT ...]")
@@ -390,8 +390,16 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
     result: dict[str, Any] = {}
     if args.calibrate:
         obs = calibrate(data, modes)
+        # each unverified mode's publishing threshold, measured on the same drives with the fitted model
+        obs = measured_thresholds(obs, [evaluate_tracking(d, obs, cfg, modes, verify_every=args.verify_every) for d in data], data, modes)
         path = save_for_model(obs, args.calibrate, meta["fingerprint"], {"map_fraction": args.map_fraction, "views": args.views[0]})
         print(f"observation model fitted on {', '.join(d.name for d in data)} -> {path}")
+        for m in modes:
+            o = obs[m]
+            print(f"  {m}: " + (f"the belief's fixes published from confidence {o.min_confidence:.2f} (measured)" if o.min_confidence is not None else
+                                "the belief's fixes never published (no threshold was precise on these drives; verified and carried poses only)"
+                                if not o.belief_publishes else
+                                f"the belief's fixes published from confidence {DEFAULT_MIN_CONFIDENCE:.2f} (the default; anchored by verification)"))
         result["calibration"] = str(path)
     else:
         obs = load_for_model(args.calibration, args.model, meta["fingerprint"])

@@ -144,7 +144,7 @@ class NodeConfig:
     consistency: int = 1
     markers: bool = True
     tracking: bool = True  # relocalize: the filter over the map's places decides what ~/place carries
-    min_confidence: float = 0.8  # relocalize + tracking: a fix is published on ~/place at or above this
+    min_confidence: float = -1.0  # relocalize + tracking: a fix is published on ~/place at or above this; < 0: per mode, as calibrated
     tracking_calibration: str = ""  # the filter's observation model; empty: the model's own NAME.tracking.json
     pose_topic: str = ""  # nav_msgs/Odometry of the LiDAR's pose (e.g. SLAM's); online: keyframe poses; relocalize: the filter's motion
     pose_tolerance: float = 0.1
@@ -192,7 +192,9 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "tracking": ("relocalize: track the vehicle over the map's places (a filter over places and views, with a 'lost' state); "
                  "~/place then carries only confident fixes and verified poses; false: every frame's top place", None, None),
     "min_confidence": ("relocalize + tracking: smallest posterior probability (within 10 m of the fix, its heading) "
-                       "of a fix published on ~/place", None, (0.0, 1.0)),
+                       "of a fix published on ~/place; -1 (default): per query mode, the threshold the tracking calibration "
+                       "measured (0.8 where it measured none; a mode whose fixes were never precise on the validation towns, "
+                       "image-only today, publishes verified and carried poses only)", None, (-1.0, 1.0)),
     "tracking_calibration": ("relocalize + tracking: the filter's observation model (attnlink eval --track --calibrate); "
                              "empty: NAME.tracking.json beside the model", None, None),
     "pose_topic": ("nav_msgs/Odometry topic of the LiDAR's pose in a world frame (e.g. SLAM's or wheel odometry); online: "

@@ -233,6 +233,44 @@ def test_filter_with_odometry_follows_the_motion():
     assert set(tr.idx) <= set(before[0]) | set(support)
 
 
+def test_publishing_threshold_measured_per_mode_and_an_imprecise_belief_stays_silent(tmp_path):
+    """The calibration measures each unverified mode's publishing threshold from the PR curves
+    (precise on every drive, with and without odometry, from there up); a mode whose belief was
+    never precise publishes nothing from the belief unless the user sets a threshold; files
+    written before the field existed load with the default."""
+    from dataclasses import replace
+
+    from attnlink_ros.evaluation.tracking import measure_threshold
+
+    def curves(*rows):  # rows of (threshold, precision, published), the same on every drive
+        pr = [{"min_confidence": t, "precision": p, "recall": 0.5, "published": n} for t, p, n in rows]
+        return [{"track": {"image": {"pr_curve": pr}}, "track_odometry": {"image": {"pr_curve": pr}}}]
+
+    assert measure_threshold(curves((0.5, 0.9, 90), (0.8, 0.995, 40), (0.9, 1.0, 20)), "image") == 0.8
+    assert measure_threshold(curves((0.5, 0.99, 90), (0.8, 0.95, 40), (0.9, 1.0, 20)), "image") == 0.9  # from there up
+    assert measure_threshold(curves((0.5, 0.9, 90), (0.8, 0.7, 40), (0.9, None, 0)), "image") is None  # never precise
+    two = curves((0.5, 0.999, 90), (0.8, 1.0, 40))
+    two[0]["track_odometry"]["image"]["pr_curve"] = [{"min_confidence": 0.5, "precision": 0.98, "recall": 0.5, "published": 50},
+                                                     {"min_confidence": 0.8, "precision": 0.99, "recall": 0.4, "published": 30}]
+    assert measure_threshold(two, "image") == 0.8  # every curve must be precise
+    rng = np.random.default_rng(4)
+    xy, heading = street_map()
+    silent = replace(OBS, belief_publishes=False)
+    for obs, cfg, published in ((OBS, TrackerConfig(), True), (silent, TrackerConfig(), False),
+                                (silent, TrackerConfig(min_confidence=0.8), True), (replace(OBS, min_confidence=1.0), TrackerConfig(), False)):
+        tr = PlaceTracker(xy, heading, [0.0, 180.0], obs, cfg)
+        for i in range(60):
+            f = tr.update(0.1 * i, *observe(rng, i, len(xy), p_top=0.9))
+        assert f.published == published and f.state in ("tracking", "relocalising") and abs(f.place - 59) <= 3, (obs, cfg)
+    path = save_for_model({"image": silent}, tmp_path / "m.tracking.json", "f" * 64)
+    assert load_calibration(path)["image"] == silent
+    data = json.loads(path.read_text())
+    for key in ("min_confidence", "belief_publishes"):
+        del data["modes"]["image"][key]
+    path.write_text(json.dumps(data))
+    assert load_calibration(path)["image"] == OBS  # a file from before session 14: the default threshold
+
+
 def test_calibration_file_ships_beside_the_default_model():
     """The shipped model's tracking calibration: fitted on validation towns, this model's."""
     from attnlink_ros.model.io import default_model_path, load_model

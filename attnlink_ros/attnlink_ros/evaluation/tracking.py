@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..localization.tracker import ObservationModel, PlaceTracker, TrackerConfig, checked_mask, fit_observation_model, odometry_delta
+from ..localization.tracker import PRECISE, ObservationModel, PlaceTracker, TrackerConfig, checked_mask, fit_observation_model, odometry_delta
 from ..geometry.poses import headings_deg
 from .protocols import SUCCESS_RADIUS
 
@@ -267,6 +267,33 @@ def calibrate(datasets: list[TrackData], modes) -> dict[str, ObservationModel]:
         ans = np.concatenate([d.answerable for d in datasets])
         ver = np.concatenate([d.verified[m] for d in datasets]) if all(m in d.verified for d in datasets) else None
         out[m] = fit_observation_model(scores, right, ans, fitted_on=[d.name for d in datasets], verified=ver)
+    return out
+
+
+def measure_threshold(results: list[dict], mode: str, precision: float = PRECISE) -> float | None:
+    """The smallest confidence threshold of the PR curves from which, on every drive of
+    ``results`` (evaluate_tracking's) with and without odometry, the belief's published fixes are
+    at least ``precision`` right at that threshold and every higher one, and some are published;
+    None: no such threshold (the mode's belief is not precise on these drives)."""
+    curves = [r[key][mode]["pr_curve"] for r in results for key in ("track", "track_odometry")]
+    thresholds = [p["min_confidence"] for p in curves[0]]
+    ok = [all(c[i]["published"] == 0 or c[i]["precision"] >= precision for c in curves) for i in range(len(thresholds))]
+    for i, t in enumerate(thresholds):
+        if all(ok[i:]) and any(c[i]["published"] for c in curves):
+            return float(t)
+    return None
+
+
+def measured_thresholds(obs: dict[str, ObservationModel], results: list[dict], data: list[TrackData], modes) -> dict[str, ObservationModel]:
+    """The observation models with each unverified mode's publishing threshold measured on the
+    calibration drives (:func:`measure_threshold`); modes with GICP verification keep the default
+    (their fixes are anchored by verifications, which the PR curve does not model)."""
+    out = dict(obs)
+    for m in modes:
+        if any(m in d.verified for d in data):
+            continue
+        t = measure_threshold(results, m)
+        out[m] = dataclasses.replace(obs[m], min_confidence=t, belief_publishes=t is not None)
     return out
 
 

@@ -54,6 +54,17 @@ class MapTracking:
         self.tracker.reset()
         self._last_pose = None
 
+    def threshold(self, mode: str) -> float | None:
+        """The confidence from which the belief's fix is published for queries of ``mode``; None:
+        never (the calibration found this mode's belief imprecise: verified and carried poses only)."""
+        if mode not in self.observation:
+            return None
+        obs, self.tracker.obs = self.tracker.obs, self.observation[mode]
+        try:
+            return self.tracker.threshold()
+        finally:
+            self.tracker.obs = obs
+
     def step(self, stamp: float, hits: list[dict], mode: str, pose: np.ndarray | None = None, checked: int = 0) -> Fix:
         """One query's hits (best first, as PlaceMap.hits gives them); ``pose``: the vehicle's
         camera pose (4x4, any fixed world frame) from odometry at the query's stamp, or None;

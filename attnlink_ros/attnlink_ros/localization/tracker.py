@@ -30,7 +30,8 @@ unverified evidence alone cannot tell a look-alike street off the map from the m
 
 Output per frame (:class:`Fix`): the most probable place and view, its posterior mass within
 ``cluster_radius_m`` (the confidence), the covariance from the belief's spread (plus the place
-spacing's own error), and the state: ``tracking`` (confidence >= min_confidence), ``relocalising``
+spacing's own error), and the state: ``tracking`` (confidence >= the mode's threshold,
+:meth:`PlaceTracker.threshold`), ``relocalising``
 or ``lost`` (P(not on the map) >= 0.5).
 """
 
@@ -46,6 +47,8 @@ import numpy as np
 from ..errors import AttnLinkError, DataError
 
 FEATURES = ("bias", "score", "margin", "log_rank")  # logistic features of one hit
+DEFAULT_MIN_CONFIDENCE = 0.8  # where the calibration measured none (validation town 601, LiDAR with verification, session 8)
+PRECISE = 0.99  # the precision a mode's belief must reach on every calibration drive to publish unverified fixes
 _BIN_M = 0.5  # distance bins of the neighbour counts (PlaceTracker._within)
 
 
@@ -67,7 +70,11 @@ class TrackerConfig:
     spatial_prior: bool = False  # a supported state is evidence in proportion to how few states the hits support
     support_radius_m: float = 10.0  # a hit speaks for the states within this of its place (its heading)
     cluster_radius_m: float = 10.0  # the fix's confidence: posterior mass within this of the best place
-    min_confidence: float = 0.8  # a fix is published (state tracking) at or above this (validation town 601, session 8)
+    # a fix is published (state tracking) at or above this; None: per query mode, the threshold the
+    # calibration measured (ObservationModel.min_confidence; a mode whose belief was never precise
+    # there publishes only verified and carried poses), else DEFAULT_MIN_CONFIDENCE. A number
+    # overrides every mode (and lets an imprecise mode's belief publish: the user's choice)
+    min_confidence: float | None = None
     base_sigma_m: float = 3.0  # position error of a correct fix beyond the belief's spread (place spacing, view offsets)
     verified_lr: float = 1e4  # likelihood ratio of a GICP-verified hit
     # with GICP verification available (LiDAR, a map with scans): a fix is published only while a
@@ -103,6 +110,12 @@ class ObservationModel:
     # tried and refused is this much likelier at the vehicle's place than off the map
     # (P(refused | right) / P(refused | off the map), fitted; 1 = no verification data)
     refused_ratio: float = 1.0
+    # measured on the calibration drives for a mode without GICP verification (eval --track
+    # --calibrate): the smallest confidence threshold from which on every drive, with and without
+    # odometry, the belief's published fixes were precise (>= PRECISE); None: not measured (files
+    # before session 14, verified modes: TrackerConfig's default applies)
+    min_confidence: float | None = None
+    belief_publishes: bool = True  # False: no threshold was precise there; the belief alone never publishes
 
     def probability(self, scores: np.ndarray) -> np.ndarray:
         """(k,) P(correct) of one query's hits, ``scores`` best first (-inf pads)."""
@@ -507,6 +520,16 @@ class PlaceTracker:
         return Fix("tracking", place, int(view[place]), 1.0, 0.0, np.array([x, z]), np.eye(2) * sigma ** 2,
                    float(np.degrees(h)), source=source)
 
+    def threshold(self) -> float | None:
+        """The confidence from which the belief's fix is published in the current mode (its
+        observation model), or None: this mode's belief is not published (only verified and
+        carried poses are)."""
+        if self.cfg.min_confidence is not None:
+            return float(self.cfg.min_confidence)
+        if not self.obs.belief_publishes:
+            return None
+        return DEFAULT_MIN_CONFIDENCE if self.obs.min_confidence is None else float(self.obs.min_confidence)
+
     def _fix(self) -> Fix:
         c = self.cfg
         if len(self.idx) == 0:
@@ -526,9 +549,10 @@ class PlaceTracker:
             age = None if a is None or self.last_stamp is None else self.last_stamp - a[0]
             anchored = age is not None and age <= c.anchor_s and \
                 float(np.linalg.norm(a[1] - self.state_xy[best])) <= c.cluster_radius_m + c.max_speed_mps * max(age, 0.0)
+        threshold = self.threshold()
         if self.lost >= 0.5:
             state = "lost"
-        elif conf >= c.min_confidence and anchored:
+        elif threshold is not None and conf >= threshold and anchored:
             state = "tracking"
         else:
             state = "relocalising"

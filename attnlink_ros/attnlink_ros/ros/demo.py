@@ -163,7 +163,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
     if tk:
         print(f"~/place, single frame (every frame's top place, tracking off): precision {sf['precision']:.3f}, recall {sf['recall']:.3f}, "
               f"{sf['off_map_published']} of {sf['off_map']} off-map frames published")
-        print(f"~/place, tracking filter (published when confidence >= min_confidence): precision "
+        print(f"~/place, tracking filter (published when confidence >= the mode's threshold): precision "
               f"{'-' if tk['precision'] is None else format(tk['precision'], '.3f')}, recall {tk['recall']:.3f}, "
               f"{tk['off_map_published']} of {tk['off_map']} off-map frames published; states {tk['states']}")
     if plot:

@@ -174,7 +174,7 @@ class AttnLinkLifecycle(LifecycleNode):
             self.get_logger().warning("tracking off: the map's places have no poses (saved without a pose topic)")
             return None
         obs = load_for_model(c.tracking_calibration or None, c.model or None, self.recognizer.fingerprint)
-        self.tracking = MapTracking(self.recognizer.map, obs, replace(TrackerConfig(), min_confidence=c.min_confidence,
+        self.tracking = MapTracking(self.recognizer.map, obs, replace(TrackerConfig(), min_confidence=c.min_confidence if c.min_confidence >= 0 else None,
                                                                       require_anchor=verification))
         return PoseTrack(max_poses=3000) if c.pose_topic else None
 
