@@ -351,6 +351,10 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         from .pipeline import PlaceRecognizer
 
         r = drive_probe(PlaceRecognizer(args.model or None, None, backend="torch"), args.data, views=args.views[0])
+        from .model.io import trained_drives
+
+        r["trained_on"] = trained_drives(meta, r["drives"])
+        _warn_trained(r["trained_on"], "this probe")
         print(f"real KITTI probe ({r['frames']} frames of drives {', '.join(r['drives'])}, LiDAR map of all, {r['views']} view(s) a place): "
               f"image-only 'which drive' Recall@1 {r['recall@1']:.3f} (chance {r['chance']:.3f}); own frame top-1 "
               f"{r['own_frame_top1']:.3f}; by drive " + ", ".join(f"{d} {v:.2f}" for d, v in r["recall@1_by_drive"].items()))
@@ -417,6 +421,13 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
     return result
 
 
+def _warn_trained(drives: list[str], what: str) -> None:
+    """One line on stderr when a real-image number comes from drives the model trained on."""
+    if drives:
+        print(f"warning: {what} include drives the model's camera network trained on ({', '.join(drives)}, its "
+              "real_train_drives): training numbers, not held out (attnlink eval --real-folds gives held-out ones)", file=sys.stderr)
+
+
 def _eval_real_folds(args: argparse.Namespace) -> dict:
     """``eval --real-folds FOLDS --fold-runs PATTERN``: each fold's model on its held-out real frames
     beside the baseline model (--model, default the shipped one), per fold and pooled."""
@@ -425,6 +436,8 @@ def _eval_real_folds(args: argparse.Namespace) -> dict:
     if not args.fold_runs or "{fold}" not in args.fold_runs:
         raise AttnLinkError("--real-folds needs --fold-runs PATTERN with {fold} (e.g. runs/real-lite0-{fold}/model)")
     r = evaluate_folds(args.real_folds, args.fold_runs, args.model)
+    if r["baseline_trained_on"]:
+        _warn_trained(r["baseline_trained_on"], "the baseline model's rows")
     print(f"{'fold':12s} {'who':9s} {'AbsRel':>7s} {'d<1.25':>7s} | which drive R@1: {'image':>6s} {'lidar':>6s} {'fused':>6s} (queries)")
     for name, row in r["folds"].items():
         for who in ("model", "baseline"):
@@ -445,6 +458,7 @@ def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
     the per-row-median baseline beside it (any KITTI-layout root, poses or not)."""
     from .data.real import load_real_frames
     from .evaluation.depth import evaluate_depth, format_table, predict_depth
+    from .model.io import trained_drives
 
     if not args.data:
         raise AttnLinkError("--depth needs --data ROOT [ROOT ...]")
@@ -452,6 +466,7 @@ def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
     frames = load_real_frames(args.data, model.cfg.input_height, model.cfg.input_width, seqs, progress=not args.quiet,
                              fov_deg=model.cfg.input_fov_deg, stride=args.stride)
     table = evaluate_depth(predict_depth(model, frames.rgb), frames)
+    _warn_trained(trained_drives(meta, frames.drives), "these numbers")
     print(format_table(table, f"pseudo-depth vs projected LiDAR (grid {model.cfg.input_height}x{model.cfg.input_width}, "
                               f"returns <= 80 m), model {meta['fingerprint'][:12]}"))
     out = {"depth": table, "_model": {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}}

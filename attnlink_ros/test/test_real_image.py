@@ -71,6 +71,9 @@ def test_eval_depth_and_pseudo_depth_on_real_kitti(kitti_root, tmp_path):
     for row in table.values():
         assert row["model"]["pixels"] > 10000 and 0 < row["model"]["abs_rel"] and 0 <= row["row_median"]["delta1"] <= 1
     assert "row-median baseline" in out.stdout
+    # the shipped model's camera network trained on these drives: said, on one line
+    warn = [ln for ln in out.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "(00, 08, its real_train_drives)" in warn[0] and "not held out" in warn[0], out.stderr
     # the baseline computed by hand from the same frames
     from attnlink_ros.model.io import load_model
 
@@ -186,7 +189,7 @@ def test_real_image_training_holds_a_fold_out_and_resumes(kitti_root, tmp_path):
 
     folds = tmp_path / "folds.yaml"
     folds.write_text(f"roots: [{kitti_root}]\nfolds:\n  a: ['00', '01']\n  b: ['02', '08']\n")
-    cfg = RealImageConfig(folds=str(folds), held_out="b", out=str(tmp_path / "run"), steps=2, batch_real=4, batch_synth=0,
+    cfg = RealImageConfig(folds=str(folds), held_out="b", out=str(tmp_path / "run-b"), steps=2, batch_real=4, batch_synth=0,
                           checkpoint_every=1)
     r = train_real_image(cfg, progress=False)
     assert r["steps"] == 2 and r["train_drives"] == ["00", "01"]
@@ -197,8 +200,8 @@ def test_real_image_training_holds_a_fold_out_and_resumes(kitti_root, tmp_path):
     import dataclasses
 
     r2 = train_real_image(dataclasses.replace(cfg, steps=4), progress=False)
-    assert r2["steps"] == 4 and len(json.loads((tmp_path / "run" / "log.json").read_text())) == 4
-    model, meta = load_model(tmp_path / "run" / "model")
+    assert r2["steps"] == 4 and len(json.loads((tmp_path / "run-b" / "log.json").read_text())) == 4
+    model, meta = load_model(tmp_path / "run-b" / "model")
     shipped, _ = load_model(None)
     assert model.cfg.mono_encoder == "efficientnet_lite0" and meta["real_held_out"] == "b"
     s, t = model.state_dict(), shipped.state_dict()
@@ -209,6 +212,20 @@ def test_real_image_training_holds_a_fold_out_and_resumes(kitti_root, tmp_path):
     from attnlink_ros.geometry.projection import KITTI_FOV_DEG
 
     assert model.cfg.input_fov_deg == KITTI_FOV_DEG  # the level grid
+    # every fold's run on its own held-out fold, beside the shipped model, which trained on all of them (said)
+    from attnlink_ros.errors import ConfigError
+    from attnlink_ros.train.real_image import evaluate_folds
+
+    train_real_image(dataclasses.replace(cfg, held_out="a", out=str(tmp_path / "run-a"), steps=1), progress=False)
+    ev = evaluate_folds(folds, str(tmp_path / "run-{fold}" / "model"))
+    assert set(ev["folds"]) == {"a", "b"} and ev["baseline_trained_on"] == ["00", "01", "02", "08"]
+    assert ev["folds"]["b"]["model"]["which_drive"] == r2["held_out_eval"]["which_drive"]  # the run's own held-out numbers
+    assert 0 <= ev["pooled_model"]["which_drive"]["image"] <= 1 and ev["pooled_model"]["depth"]["pixels"] > 10000
+    (tmp_path / "run-x").symlink_to(tmp_path / "run-b")  # a run that held "b" out, asked for fold "x"
+    other = tmp_path / "other_folds.yaml"
+    other.write_text(f"roots: [{kitti_root}]\nfolds:\n  x: ['00', '01']\n  a: ['02', '08']\n")
+    with pytest.raises(ConfigError, match="held out, not 'x'"):
+        evaluate_folds(other, str(tmp_path / "run-{fold}" / "model"))
 
 
 def test_real_image_training_with_synthetic_frames_and_descriptor_terms(kitti_root, synth_root, tmp_path):

@@ -58,6 +58,13 @@ def save_model(model: AttnLink, path: str | Path, extra: dict | None = None) -> 
     return meta
 
 
+def trained_drives(meta: dict, drives) -> list[str]:
+    """The drives among ``drives`` whose names the model's real-image training lists
+    (``real_train_drives`` in its JSON): numbers on them are training numbers, not held out."""
+    seen = set(meta.get("real_train_drives") or ())
+    return sorted({str(d) for d in drives} & seen)
+
+
 def default_model_path() -> Path:
     """The shipped default model (``models/attnlink-lite``), in the repo or the installed share."""
     candidates = [REPO_MODELS / DEFAULT_MODEL_NAME]

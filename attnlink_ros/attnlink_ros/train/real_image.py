@@ -401,12 +401,13 @@ def evaluate_folds(folds_path: str | Path, run_pattern: str, baseline: str | Pat
     per fold and pooled over all real frames (each answered by a model that never trained on it)."""
     from ..data.real import RealFolds, load_real_frames
     from ..evaluation.depth import depth_sums, evaluate_depth, metrics, predict_depth
-    from ..model.io import load_model
+    from ..model.io import load_model, trained_drives
 
     folds = RealFolds.load(folds_path)
     base, base_meta = load_model(baseline)
     frames = {}  # per grid (a model's input_fov_deg): the baseline may see the frames through another
-    out = {"folds": {}, "baseline": base_meta["fingerprint"]}
+    out = {"folds": {}, "baseline": base_meta["fingerprint"],
+           "baseline_trained_on": trained_drives(base_meta, folds.drives)}  # its rows on these drives are not held out
     pooled = {"model": {"depth": np.zeros(4), "hits": {m: [] for m in ("image", "lidar", "fused")}},
               "baseline": {"depth": np.zeros(4), "hits": {m: [] for m in ("image", "lidar", "fused")}}}
     for name, drives in folds.folds.items():
