@@ -386,7 +386,9 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
         raise AttnLinkError("--track needs --data ROOT [ROOT ...]")
     modes = tuple(args.mode) if args.mode else ("image", "lidar", "fused")
     seqs = args.sequences or ["00"]
-    cfg = TrackerConfig(k=args.track_k, require_anchor=args.verify)
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
+        raise AttnLinkError(f"--min-confidence must lie in [0, 1], got {args.min_confidence}")
+    cfg = TrackerConfig(k=args.track_k, require_anchor=args.verify, min_confidence=args.min_confidence)
     with tempfile.TemporaryDirectory() as tmp:
         data = [TrackData(model, root, s, Path(args.cache or tmp), args.map_fraction, args.views[0], modes, cfg.k, progress=not args.quiet,
                           verify=args.verify)
@@ -770,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold-runs", metavar="PATTERN", help="--real-folds: model path with {fold}, e.g. runs/real-lite0-{fold}/model")
     sp.add_argument("--map-fraction", type=float, default=0.375, help="--track: the map holds this first share of the drive (default 0.375)")
     sp.add_argument("--track-k", type=int, default=10, help="--track: hits per query the filter observes (default 10)")
+    sp.add_argument("--min-confidence", type=float, default=None, metavar="C",
+                    help="--track: publish the belief's fixes from this confidence in every mode (default: per mode, as the "
+                         "calibration measured; image-only: never)")
     sp.add_argument("--verify-every", type=int, default=1, metavar="N", help="--track --verify: the filter sees verification "
                     "on every N-th frame only, as a node whose verifier keeps up with 1 frame in N (default 1: every frame)")
     sp.add_argument("--verify", action="store_true", help="--track: GICP-verify the best 6 hits of LiDAR and fused queries against "

@@ -226,3 +226,33 @@ def test_eval_track_keys_and_leaving_the_map(synth_root, tmp_path):
         assert t["published"] > 0 and t["precision"] == 1.0 and t["off_map_published"] == 0, (path, t)
         assert t["lost_frames"]["exits"] == 1 and t["lost_frames"]["never"] == 0 and t["lost_frames"]["max"] <= 20, (path, t["lost_frames"])
     assert res["single_frame"]["lidar"]["off_map_published"] == res["single_frame"]["lidar"]["off_map"]  # every frame answered
+
+
+def test_eval_track_calibration_measures_each_unverified_modes_threshold(synth_root, tmp_path):
+    """`eval --track --calibrate` writes, for a mode without verification, the publishing threshold
+    measured on the drives it fits on (or "never"), and the run's published fixes obey it;
+    `--min-confidence` overrides it for every mode."""
+    from attnlink_ros.evaluation.tracking import measure_threshold
+    from attnlink_ros.localization.tracker import load_calibration
+
+    cal, out = tmp_path / "m.tracking.json", tmp_path / "t.json"
+    p = run("eval", "--track", "--mode", "image", "--data", synth_root, "--cache", tmp_path / "c", "--quiet",
+            "--calibrate", cal, "--json", out)
+    obs = load_calibration(cal)["image"]
+    r = json.loads(out.read_text())
+    (name,) = [k for k in r if not k.startswith("_") and k != "calibration"]
+    res = r[name]
+    assert obs.min_confidence == measure_threshold([res], "image") and obs.belief_publishes == (obs.min_confidence is not None)
+    assert "image: the belief's fixes" in p.stdout
+    for path in ("track", "track_odometry"):
+        t = res[path]["image"]
+        curve = {c["min_confidence"]: c for c in t["pr_curve"]}
+        expect = curve[obs.min_confidence]["published"] if obs.belief_publishes else 0
+        assert t["published"] == expect, (path, t["published"], obs)
+    run("eval", "--track", "--mode", "image", "--data", synth_root, "--cache", tmp_path / "c", "--quiet",
+        "--calibration", cal, "--min-confidence", "0.05", "--json", out)
+    low = json.loads(out.read_text())[name]["track"]["image"]
+    assert low["published"] == {c["min_confidence"]: c for c in low["pr_curve"]}[0.05]["published"] > 0
+    bad = subprocess.run([sys.executable, "-m", "attnlink_ros", "eval", "--track", "--data", str(synth_root), "--min-confidence", "2"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "--min-confidence" in bad.stderr and bad.stderr.count("\n") == 1
