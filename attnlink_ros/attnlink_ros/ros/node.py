@@ -103,6 +103,10 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
                                                                                   for m in ("image", "lidar", "fused"))) + (f", odometry {c.pose_topic}" if self._poses is not None else ", no odometry")
                       + (", fixes anchored by GICP" if self.tracking.cfg.require_anchor else "") + ")")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}")
+        if self.tracking is not None and self.tracking.threshold(c.mode) is None:
+            self.get_logger().warning(f"mode {c.mode}: ~/place carries no fix of the filter's belief (the tracking calibration found "
+                                      f"no confidence at which {c.mode} fixes were precise on its validation towns); ~/match still "
+                                      "has the filter's state and fix; set min_confidence to publish them anyway")
 
     def _subscribe(self, qos):
         subs = self._sensor_subscriptions(qos)
