@@ -98,9 +98,10 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             ", stored scans: matches GICP-verified" + (" (own process)" if self._verifier else "") + ", ~/place metric"
             if self._verify else "")
         if self.tracking is not None:
-            where += (f", tracking (min_confidence " + (f"{c.min_confidence}" if c.min_confidence >= 0 else
-                                                        "per mode: " + ", ".join(f"{m} {'never' if self.tracking.threshold(m) is None else self.tracking.threshold(m)}"
-                                                                                  for m in ("image", "lidar", "fused"))) + (f", odometry {c.pose_topic}" if self._poses is not None else ", no odometry")
+            thresholds = {m: self.tracking.threshold(m) for m in ("image", "lidar", "fused")}
+            conf = f"{c.min_confidence}" if c.min_confidence >= 0 else \
+                "per mode " + ", ".join(f"{m} {'never' if t is None else t}" for m, t in thresholds.items())
+            where += (f", tracking (min_confidence {conf}" + (f", odometry {c.pose_topic}" if self._poses is not None else ", no odometry")
                       + (", fixes anchored by GICP" if self.tracking.cfg.require_anchor else "") + ")")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}")
         if self.tracking is not None and self.tracking.threshold(c.mode) is None:
