@@ -118,6 +118,15 @@ def test_mixture_trained_on_real_kitti_keeps_lidar_and_serves_both_kinds(kitti_r
     gate = json.loads((tmp_path / "d.json").read_text())["render_probability"]
     assert list(gate) == ["08"] and gate["08"]["max"] < 0.5 and "probability that the image is a render" in out.stdout
 
+    # the gate fitted on photometric variants of both kinds too: held-out real frames still camera frames,
+    # and the run measures its robustness probe on them
+    from attnlink_ros.train.mixture import PROBE
+
+    r2 = train_mixture(dataclasses.replace(cfg, photometric=1, out=str(tmp_path / "mix-photo")), progress=False)
+    assert r2["gate_fit"]["renders"] == 2 * r["gate_fit"]["renders"] and r2["gate_fit"]["camera_frames"] == 2 * r["gate_fit"]["camera_frames"]
+    assert r2["held_out_render_probability"]["above_0.5"] == 0 and list(r2["held_out_perturbed"]) == list(PROBE)
+    assert all(v["frames"] == 20 for v in r2["held_out_perturbed"].values())
+
     other, ometa = load_model(SHIPPED)
     with torch.no_grad():
         next(p for n, p in other.named_parameters() if n.startswith("trunk.")).add_(0.01)
@@ -140,3 +149,16 @@ def test_mixture_exports_to_onnx_and_agrees_with_torch(tmp_path):
         m.mono.hard.fill_(hard)
         path = export_onnx(m, tmp_path / f"mix{hard}.image.onnx", "image")
         assert parity(m, path, "image") < 1e-4
+
+
+def test_photometric_variants_are_seeded_and_in_range(kitti_root):
+    from attnlink_ros.data.real import load_real_frames
+    from attnlink_ros.train.mixture import photometric_variants
+
+    real = load_real_frames([kitti_root], 64, 256, ["08"], stride=5)
+    v = photometric_variants(real.rgb, 2, seed=3)
+    assert v.shape == (2 * len(real), *real.rgb.shape[1:]) and v.dtype == np.float32 and 0.0 <= v.min() and v.max() <= 1.0
+    assert np.array_equal(v, photometric_variants(real.rgb, 2, seed=3)) and not np.array_equal(v, photometric_variants(real.rgb, 2, seed=4))
+    means = v.reshape(len(v), -1).mean(1)
+    assert means.min() < 0.5 * real.rgb.mean() and not np.allclose(v[: len(real)], real.rgb, atol=0.05)  # darker, and changed
+    assert photometric_variants(real.rgb, 0).shape == (0, *real.rgb.shape[1:])

@@ -39,6 +39,9 @@ class MixtureConfig:
     weight_decay: float = 1e-2  # L2 on the gate's weights (standardised features)
     steps: int = 200  # L-BFGS iterations
     hard_gate: bool = False  # the favoured network alone (p > 0.5), not the mix (model/mixture.py)
+    # photometric variants of every gate frame, both classes alike (photometric_variants): brightness,
+    # tone, a camera's response and blur stop telling renders from photographs
+    photometric: int = 0
     threads: int = 2
 
     @classmethod
@@ -121,6 +124,65 @@ def fit_gate(gate: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor, X: np
             "renders": int(yt.sum()), "camera_frames": int((1 - yt).sum())}
 
 
+def _to_u8_bgr(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.clip(rgb.transpose(0, 2, 3, 1)[..., ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def _from_u8_bgr(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(img[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+
+
+def photometric_variants(rgb: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """(N * n, 3, H, W) seeded photometric variants of images (N, 3, H, W) in [0, 1]: brightness
+    x e^U(ln 0.1, ln 1.5) and gamma U(0.6, 1.6), then half the time a random camera's response
+    (data/camera.py: white balance, vignetting, noise, JPEG) and half the time a Gaussian blur of
+    sigma U(0, 2) px. The same family for renders and photographs: what it changes cannot tell them apart."""
+    import cv2
+
+    from ..data.camera import camera_look, camera_response
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        for im in rgb:
+            x = np.clip(im * np.exp(rng.uniform(np.log(0.1), np.log(1.5))), 0.0, 1.0) ** rng.uniform(0.6, 1.6)
+            u8 = _to_u8_bgr(x[None])[0]
+            if rng.random() < 0.5:
+                u8 = camera_response(u8, camera_look(int(rng.integers(1 << 30))), rng)
+            if rng.random() < 0.5:
+                sigma = rng.uniform(0.0, 2.0)
+                if sigma > 0.2:
+                    u8 = cv2.GaussianBlur(u8, (0, 0), sigma)
+            out.append(u8)
+    return _from_u8_bgr(np.stack(out)) if out else np.zeros((0, *rgb.shape[1:]), np.float32)
+
+
+# the gate's robustness probe: fixed perturbations of camera images that must still go to the camera network
+PROBE = ("dark_x0.3", "dark_x0.15", "look_1", "look_2", "look_3", "blur_2")
+
+
+def perturbation_probe(model, rgb: np.ndarray) -> dict:
+    """Per :data:`PROBE` perturbation of images (N, 3, H, W) in [0, 1], the gate's render
+    probabilities summarised (frames, min, median, max, above_0.5)."""
+    import cv2
+
+    from ..data.camera import camera_look, camera_response
+
+    u8 = _to_u8_bgr(rgb)
+    out = {}
+    for name in PROBE:
+        if name.startswith("dark_"):
+            x = (rgb * float(name.split("x")[1])).astype(np.float32)
+        elif name.startswith("look_"):
+            rng = np.random.default_rng(0)
+            look = camera_look(int(name.split("_")[1]))
+            x = _from_u8_bgr(np.stack([camera_response(im, look, rng) for im in u8]))
+        else:
+            x = _from_u8_bgr(np.stack([cv2.GaussianBlur(im, (0, 0), float(name.split("_")[1])) for im in u8]))
+        out[name] = _summary(render_probability(model, x))
+    return out
+
+
 def render_probability(model, rgb: np.ndarray) -> np.ndarray:
     """The gate's probability that each image (N, 3, H, W) in [0, 1] is a render."""
     X = torch.from_numpy(gate_features(model, rgb, mirror=False))
@@ -151,9 +213,12 @@ def train_mixture(cfg: MixtureConfig, progress: bool = True) -> dict:
     H, W, fov = model.cfg.input_height, model.cfg.input_width, model.cfg.input_fov_deg
     frames = load_real_frames(folds.roots, H, W, sequences=folds.drives, views=2, fov_deg=fov, progress=progress)
     train_drives = folds.train_drives(cfg.held_out) if cfg.held_out else folds.drives
-    real = gate_features(model, frames.of_drives(train_drives).rgb)
-    renders = [gate_features(model, load_real_frames([r], H, W, sequences=["00"], stride=cfg.synth_stride, fov_deg=fov,
-                                                     progress=progress).rgb) for r in cfg.synth]
+    def with_variants(rgb: np.ndarray, seed: int) -> np.ndarray:
+        return np.concatenate([rgb, photometric_variants(rgb, cfg.photometric, seed)]) if cfg.photometric else rgb
+
+    real = gate_features(model, with_variants(frames.of_drives(train_drives).rgb, 0))
+    renders = [gate_features(model, with_variants(load_real_frames([r], H, W, sequences=["00"], stride=cfg.synth_stride, fov_deg=fov,
+                                                                   progress=progress).rgb, 1 + i)) for i, r in enumerate(cfg.synth)]
     if not renders:
         raise ConfigError("mixture: synth names no rendered towns for the gate")
     X = np.concatenate([real, *renders])
@@ -163,13 +228,15 @@ def train_mixture(cfg: MixtureConfig, progress: bool = True) -> dict:
     model.eval()
     provenance = (f"pseudo-LiDAR mixture: the U-Net of {rmeta['fingerprint'][:12]} ({cfg.render_from}) for renders, the Lite0 "
                   f"network of {cmeta['fingerprint'][:12]} ({camera_from}) for camera images, a {'hard' if cfg.hard_gate else 'soft'} gate fitted on real drives "
-                  f"{train_drives} against renders of {list(cfg.synth)} (train/mixture.py)")
+                  f"{train_drives} against renders of {list(cfg.synth)}" + (f", {cfg.photometric} photometric variants a frame" if cfg.photometric else "")
+                  + " (train/mixture.py)")
     save_model(model, out / "model", {"trained_steps": 0, "provenance": provenance, "real_train_drives": train_drives,
                                       "real_held_out": cfg.held_out})
     result = {"held_out": cfg.held_out, "train_drives": train_drives, "camera_from": camera_from, "gate_fit": fit}
     if cfg.held_out:
         held = frames.of_drives(folds.folds[cfg.held_out])
         result["held_out_render_probability"] = _summary(render_probability(model, held.rgb))
+        result["held_out_perturbed"] = perturbation_probe(model, held.rgb)
         result["held_out_eval"] = evaluate_fold(model, frames, folds.folds[cfg.held_out])
     result["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
