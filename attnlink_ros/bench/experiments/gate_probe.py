@@ -19,9 +19,13 @@ ap.add_argument("--json")
 a = ap.parse_args()
 folds = RealFolds.load(a.folds)
 out, tot = {"folds": {}, "towns": {}}, {}
+frames = None
 for name, drives in folds.folds.items():
     model, _ = load_model(a.pattern.format(fold=name))
-    fr = load_real_frames(folds.roots, model.cfg.input_height, model.cfg.input_width, sequences=drives, fov_deg=model.cfg.input_fov_deg)
+    if frames is None:  # every fold's model sees the frames on the same (level) grid
+        frames = load_real_frames(folds.roots, model.cfg.input_height, model.cfg.input_width, sequences=folds.drives,
+                                  fov_deg=model.cfg.input_fov_deg)
+    fr = frames.of_drives(drives)
     row = {"as_is": _summary(render_probability(model, fr.rgb)), **perturbation_probe(model, fr.rgb)}
     out["folds"][name] = row
     for k, v in row.items():
