@@ -256,3 +256,37 @@ def test_eval_track_calibration_measures_each_unverified_modes_threshold(synth_r
     bad = subprocess.run([sys.executable, "-m", "attnlink_ros", "eval", "--track", "--data", str(synth_root), "--min-confidence", "2"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "--min-confidence" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_track_verifications_are_kept_by_descriptor_content(synth_root, tmp_path, monkeypatch):
+    """GICP verification of the tracking evaluation is stored under a digest of the descriptors: a
+    model that differs only in its pseudo-LiDAR network (a new camera half) finds the LiDAR hits'
+    verifications of the model before it and registers nothing again."""
+    import torch
+
+    from attnlink_ros.evaluation.tracking import TrackData
+    from attnlink_ros.model.io import load_model, save_model
+
+    model, _ = load_model(None)
+    first = TrackData(model, synth_root, "00", tmp_path / "c", modes=("lidar",), verify=True)
+    assert first.verified["lidar"].any() and first.content["lidar"].is_file()
+    other, _ = load_model(None)
+    with torch.no_grad():
+        next(p for n, p in other.named_parameters() if n.startswith("mono.")).add_(0.01)
+    save_model(other, tmp_path / "other", {"provenance": "another camera half"})
+    other, _ = load_model(tmp_path / "other")
+
+    def no_gicp(*args, **kwargs):
+        raise AssertionError("verified again")
+
+    monkeypatch.setattr(TrackData, "_verify", no_gicp)
+    second = TrackData(other, synth_root, "00", tmp_path / "c", modes=("lidar",), verify=True)
+    assert second.content["lidar"] == first.content["lidar"]
+    assert np.array_equal(second.verified["lidar"], first.verified["lidar"])
+    assert np.array_equal(second.hits["lidar"][1], first.hits["lidar"][1])
+    assert np.array_equal(second.registered["lidar"], first.registered["lidar"], equal_nan=True)
+    with pytest.raises(AssertionError, match="verified again"):  # the LiDAR branch changed: its hits are new, verified again
+        with torch.no_grad():
+            next(p for n, p in other.named_parameters() if n.startswith("trunk.") and "depth" in n).add_(0.01)
+        save_model(other, tmp_path / "third", {"provenance": "another trunk"})
+        TrackData(load_model(tmp_path / "third")[0], synth_root, "00", tmp_path / "c", modes=("lidar",), verify=True)

@@ -13,6 +13,7 @@ precision-recall curve over the confidence threshold.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -151,12 +152,19 @@ class TrackData:
             with np.load(stored, allow_pickle=False) as z:
                 self.hits = {mode: (z[f"{mode}_s"], z[f"{mode}_p"], z[f"{mode}_v"]) for mode in modes if f"{mode}_s" in z.files}
         todo = [mode for mode in modes if mode not in self.hits]
+        # per mode, a digest of the descriptors the hits come from (queries and map views): another
+        # model whose descriptors of a mode are the same (a new camera half leaves LiDAR and fused
+        # as they were) finds that mode's hits and GICP verifications in a file of that name
+        self.content: dict[str, Path] = {}
         if todo:
             desc = encode_cache(model, cache, modes=tuple(dict.fromkeys(tuple(todo) + ("lidar",))), progress=progress)
             db = encode_views(model, cache, seq, yaws, progress=progress, lidar=desc["lidar"])  # (N, K, D)
             table = PlaceTable(self.poses[:m], cache.times[:m], np.full(m, sequence), cache.frames[:m].astype(np.int64), cache.xy[:m])
             pm = PlaceMap.build(db[:m], table, "eval", view_yaws_deg=yaws, view_offsets_m=view_offsets(yaws))
             for mode in todo:
+                digest = hashlib.sha256(np.ascontiguousarray(db[:m], np.float32).tobytes())
+                digest.update(np.ascontiguousarray(desc[mode][self.q], np.float32).tobytes())
+                self.content[mode] = path / f"track_content_{mode}_{digest.hexdigest()[:16]}_m{m}_v{views}_k{k}.npz"
                 s, p, v = pm.search_views(desc[mode][self.q], k)
                 self.hits[mode] = (s.astype(np.float64), p, v)
             self._store(stored, fresh=todo)
@@ -169,9 +177,20 @@ class TrackData:
                 self.verified = {m: z[f"{m}_ver"] for m in modes if f"{m}_ver" in z.files and f"{m}_T" in z.files}
                 self.registered = {m: z[f"{m}_T"] for m in self.verified}
             todo = [m for m in modes if m != "image" and m not in self.verified]
+            for mode in list(todo):  # verified before for the same descriptors (under another model's name)
+                c = self.content.get(mode)
+                if c is not None and c.is_file():
+                    with np.load(c, allow_pickle=False) as z:
+                        self.verified[mode], self.registered[mode] = z["ver"], z["T"]
+                    todo.remove(mode)
             if todo:
                 self._verify(seq, cache, todo, progress)
-                self._store(stored)
+            for mode, c in self.content.items():
+                if mode in self.verified and not c.is_file():
+                    tmp = c.with_name(c.stem + ".tmp.npz")
+                    np.savez(tmp, ver=self.verified[mode], T=self.registered[mode])
+                    tmp.replace(c)
+            self._store(stored)
 
     def _store(self, stored: Path, fresh=()) -> None:
         """Writes this object's hits and verifications into ``stored``, keeping what the file holds
