@@ -161,8 +161,9 @@ class TrackData:
             db = encode_views(model, cache, seq, yaws, progress=progress, lidar=desc["lidar"])  # (N, K, D)
             table = PlaceTable(self.poses[:m], cache.times[:m], np.full(m, sequence), cache.frames[:m].astype(np.int64), cache.xy[:m])
             pm = PlaceMap.build(db[:m], table, "eval", view_yaws_deg=yaws, view_offsets_m=view_offsets(yaws))
+            map_digest = hashlib.sha256(np.ascontiguousarray(db[:m], np.float32).tobytes())
             for mode in todo:
-                digest = hashlib.sha256(np.ascontiguousarray(db[:m], np.float32).tobytes())
+                digest = map_digest.copy()
                 digest.update(np.ascontiguousarray(desc[mode][self.q], np.float32).tobytes())
                 self.content[mode] = path / f"track_content_{mode}_{digest.hexdigest()[:16]}_m{m}_v{views}_k{k}.npz"
                 s, p, v = pm.search_views(desc[mode][self.q], k)

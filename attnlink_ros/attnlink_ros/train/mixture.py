@@ -161,9 +161,9 @@ def photometric_variants(rgb: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 PROBE = ("dark_x0.3", "dark_x0.15", "look_1", "look_2", "look_3", "blur_2")
 
 
-def perturbation_probe(model, rgb: np.ndarray) -> dict:
-    """Per :data:`PROBE` perturbation of images (N, 3, H, W) in [0, 1], the gate's render
-    probabilities summarised (frames, min, median, max, above_0.5)."""
+def probe_images(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """Per :data:`PROBE` perturbation, the images (N, 3, H, W) in [0, 1] so perturbed (camera
+    looks drawn with a fixed seed over these frames in order)."""
     import cv2
 
     from ..data.camera import camera_look, camera_response
@@ -172,15 +172,20 @@ def perturbation_probe(model, rgb: np.ndarray) -> dict:
     out = {}
     for name in PROBE:
         if name.startswith("dark_"):
-            x = (rgb * float(name.split("x")[1])).astype(np.float32)
+            out[name] = (rgb * float(name.split("x")[1])).astype(np.float32)
         elif name.startswith("look_"):
             rng = np.random.default_rng(0)
             look = camera_look(int(name.split("_")[1]))
-            x = _from_u8_bgr(np.stack([camera_response(im, look, rng) for im in u8]))
+            out[name] = _from_u8_bgr(np.stack([camera_response(im, look, rng) for im in u8]))
         else:
-            x = _from_u8_bgr(np.stack([cv2.GaussianBlur(im, (0, 0), float(name.split("_")[1])) for im in u8]))
-        out[name] = _summary(render_probability(model, x))
+            out[name] = _from_u8_bgr(np.stack([cv2.GaussianBlur(im, (0, 0), float(name.split("_")[1])) for im in u8]))
     return out
+
+
+def perturbation_probe(model, rgb: np.ndarray) -> dict:
+    """Per :data:`PROBE` perturbation of images (N, 3, H, W) in [0, 1], the gate's render
+    probabilities summarised (frames, min, median, max, above_0.5)."""
+    return {name: _summary(render_probability(model, x)) for name, x in probe_images(rgb).items()}
 
 
 def render_probability(model, rgb: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 
 from attnlink_ros.data.real import RealFolds, load_real_frames
 from attnlink_ros.model.io import load_model
-from attnlink_ros.train.mixture import PROBE, _from_u8_bgr, _to_u8_bgr, fit_gate, photometric_variants
+from attnlink_ros.train.mixture import PROBE, fit_gate, photometric_variants, probe_images
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--stats", default="mean_std")
@@ -51,18 +51,7 @@ R = np.concatenate([feats(with_variants(load_real_frames([t], H, W, sequences=["
                     for i, t in enumerate(towns)])
 folds = RealFolds.load("attnlink_ros/config/real_folds.yaml")
 real = load_real_frames(folds.roots, H, W, sequences=folds.drives, fov_deg=fov)
-import cv2
-
-from attnlink_ros.data.camera import camera_look, camera_response
-
-u8 = _to_u8_bgr(real.rgb)
-probe = {"as_is": real.rgb, "dark_x0.3": real.rgb * 0.3, "dark_x0.15": real.rgb * 0.15,
-         "blur_2": _from_u8_bgr(np.stack([cv2.GaussianBlur(im, (0, 0), 2.0) for im in u8]))}
-for k in (1, 2, 3):
-    rng = np.random.default_rng(0)
-    probe[f"look_{k}"] = _from_u8_bgr(np.stack([camera_response(im, camera_look(k), rng) for im in u8]))
-P = {k: feats(v.astype(np.float32), mirror=False) for k, v in probe.items()}
-tot = {k: 0 for k in P}
+tot = {k: 0 for k in ("as_is", *PROBE)}
 towns_fresh = {t: feats(load_real_frames([f"out/towns/{t}"], H, W, sequences=["00"], fov_deg=fov).rgb, mirror=False) for t in ("s1401", "s1402")}
 fresh_bad = {t: 0 for t in towns_fresh}
 for name, drives in folds.folds.items():
@@ -74,9 +63,12 @@ for name, drives in folds.folds.items():
     mean, std = torch.zeros(X.shape[1]), torch.ones(X.shape[1])
     fit = fit_gate(gate, mean, std, X.astype(np.float32), y, 0.01, 200)
     held = np.isin(real.drive, drives)
+    # the held-out frames as they are and perturbed, as train/mixture.py's fold runs probe them
+    P = {"as_is": feats(real.rgb[held], mirror=False),
+         **{k: feats(v, mirror=False) for k, v in probe_images(real.rgb[held]).items()}}
     with torch.no_grad():
         for k, F_ in P.items():
-            p = torch.sigmoid(gate((torch.from_numpy(F_[held]) - mean) / std)[:, 0]).numpy()
+            p = torch.sigmoid(gate((torch.from_numpy(F_) - mean) / std)[:, 0]).numpy()
             tot[k] += int((p > 0.5).sum())
         for t, F_ in towns_fresh.items():
             p = torch.sigmoid(gate((torch.from_numpy(F_) - mean) / std)[:, 0]).numpy()
