@@ -308,6 +308,7 @@ def _project_pseudo(args: argparse.Namespace, calib, image) -> dict:
     from .pipeline import Frame, network_inputs
 
     model, meta = load_model(args.model)
+    model.set_image_domain(args.image_domain)
     h, w = image.shape[:2]
     grid = model_grid(calib, w, h, model.cfg.input_height, model.cfg.input_width, model.cfg.input_fov_deg)
     pred = predict_depth(model, network_inputs(Frame(0.0, calib, image=image), grid, "image")["rgb"])[0, 0]  # (h', w') metres
@@ -334,6 +335,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     if args.real_folds:
         return _eval_real_folds(args)
     model, meta = load_model(args.model)
+    model.set_image_domain(args.image_domain)
     if any(k < 1 for k in args.views):
         raise AttnLinkError(f"--views must be >= 1, got {args.views}")
     if bool(args.data) == bool(args.test_set):
@@ -350,7 +352,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         from .evaluation.kitti_probe import drive_probe
         from .pipeline import PlaceRecognizer
 
-        r = drive_probe(PlaceRecognizer(args.model or None, None, backend="torch"), args.data, views=args.views[0])
+        r = drive_probe(PlaceRecognizer(args.model or None, None, backend="torch", image_domain=args.image_domain), args.data,
+                        views=args.views[0])
         from .model.io import trained_drives
 
         r["trained_on"] = trained_drives(meta, r["drives"])
@@ -472,7 +475,7 @@ def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
     print(format_table(table, f"pseudo-depth vs projected LiDAR (grid {model.cfg.input_height}x{model.cfg.input_width}, "
                               f"returns <= 80 m), model {meta['fingerprint'][:12]}"))
     out = {"depth": table, "_model": {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}}
-    if model.cfg.mono_encoder == "mixture":  # which of its two networks the gate hands each drive's images
+    if model.cfg.mono_encoder == "mixture" and model.image_domain == "auto":  # which of its two networks the gate hands each drive's images
         import numpy as np
 
         from .train.mixture import render_probability
@@ -669,7 +672,7 @@ def cmd_query(args: argparse.Namespace) -> list:
     from .data.kitti import KittiSequence
     from .pipeline import Frame, PlaceRecognizer
 
-    rec = PlaceRecognizer(args.model, args.map, backend=args.backend)
+    rec = PlaceRecognizer(args.model, args.map, backend=args.backend, image_domain=args.image_domain)
     seq = KittiSequence(args.data, args.sequence)
     image = seq.read_image(args.frame) if args.mode in ("image", "fused") else None
     points = seq.read_scan(args.frame) if args.mode in ("lidar", "fused") else None
@@ -681,6 +684,11 @@ def cmd_query(args: argparse.Namespace) -> list:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+IMAGE_DOMAIN_HELP = ("which of a mixture model's pseudo-LiDAR networks image queries run (model/mixture.py): camera (real "
+                     "camera images), render (rendered towns), auto (default: a per-image gate, which takes dark or blurred "
+                     "photographs for renders)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -716,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pseudo-depth", action="store_true", help="instead: the image's depth predicted by the model's pseudo-LiDAR "
                     "network, full image size (H, W) float32 metres, 0 outside the crop the network sees (no scan needed)")
     sp.add_argument("--model", help="--pseudo-depth: model artifact; default: the shipped model")
+    sp.add_argument("--image-domain", choices=["auto", "camera", "render"], default="auto", help="--pseudo-depth: " + IMAGE_DOMAIN_HELP)
 
     sp = add("revisits", cmd_revisits, "frames, path length and revisit queries of a drive (revisit protocol)")
     sp.add_argument("--poses", required=True, help="KITTI poses file (12 values a row)")
@@ -755,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", nargs="+", help="KITTI-layout root(s) (holding dataset/); several: one table over them, as --test-set")
     sp.add_argument("--test-set", metavar="CONFIG", help="the model card's test set (config marked 'test: report only', e.g. "
                     "attnlink_ros/config/test_set.yaml): every town's revisit Recall@1, mean and worst town (the card's table)")
+    sp.add_argument("--image-domain", choices=["auto", "camera", "render"], default="auto", help=IMAGE_DOMAIN_HELP)
     sp.add_argument("--towns", default="out/towns", help="--test-set: folder of the towns (sSEED); missing ones are synthesised (default out/towns)")
     sp.add_argument("--workers", type=int, default=2, help="--test-set: renderer processes for missing towns (default 2)")
     sp.add_argument("--kitti-probe", action="store_true", help="instead: the real-image probe on a KITTI root with several drives "
@@ -840,6 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--k", type=int, default=5)
     sp.add_argument("--mode", choices=["image", "lidar", "fused"], default="image")
     sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
+    sp.add_argument("--image-domain", choices=["auto", "camera", "render"], default="auto", help=IMAGE_DOMAIN_HELP)
 
     sp = add("replay", cmd_replay, "publish a KITTI-layout sequence or a ROS 1 / ROS 2 bag on ROS 2 topics (image, camera_info, points)")
     sp.add_argument("--data", help="KITTI-layout root (holds dataset/)")

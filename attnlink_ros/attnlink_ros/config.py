@@ -122,6 +122,7 @@ class NodeConfig:
     map: str = ""  # place map directory
     backend: str = "auto"
     mode: str = "fused"
+    image_domain: str = "auto"  # which pseudo-LiDAR network image queries run (model/mixture.py); a vehicle: camera
     calib_file: str = ""
     lidar_to_camera: tuple[float, ...] = ()  # 16 floats row-major, or empty
     crop_top: int = -1  # first image row of the network crop; -1: from the calibration
@@ -168,6 +169,10 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "map": ("place map directory (attnlink build-map); the retrieval needs one", None, None),
     "backend": ("inference backend", ("auto", "torch", "onnxruntime", "tensorrt"), None),
     "mode": ("query mode (fused falls back to the modality present when a sensor goes silent)", ("image", "lidar", "fused"), None),
+    "image_domain": ("which of the model's pseudo-LiDAR networks image queries run: camera (a real camera: the network "
+                     "taught by real LiDAR, no gate, the fastest image query), render (rendered towns), auto (a gate guesses "
+                     "per image; it takes dark or blurred photographs for renders: docs/deployment.md); camera and render need "
+                     "a mixture model (the shipped one)", ("auto", "camera", "render"), None),
     "calib_file": ("KITTI calib.txt giving P2 and Tr (used until a CameraInfo arrives, and for Tr)", None, None),
     "lidar_to_camera": ("LiDAR -> camera 4x4 transform, 16 floats row-major (overrides calib_file's Tr); empty: unset", None, None),
     "crop_top": ("first image row of the network crop; -1: from the calibration (the LiDAR's top beam)", None, (-1, 100000)),

@@ -65,12 +65,13 @@ def default_params_file() -> str:
 
 
 def attnlink_nodes(model: str = "", map: str = "", backend: str = "", mode: str = "", namespace: str = "", use_sim_time="false",
-                   split="false", params_file: str = "", calib_file: str = "", map_mode: str = "") -> list[NodeSpec]:
+                   split="false", params_file: str = "", calib_file: str = "", map_mode: str = "",
+                   image_domain: str = "") -> list[NodeSpec]:
     """The nodes of ``attnlink.launch.py``: one ``attnlink`` node, or (split) ``attnlink_frontend``
     feeding ``attnlink_retrieval`` through the descriptor topic. Empty arguments leave the params
     file's values."""
     over = {k: v for k, v in (("model", model), ("map", map), ("backend", backend), ("mode", mode), ("calib_file", calib_file),
-                              ("map_mode", map_mode)) if v}
+                              ("map_mode", map_mode), ("image_domain", image_domain)) if v}
     over["use_sim_time"] = _truthy(use_sim_time)
     pf = params_file or default_params_file()
     if not _truthy(split):

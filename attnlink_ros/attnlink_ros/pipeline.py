@@ -79,10 +79,13 @@ def view_depth_grids(points: np.ndarray, calib: Calibration, grid: GridGeometry,
 
 class PlaceRecognizer:
     def __init__(self, model_path: str | Path | None = None, place_map: PlaceMap | str | Path | None = None,
-                 backend: str = "auto", crop_top: int | None = None, backend_options: dict | None = None) -> None:
+                 backend: str = "auto", crop_top: int | None = None, backend_options: dict | None = None,
+                 image_domain: str = "auto") -> None:
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         model, self.meta = load_model(self.model_path)
         self.cfg = model.cfg
+        model.set_image_domain(image_domain)  # refused here, not at the first image query, when the model has no choice
+        self.image_domain = image_domain  # which pseudo-LiDAR network image queries run (model/mixture.py)
         del model
         self.backend_kind = backend
         self.backend_options = dict(backend_options or {})  # passed to the backend (e.g. onnxruntime threads=1)
@@ -105,7 +108,8 @@ class PlaceRecognizer:
 
     def backend(self, mode: str) -> Backend:
         if mode not in self._backends:
-            self._backends[mode] = make_backend(self.backend_kind, self.model_path, mode, **self.backend_options)
+            self._backends[mode] = make_backend(self.backend_kind, self.model_path, mode, image_domain=self.image_domain,
+                                                **self.backend_options)
         return self._backends[mode]
 
     def grid(self, calib: Calibration, width: int, height: int) -> GridGeometry:

@@ -1,7 +1,7 @@
 """AttnLink place recognition: one `attnlink` node, or front end + retrieval split (split:=true).
 
     ros2 launch attnlink_ros attnlink.launch.py map:=/path/to/map [model:=...] [backend:=auto]
-        [mode:=fused] [map_mode:=relocalize|online] [namespace:=...] [use_sim_time:=false] [split:=false] [params_file:=...]
+        [mode:=fused] [image_domain:=camera] [map_mode:=relocalize|online] [namespace:=...] [use_sim_time:=false] [split:=false] [params_file:=...]
 
 Topics (remap under the namespace): in image, camera_info, points (online: the pose_topic
 parameter's nav_msgs/Odometry); out ~/place, ~/match (attnlink_msgs/PlaceMatches), ~/loop
@@ -23,6 +23,7 @@ ARGUMENTS = {
     "map": ("", "place map directory (attnlink build-map)"),
     "backend": ("", "auto | torch | onnxruntime | tensorrt; empty: the params file's"),
     "mode": ("", "image | lidar | fused; empty: the params file's"),
+    "image_domain": ("", "camera (a vehicle's camera) | render (rendered towns) | auto (a per-image gate); empty: the params file's"),
     "map_mode": ("", "relocalize (prebuilt map) | online (loop closures from the drive itself); empty: the params file's"),
     "calib_file": ("", "KITTI calib.txt for the LiDAR extrinsics (or set lidar_to_camera in the params file)"),
     "namespace": ("", "namespace of the nodes and their topics"),

@@ -22,6 +22,7 @@ ARGUMENTS = {
     "model": ("", "model artifact; empty: the shipped model"),
     "backend": ("", "inference backend; empty: the params file's"),
     "mode": ("", "query mode; empty: the params file's"),
+    "image_domain": ("", "camera (real KITTI drives and bags) | render (a rendered town in KITTI layout) | auto; empty: the params file's"),
     "data": ("", "KITTI-layout root (holds dataset/); or bag:="),
     "sequence": ("00", "sequence of data:="),
     "bag": ("", "ROS 1 .bag or ROS 2 bag folder (kitti2bag / kitti2mcap / attnlink to-bag)"),
@@ -36,8 +37,8 @@ ARGUMENTS = {
 def _setup(context):
     v = {k: LaunchConfiguration(k).perform(context) for k in ARGUMENTS}
     calib = v["calib_file"] or (calib_of(v["data"], v["sequence"]) if v["data"] else "")
-    node_args = {"map": v["map"], "model": v["model"], "backend": v["backend"], "mode": v["mode"], "namespace": v["namespace"],
-                 "split": v["split"], "use_sim_time": "true", "calib_file": calib}
+    node_args = {"map": v["map"], "model": v["model"], "backend": v["backend"], "mode": v["mode"], "image_domain": v["image_domain"],
+                 "namespace": v["namespace"], "split": v["split"], "use_sim_time": "true", "calib_file": calib}
     here = os.path.dirname(os.path.abspath(__file__))
     include = IncludeLaunchDescription(PythonLaunchDescriptionSource(os.path.join(here, "attnlink.launch.py")),
                                        launch_arguments={k: x for k, x in node_args.items() if x}.items())

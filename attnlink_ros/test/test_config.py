@@ -48,7 +48,8 @@ def test_node_params_file_matches_nodeconfig():
 
 
 def test_nodeconfig_refuses_bad_values(tmp_path):
-    for bad in ({"mode": "sonar"}, {"k": 0}, {"slop": 2.0}, {"lidar_to_camera": (1.0,) * 12}, {"backend": "tpu"}):
+    for bad in ({"mode": "sonar"}, {"k": 0}, {"slop": 2.0}, {"lidar_to_camera": (1.0,) * 12}, {"backend": "tpu"},
+                {"image_domain": "infrared"}):
         with pytest.raises(ConfigError):
             NodeConfig(**bad)
     p = tmp_path / "p.yaml"

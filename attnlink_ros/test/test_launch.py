@@ -21,8 +21,9 @@ def test_node_lists():
     assert (single.executable, single.name, single.namespace) == ("attnlink_node", "attnlink", "car1")
     assert single.parameters == {"map": "/m", "mode": "lidar", "use_sim_time": True}  # empty args keep the file's values
     assert single.params_file == default_params_file() and (PKG / "config/attnlink.yaml").samefile(single.params_file)
-    front, retr = attnlink_nodes(map="/m", split="true", calib_file="/c.txt")
+    front, retr = attnlink_nodes(map="/m", split="true", calib_file="/c.txt", image_domain="camera")
     assert "map" not in front.parameters and front.parameters["calib_file"] == "/c.txt"
+    assert front.parameters["image_domain"] == "camera"  # a vehicle's camera: the front end encodes the images
     assert retr.parameters["map"] == "/m" and retr.remappings == [("descriptor", "attnlink_frontend/descriptor")]
     cmd = single.command()
     assert cmd[cmd.index("--params-file") + 1] == single.params_file

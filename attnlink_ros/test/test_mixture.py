@@ -162,3 +162,60 @@ def test_photometric_variants_are_seeded_and_in_range(kitti_root):
     means = v.reshape(len(v), -1).mean(1)
     assert means.min() < 0.5 * real.rgb.mean() and not np.allclose(v[: len(real)], real.rgb, atol=0.05)  # darker, and changed
     assert photometric_variants(real.rgb, 0).shape == (0, *real.rgb.shape[1:])
+
+
+def test_image_domain_fixes_the_route_and_its_export(tmp_path):
+    """A fixed image domain (a vehicle's camera; rendered towns) runs one network whatever the gate
+    says, gives the gate's own answer where the gate picks that network, and exports to its own
+    ONNX (NAME.image.DOMAIN.onnx, without the other network) that agrees with torch; a model with
+    one pseudo-LiDAR network refuses a domain other than auto, as the pipeline does at start."""
+    from attnlink_ros.errors import AttnLinkError
+    from attnlink_ros.inference.backends import OnnxRuntimeBackend, TorchBackend, _onnx_is_current
+    from attnlink_ros.inference.export import onnx_path
+    from attnlink_ros.model.config import variant
+    from attnlink_ros.model.io import load_model, save_model
+    from attnlink_ros.pipeline import PlaceRecognizer
+
+    torch.manual_seed(0)
+    cfg = variant("attnlink-lite", image_depth=True, mono_encoder="mixture", image_rgb_weight=0.3,
+                  input_fov_deg=(4.771, -15.277, 40.213, -41.376))
+    m = AttnLink(cfg).eval()
+    x = torch.rand(2, 3, 64, 256)
+    with torch.no_grad():
+        m.mono.camera.head.weight.normal_(0, 0.1)
+        m.mono.gate.weight.zero_()
+        m.mono.hard.fill_(1.0)
+        got = {}
+        for bias, dom in ((-5.0, "camera"), (5.0, "render")):  # the gate picks dom
+            m.mono.gate.bias.fill_(bias)
+            gated = m(rgb=x).descriptor
+            m.set_image_domain(dom)
+            got[dom] = m(rgb=x).descriptor
+            m.mono.gate.bias.fill_(-bias)  # the gate now says the other: the domain does not listen
+            assert torch.allclose(m(rgb=x).descriptor, got[dom], atol=1e-6) and torch.allclose(got[dom], gated, atol=1e-6), dom
+            _, _, p = m.mono.gated((x - m.rgb_mean) / m.rgb_std)
+            assert bool((p == float(dom == "render")).all())
+            m.set_image_domain("auto")
+        assert not torch.allclose(got["camera"], got["render"], atol=1e-3)
+    with pytest.raises(ConfigError, match="image domain"):
+        m.set_image_domain("infrared")
+
+    path = save_model(m, tmp_path / "mix")
+    files = {}
+    for dom in ("auto", "camera", "render"):
+        ort_b = OnnxRuntimeBackend(path, "image", image_domain=dom)
+        files[dom] = onnx_path(path, "image", dom)
+        assert files[dom].is_file()
+        want = TorchBackend(path, "image", image_domain=dom).encode(rgb=x.numpy())
+        assert np.abs(ort_b.encode(rgb=x.numpy()) - want).max() < 1e-4, dom
+    assert len(set(files.values())) == 3 and files["auto"] == onnx_path(path, "image")
+    assert files["camera"].stat().st_size < files["auto"].stat().st_size  # no U-Net, no RGB trunk pass
+    meta = load_model(path)[1]
+    assert _onnx_is_current(files["camera"], meta["fingerprint"], cfg, "camera")
+    assert not _onnx_is_current(files["camera"], meta["fingerprint"], cfg, "auto")
+    assert onnx_path(path, "lidar", "camera") == onnx_path(path, "lidar")  # no pseudo-LiDAR in the LiDAR graph
+
+    one = save_model(AttnLink(variant("attnlink-lite", image_depth=True)).eval(), tmp_path / "unet")
+    with pytest.raises(AttnLinkError, match="mixture"):
+        PlaceRecognizer(one, None, backend="torch", image_domain="camera")
+    assert PlaceRecognizer(one, None, backend="torch", image_domain="auto").image_domain == "auto"

@@ -241,6 +241,14 @@ def test_configure_fails_cleanly_on_missing_map(ros, model_and_map, tmp_path):
         assert not node.set_parameters([Parameter(name, value=bad)])[0].successful, name
     assert node.set_parameters([Parameter("k", value=3)])[0].successful
     node.destroy_node()
+    # a camera image domain asks for the camera network of a mixture model: this one has a single network
+    _, map_dir, _ = model_and_map
+    node = AttnLinkNode(parameter_overrides=[Parameter("model", value=str(model)), Parameter("map", value=str(map_dir)),
+                                             Parameter("backend", value="torch"), Parameter("image_domain", value="camera"),
+                                             Parameter("autostart", value=False)])
+    assert not node.set_parameters([Parameter("image_domain", value="infrared")])[0].successful
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE and node.recognizer is None
+    node.destroy_node()
 
 
 def test_rotation_to_quaternion():

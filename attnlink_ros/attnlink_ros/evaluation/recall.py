@@ -56,7 +56,8 @@ def encode_cache(model: AttnLink, cache: FrameCache, modes=("image", "lidar", "f
 
 
 def model_key(model: AttnLink) -> str:
-    """A digest of the model's weights and config (names files of derived descriptors)."""
+    """A digest of the model's weights, config and image domain (names files of derived descriptors;
+    "auto" adds nothing, so files from before the domain existed stay valid)."""
     import hashlib
     import json
 
@@ -64,6 +65,8 @@ def model_key(model: AttnLink) -> str:
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    if model.image_domain != "auto":
+        h.update(f"image_domain={model.image_domain}".encode())
     return h.hexdigest()[:16]
 
 

@@ -3,6 +3,8 @@
 ``make_backend("auto", ...)`` tries what is present and picks the fastest, logging which and why
 the others were not used. Every backend takes numpy inputs of the model's size (rgb (B, 3, h, w)
 float32 in [0, 1], depth (B, 1, h, w) float32 metres) and returns (B, D) float32 descriptors.
+``image_domain`` ("auto", "camera", "render"; model/mixture.py) fixes which pseudo-LiDAR network
+an image query runs; it does not touch the LiDAR and fused graphs.
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ class Backend(ABC):
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model_path, mode: str, device: str | None = None, fp16: bool = False, cuda_graph: bool = False) -> None:
+    def __init__(self, model_path, mode: str, device: str | None = None, fp16: bool = False, cuda_graph: bool = False,
+                 image_domain: str = "auto") -> None:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, self.meta = load_model(model_path, dev)
+        model, self.meta = _load(model_path, mode, image_domain, dev)
         super().__init__(mode, model.cfg.descriptor_dim, (model.cfg.input_height, model.cfg.input_width))
         self.device = dev
         self.fp16 = fp16 and dev.type == "cuda"
@@ -110,15 +113,16 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
-    def __init__(self, model_path, mode: str, providers: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(self, model_path, mode: str, providers: list[str] | None = None, threads: int = 0,
+                 image_domain: str = "auto") -> None:
         import onnxruntime as ort
 
-        model, self.meta = load_model(model_path)
+        model, self.meta = _load(model_path, mode, image_domain)
         super().__init__(mode, model.cfg.descriptor_dim, (model.cfg.input_height, model.cfg.input_width))
         from ..model.io import default_model_path
 
-        path = onnx_path(Path(model_path) if model_path is not None else default_model_path(), mode)
-        if not _onnx_is_current(path, self.meta["fingerprint"], model.cfg):
+        path = onnx_path(Path(model_path) if model_path is not None else default_model_path(), mode, model.image_domain)
+        if not _onnx_is_current(path, self.meta["fingerprint"], model.cfg, model.image_domain):
             log.info("exporting %s (missing, or from other weights or another config)", path)
             export_onnx(model, path, mode, self.meta["fingerprint"])
         available = ort.get_available_providers()
@@ -141,6 +145,16 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime ({', '.join(self.session.get_providers())})"
 
 
+def _load(model_path, mode: str, image_domain: str, device="cpu"):
+    """The model and its metadata, with ``image_domain`` set for an image graph (the other modes
+    have no pseudo-LiDAR network to choose; a wrong value is still refused)."""
+    model, meta = load_model(model_path, device)
+    model.set_image_domain(image_domain)
+    if mode != "image":
+        model.set_image_domain("auto")
+    return model, meta
+
+
 def _onnx_meta(path: Path) -> dict:
     """The ``attnlink`` metadata of an exported ONNX ({} when missing or unreadable)."""
     import json
@@ -160,15 +174,17 @@ def _onnx_meta(path: Path) -> dict:
     return {}
 
 
-def _onnx_is_current(path: Path, fingerprint: str, cfg) -> bool:
+def _onnx_is_current(path: Path, fingerprint: str, cfg, image_domain: str = "auto") -> bool:
     """Whether the ONNX beside a model was exported from these weights AND this config (a model
-    JSON edited without new weights, e.g. a query-time setting, keeps its fingerprint)."""
+    JSON edited without new weights, e.g. a query-time setting, keeps its fingerprint) AND this
+    image domain (files from before the domain existed traced "auto")."""
     import json
 
     if not path.is_file():
         return False
     meta = _onnx_meta(path)
-    return meta.get("fingerprint") == fingerprint and meta.get("config") == json.loads(json.dumps(cfg.to_dict()))
+    return (meta.get("fingerprint") == fingerprint and meta.get("config") == json.loads(json.dumps(cfg.to_dict()))
+            and meta.get("image_domain", "auto") == image_domain)
 
 
 def model_key(fingerprint: str, cfg) -> str:
@@ -186,20 +202,20 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, model_path, mode: str, max_batch: int = 8, fp16: bool = True) -> None:
+    def __init__(self, model_path, mode: str, max_batch: int = 8, fp16: bool = True, image_domain: str = "auto") -> None:
         if not torch.cuda.is_available():
             raise BackendUnavailable("TensorRT backend needs a CUDA GPU; none is visible")
         try:
             import tensorrt as trt
         except ImportError:
             raise BackendUnavailable("TensorRT backend needs the 'tensorrt' Python package (pip install tensorrt)") from None
-        model, self.meta = load_model(model_path)
+        model, self.meta = _load(model_path, mode, image_domain)
         super().__init__(mode, model.cfg.descriptor_dim, (model.cfg.input_height, model.cfg.input_width))
         from ..model.io import default_model_path
 
         base = Path(model_path) if model_path is not None else default_model_path()
-        onnx_file = onnx_path(base, mode)
-        if not _onnx_is_current(onnx_file, self.meta["fingerprint"], model.cfg):
+        onnx_file = onnx_path(base, mode, model.image_domain)
+        if not _onnx_is_current(onnx_file, self.meta["fingerprint"], model.cfg, model.image_domain):
             export_onnx(model, onnx_file, mode, self.meta["fingerprint"])
         gpu = torch.cuda.get_device_name().replace(" ", "_")
         key = model_key(self.meta["fingerprint"], model.cfg)
@@ -270,13 +286,14 @@ def make_backend(kind: str, model_path, mode: str, **kwargs) -> Backend:
         return TensorRTBackend(model_path, mode, **kwargs)
     if kind != "auto":
         raise AttnLinkError(f"unknown backend {kind!r} (choose from {', '.join(BACKENDS)})")
+    domain = {"image_domain": kwargs.get("image_domain", "auto")}  # auto's candidates keep their own defaults otherwise
     try:
-        b = TensorRTBackend(model_path, mode)
+        b = TensorRTBackend(model_path, mode, **domain)
         log.info("backend auto: tensorrt (%s)", torch.cuda.get_device_name())
         return b
     except BackendUnavailable as exc:
         log.info("backend auto: tensorrt not used: %s", exc)
-    candidates = [TorchBackend(model_path, mode, fp16=torch.cuda.is_available()), OnnxRuntimeBackend(model_path, mode)]
+    candidates = [TorchBackend(model_path, mode, fp16=torch.cuda.is_available(), **domain), OnnxRuntimeBackend(model_path, mode, **domain)]
     timings = {}
     for b in candidates:
         x = [np.random.default_rng(0).random((1, 3 if n == "rgb" else 1, *b.input_hw), dtype=np.float32) for n in INPUTS[mode]]

@@ -26,15 +26,19 @@ def example_inputs(model: AttnLink, mode: str, batch: int = 1, seed: int = 0) ->
     return tuple({"rgb": rgb, "depth": depth}[n] for n in INPUTS[mode])
 
 
-def onnx_path(model_path: str | Path, mode: str) -> Path:
+def onnx_path(model_path: str | Path, mode: str, image_domain: str = "auto") -> Path:
+    """NAME.MODE.onnx beside the model; an image graph with a fixed image domain (model/mixture.py)
+    is NAME.image.DOMAIN.onnx."""
     p = Path(model_path)
     if p.suffix in (".json", ".safetensors"):
         p = p.with_suffix("")
-    return p.with_name(f"{p.name}.{mode}.onnx")
+    domain = f".{image_domain}" if mode == "image" and image_domain != "auto" else ""
+    return p.with_name(f"{p.name}.{mode}{domain}.onnx")
 
 
 def export_onnx(model: AttnLink, out: str | Path, mode: str, fingerprint: str = "") -> Path:
-    """Writes ``out`` (ONNX, opset 17, dynamic batch) for ``mode``; returns its path."""
+    """Writes ``out`` (ONNX, opset 17, dynamic batch) for ``mode`` (an image graph traces the
+    model's image domain, recorded in the metadata); returns its path."""
     import onnx
 
     if mode not in MODES:
@@ -54,7 +58,8 @@ def export_onnx(model: AttnLink, out: str | Path, mode: str, fingerprint: str = 
     proto = onnx.load(str(tmp))
     onnx.checker.check_model(proto)
     meta = proto.metadata_props.add()
-    meta.key, meta.value = "attnlink", json.dumps({"mode": mode, "fingerprint": fingerprint, "config": model.cfg.to_dict()})
+    meta.key, meta.value = "attnlink", json.dumps({"mode": mode, "fingerprint": fingerprint, "config": model.cfg.to_dict(),
+                                                    "image_domain": model.image_domain if mode == "image" else "auto"})
     onnx.save(proto, str(tmp))
     tmp.replace(out)
     return out

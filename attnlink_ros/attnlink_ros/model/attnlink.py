@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from .config import ModelConfig
 from .depth_completion import DepthCompletion, MonoDepth
 from .fusion import TOKENS, AttentionFusion, ConcatFusion
@@ -83,6 +84,27 @@ class AttnLink(nn.Module):
         self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.out_channels = cfg.descriptor_dim
+
+    @property
+    def image_domain(self) -> str:
+        """Which pseudo-LiDAR network serves images (model/mixture.py): "auto" unless set."""
+        return getattr(self.mono, "domain", "auto")
+
+    def set_image_domain(self, domain: str) -> "AttnLink":
+        """Fixes which of a mixture's two pseudo-LiDAR networks serves every image: "camera" (a
+        vehicle's camera), "render" (rendered towns) or "auto" (the gate). Only a mixture model
+        (mono_encoder "mixture") has a choice; any model takes "auto"."""
+        from .mixture import DOMAINS
+
+        if domain not in DOMAINS:
+            raise ConfigError(f"image domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
+        if self.cfg.mono_encoder == "mixture" and self.mono is not None:
+            self.mono.set_domain(domain)
+        elif domain != "auto":
+            raise ConfigError(f"image domain {domain!r} needs a model with two pseudo-LiDAR networks (mono_encoder 'mixture'); "
+                              f"this model's image path has one ({self.cfg.mono_encoder if self.cfg.image_depth else 'RGB tokens'}): "
+                              "use 'auto'")
+        return self
 
     # ------------------------------------------------------------------------------------------
     def depth_input(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -180,7 +202,7 @@ class AttnLink(nn.Module):
         tokens = self.encode(rgb, depth)
         desc, weights = self.fuse(tokens, present)
         w = self.cfg.image_rgb_weight
-        if depth is None and self.mono is not None and w > 0:
+        if depth is None and self.mono is not None and w > 0 and self.image_domain != "camera":  # camera: RGB share 0
             # image only: the pseudo-LiDAR descriptor mixed with the RGB tokens' (cfg.image_rgb_weight)
             rgb_desc = self.fuse(self.encode(rgb, None, pseudo=False))[0]
             if tokens.render_p is not None:  # a mixture: the RGB share is the rendered-town model's, on renders

@@ -22,7 +22,15 @@ Both networks run on every image (one ONNX graph, no data-dependent branches). T
 descriptor's RGB share (``image_rgb_weight``, the rendered-town model's: its image query mixed its
 RGB tokens' descriptor in) is scaled by the same probability, so a render's image query is the
 rendered-town model's whole image path and a camera image's is the Lite0 network's alone (the
-RGB tokens know the towns, not real roads: session 12)."""
+RGB tokens know the towns, not real roads: session 12).
+
+The gate is a fallback for sources of unknown kind: it misroutes photographs it has not seen the
+like of (darkened x0.3: 75 of 77 held-out real frames to the render network; model card). Where
+the source is known, ``domain`` (``set_domain``) fixes the route: "camera" runs the camera
+network alone (a vehicle's camera: no gate, no render U-Net, a faster query), "render" the
+rendered-town network alone, "auto" (default) the gate. The domain is a query-time setting (not
+in the weights or the config): exporters trace the chosen route, one ONNX per domain
+(inference/export.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ import torch.nn as nn
 
 from .depth_completion import MonoDepth
 from .efficientnet import MonoDepthLite0
+
+DOMAINS = ("auto", "camera", "render")
 
 
 class MonoMixture(nn.Module):
@@ -48,6 +58,13 @@ class MonoMixture(nn.Module):
         self.register_buffer("gate_std", torch.ones(n))
         # 1: a hard gate (the favoured network alone: a render's output IS the render network's); 0: the soft mix
         self.register_buffer("hard", torch.zeros(()))
+        self.domain = "auto"  # query time, not saved: set_domain
+
+    def set_domain(self, domain: str) -> None:
+        """Which network serves every image from now on: "auto" (the gate), "camera" or "render"."""
+        if domain not in DOMAINS:
+            raise ValueError(f"image domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
+        self.domain = domain
 
     @staticmethod
     def gate_features(feats) -> torch.Tensor:
@@ -60,7 +77,13 @@ class MonoMixture(nn.Module):
 
     def gated(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """rgb (B, 3, H, W) normalised -> (depth (B, 1, H, W) metres, logit (B, 1, H, W), the
-        render probability (B,); with the hard gate 1 or 0)."""
+        render probability (B,); with the hard gate or a fixed domain 1 or 0)."""
+        if self.domain != "auto":  # a fixed route: the other network does not run
+            if self.domain == "camera":
+                depth, logit = self.camera(rgb)
+            else:
+                depth, logit = self.render(rgb)
+            return depth, logit, torch.full((rgb.shape[0],), float(self.domain == "render"), dtype=rgb.dtype, device=rgb.device)
         feats = self.camera.encoder(rgb)
         cam_d, cam_l = self.camera.decode(feats)
         ren_d, ren_l = self.render(rgb)

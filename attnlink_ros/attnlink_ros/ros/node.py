@@ -59,7 +59,7 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
         # loop radius between camera centres, as the map poses and SLAM's ground truth measure it
         camera = tuple(float(v) for v in np.linalg.inv(self.front.T)[:3, 3]) if self.front.T is not None else (0.0, 0.0, 0.0)
         self.recognizer = PlaceRecognizer(c.model or None, None if online else (c.map or None), backend=c.backend,
-                                          crop_top=None if c.crop_top < 0 else c.crop_top)
+                                          crop_top=None if c.crop_top < 0 else c.crop_top, image_domain=c.image_domain)
         self.detector = None
         if online:
             from ..retrieval.loops import LoopConfig, LoopDetector
@@ -103,7 +103,7 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
                 "per mode " + ", ".join(f"{m} {'never' if t is None else t}" for m, t in thresholds.items())
             where += (f", tracking (min_confidence {conf}" + (f", odometry {c.pose_topic}" if self._poses is not None else ", no odometry")
                       + (", fixes anchored by GICP" if self.tracking.cfg.require_anchor else "") + ")")
-        self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}")
+        self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}, image domain {c.image_domain}")
         if self.tracking is not None and self.tracking.threshold(c.mode) is None:
             self.get_logger().warning(f"mode {c.mode}: ~/place carries no fix of the filter's belief (the tracking calibration found "
                                       f"no confidence at which {c.mode} fixes were precise on its validation towns); ~/match still "

@@ -42,7 +42,8 @@ class FrontEndNode(SensorNodeMixin, AttnLinkLifecycle):
         c = self.cfg
         self.front = SensorFrontEnd(c, self.counters, self._bad)
         self.front.stage_ms = self.stage_ms  # conversion times beside the pipeline's, in /diagnostics
-        self.recognizer = PlaceRecognizer(c.model or None, None, backend=c.backend, crop_top=None if c.crop_top < 0 else c.crop_top)
+        self.recognizer = PlaceRecognizer(c.model or None, None, backend=c.backend, crop_top=None if c.crop_top < 0 else c.crop_top,
+                                          image_domain=c.image_domain)
         self._warm_up()
         self._pub_desc = self.create_lifecycle_publisher(Descriptor, "~/descriptor", 10)
 
