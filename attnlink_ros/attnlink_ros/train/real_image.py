@@ -71,6 +71,7 @@ class RealImageConfig:
     temperature: float = 0.07
     pool_cache: str = ""  # folder keeping the synthetic frames' pool (features, completions, teacher outputs) between runs
     flip: bool = True  # mirror image and scan together (features of both cached)
+    real_photometric: int = 0  # seeded photometric variants of each real training frame beside it (train/mixture.photometric_variants)
     checkpoint_every: int = 100
     threads: int = 2
     seed: int = 0
@@ -314,7 +315,13 @@ def train_real_image(cfg: RealImageConfig, fresh: bool = False, progress: bool =
     tr = frames.of_drives(train_drives)
     t0 = time.perf_counter()
     with_desc = cfg.nce_weight > 0
-    real = _pool(model, tr.rgb, tr.depth, with_desc)
+    rgb, depth = tr.rgb, tr.depth
+    if cfg.real_photometric:  # darker, brighter, other cameras' looks, blur: the camera network for any light
+        from .mixture import photometric_variants
+
+        rgb = np.concatenate([rgb, photometric_variants(rgb, cfg.real_photometric, seed=cfg.seed)])
+        depth = np.concatenate([depth] * (1 + cfg.real_photometric))
+    real = _pool(model, rgb, depth, with_desc)
     teacher = teacher_fp = None
     if cfg.mono_teacher and cfg.mono_teacher_weight > 0:
         from ..model.io import load_model
