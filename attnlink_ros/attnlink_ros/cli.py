@@ -627,16 +627,18 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
     base = Path(args.model) if args.model else default_model_path()
     model, meta = load_model(base)
+    model.set_image_domain(args.image_domain)  # the image graph traces it (NAME.image.DOMAIN.onnx unless auto)
     modes = args.mode or ["image", "lidar", "fused"]
-    result: dict[str, Any] = {"model": str(base), "fingerprint": meta["fingerprint"], "onnx": {}, "tensorrt": {}}
+    result: dict[str, Any] = {"model": str(base), "fingerprint": meta["fingerprint"], "image_domain": args.image_domain, "onnx": {},
+                              "tensorrt": {}}
     for mode in modes:
-        path = export_onnx(model, onnx_path(base, mode), mode, meta["fingerprint"])
+        path = export_onnx(model, onnx_path(base, mode, args.image_domain), mode, meta["fingerprint"])
         err = parity(model, path, mode)
         result["onnx"][mode] = {"path": str(path), "max_abs_error_vs_torch": err}
         print(f"{path}: ONNX opset 17, dynamic batch, checker ok, max |ORT - torch| = {err:.2e}")
         if not args.no_tensorrt:
             try:
-                TensorRTBackend(base, mode)
+                TensorRTBackend(base, mode, image_domain=args.image_domain)
                 result["tensorrt"][mode] = "built"
                 print(f"{mode}: TensorRT FP16 engine built and cached beside the model")
             except BackendUnavailable as exc:
@@ -821,6 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", help="model artifact; default: the shipped model")
     sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="mode(s) to export (default all)")
     sp.add_argument("--no-tensorrt", action="store_true", help="do not try to build TensorRT engines")
+    sp.add_argument("--image-domain", choices=["auto", "camera", "render"], default="auto", help="the image graph's: " + IMAGE_DOMAIN_HELP)
 
     sp = add("build-map", cmd_build_map, "encode a mapping drive (LiDAR only) into a place map")
     sp.add_argument("--model", help="model artifact; default: the shipped model")

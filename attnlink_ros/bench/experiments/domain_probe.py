@@ -4,7 +4,8 @@ camera looks, blurred): for each fold, that fold's model on its held-out frames,
 perturbed, with the gate ("auto") and with the camera network fixed ("camera"): pseudo-depth
 AbsRel / delta<1.25 against the projected LiDAR, and image-only "which drive" Recall@1 (the
 queries perturbed, the LiDAR map not). Pooled over the folds (each frame answered by a model that
-never trained on it). Prints a table, writes JSON.
+never trained on it). A model with one pseudo-LiDAR network (a real_image run: the camera network
+alone) fills the "camera" column only. Prints a table, writes JSON.
 
     python attnlink_ros/bench/experiments/domain_probe.py 'runs/mixhard-{fold}/model' --json out/eval/domain_probe_mixhard.json
 """
@@ -28,6 +29,9 @@ a = ap.parse_args()
 folds = RealFolds.load(a.folds)
 DOMAINS = ("auto", "camera")
 out = {"folds": {}}
+single = load_model(a.pattern.format(fold=next(iter(folds.folds))))[0].cfg.mono_encoder != "mixture"
+if single:
+    DOMAINS = ("camera",)
 pooled = {}  # (condition, domain) -> [depth sums, hits, queries]
 frames = None
 for name, drives in folds.folds.items():
@@ -43,7 +47,8 @@ for name, drives in folds.folds.items():
         full[held] = rgb
         perturbed = dataclasses.replace(frames, rgb=full)
         for dom in DOMAINS:
-            model.set_image_domain(dom)
+            if not single:
+                model.set_image_domain(dom)
             pred = predict_depth(model, rgb)
             s = sum(depth_sums(p, t) for p, t in zip(pred, frames.depth[held]))
             wd = which_drive(model, perturbed, drives, modes=("image",))
@@ -52,15 +57,18 @@ for name, drives in folds.folds.items():
             p[0] += s
             p[1] += wd["image"]["recall@1"] * wd["queries"]
             p[2] += wd["queries"]
-        model.set_image_domain("auto")
+        if not single:
+            model.set_image_domain("auto")
         print(name, cond, {d: (row[f"{cond}/{d}"]["depth"]["abs_rel"], row[f"{cond}/{d}"]["which_drive_image"]) for d in DOMAINS}, flush=True)
     out["folds"][name] = row
 out["pooled"] = {f"{c}/{d}": {"depth": metrics(s), "which_drive_image": round(h / max(q, 1), 4), "queries": q}
                  for (c, d), (s, h, q) in pooled.items()}
-print(f"{'condition':12s} | {'auto: AbsRel':>12s} {'d<1.25':>7s} {'image R@1':>9s} | {'camera: AbsRel':>14s} {'d<1.25':>7s} {'image R@1':>9s}")
-for c in ["as_is", *[k for k in conditions if k != "as_is"]]:
+print(f"{'condition':12s} | " + " | ".join(f"{d + ': AbsRel':>14s} {'d<1.25':>7s} {'image R@1':>9s}" for d in DOMAINS))
+for c in conditions:
     r = [out["pooled"][f"{c}/{d}"] for d in DOMAINS]
-    print(f"{c:12s} | {r[0]['depth']['abs_rel']:12.3f} {r[0]['depth']['delta1']:7.3f} {r[0]['which_drive_image']:9.3f} | "
-          f"{r[1]['depth']['abs_rel']:14.3f} {r[1]['depth']['delta1']:7.3f} {r[1]['which_drive_image']:9.3f}")
+    print(f"{c:12s} | " + " | ".join(f"{x['depth']['abs_rel']:14.3f} {x['depth']['delta1']:7.3f} {x['which_drive_image']:9.3f}" for x in r))
+out["perturbed_mean_which_drive_image"] = {d: round(float(np.mean([out["pooled"][f"{c}/{d}"]["which_drive_image"] for c in conditions
+                                                                   if c != "as_is"])), 4) for d in DOMAINS}
+print("mean image R@1 over the perturbations:", out["perturbed_mean_which_drive_image"])
 if a.json:
     open(a.json, "w").write(json.dumps(out, indent=2) + "\n")
