@@ -230,15 +230,17 @@ def test_real_image_training_holds_a_fold_out_and_resumes(kitti_root, tmp_path):
 
 def test_real_image_training_with_synthetic_frames_and_descriptor_terms(kitti_root, synth_root, tmp_path):
     """Real and synthetic frames in one batch, the InfoNCE term on the real ones and the
-    distillation term on the synthetic ones: both logged, and only the decoder moves."""
+    distillation term on the synthetic ones: both logged, and only the decoder moves; a
+    photometric variant of each real frame trains beside it."""
     from attnlink_ros.train.real_image import RealImageConfig, build_model, train_real_image
 
     folds = tmp_path / "folds.yaml"
     folds.write_text(f"roots: [{kitti_root}]\nfolds:\n  a: ['00', '01']\n  b: ['02', '08']\n")
     cfg = RealImageConfig(folds=str(folds), held_out="b", out=str(tmp_path / "run"), steps=2, batch_real=3, batch_synth=2,
-                          synth=(str(synth_root),), synth_stride=4, nce_weight=0.2, distill_weight=1.0, checkpoint_every=2)
+                          synth=(str(synth_root),), synth_stride=4, nce_weight=0.2, distill_weight=1.0, checkpoint_every=2,
+                          real_photometric=1)
     start, _ = build_model(cfg)
-    train_real_image(cfg, progress=False)
+    assert train_real_image(cfg, progress=False)["real_pool_frames"] == 2 * 20  # drives 00 + 01, each frame and one variant
     log = json.loads((tmp_path / "run" / "log.json").read_text())
     assert len(log) == 2 and all({"nce", "distill_cos", "depth_log", "teacher"} <= set(row) for row in log)
     assert all(-1.0 <= row["distill_cos"] <= 1.0 for row in log)

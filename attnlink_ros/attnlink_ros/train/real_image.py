@@ -394,7 +394,7 @@ def train_real_image(cfg: RealImageConfig, fresh: bool = False, progress: bool =
                   f"+ synthetic {list(cfg.synth)} (train/real_image.py)")
     save_model(model, out / "model", {"trained_steps": cfg.steps, "provenance": provenance, "real_train_drives": train_drives,
                                       "real_held_out": cfg.held_out})
-    result = {"held_out": cfg.held_out, "train_drives": train_drives, "steps": step, "cache_seconds": round(cache_s, 1),
+    result = {"held_out": cfg.held_out, "train_drives": train_drives, "steps": step, "real_pool_frames": len(real), "cache_seconds": round(cache_s, 1),
               "seconds_this_run": round(time.perf_counter() - t0, 1), "last": log[-1] if log else None}
     if cfg.held_out:
         result["held_out_eval"] = evaluate_fold(model, frames, folds.folds[cfg.held_out])
