@@ -549,3 +549,75 @@ def test_node_tracks_publishes_only_confident_fixes_and_relocalizes(ros, model_a
     assert node.tracking.tracker.lost == 0.5 and len(node.tracking.tracker.idx) == 0  # the belief starts over
     node.destroy_node()
     io.destroy_node()
+
+
+def test_vehicle_node_runs_the_camera_network_on_real_kitti(ros, kitti_root, tmp_path):
+    """A vehicle's node (image_domain: camera) on real KITTI images, ONNX Runtime: the shipped
+    mixture's camera network alone answers every frame (its own ONNX, NAME.image.camera.onnx),
+    the same places and scores as the pipeline gives offline with that domain, and not the
+    rendered-town network's answers."""
+    import shutil
+
+    from attnlink_ros.inference.export import onnx_path
+    from attnlink_ros.model.io import default_model_path
+    from attnlink_ros.retrieval.views import view_offsets, view_yaws
+
+    src = default_model_path()
+    for f in src.parent.glob(f"{src.stem}.*"):  # a copy: the ONNX files are written beside the model
+        if f.suffix in (".json", ".safetensors"):
+            shutil.copy(f, tmp_path / f.name)
+    model = tmp_path / src.name
+    seq = KittiSequence(kitti_root, "00")
+    frames = [i for i in range(len(seq)) if seq.scan_path(i).is_file()]  # the frames shipped (poses cover the whole drive)
+    rec = PlaceRecognizer(model, None, backend="torch")
+    yaws = view_yaws(2)
+    desc = np.stack([rec.encode_views(seq.read_scan(i), seq.calib, yaws, offsets=view_offsets(yaws)) for i in frames])
+    table = PlaceTable(seq.poses[frames], seq.times[frames], np.full(len(frames), "00"), np.asarray(frames), seq.xy[frames])
+    PlaceMap.build(desc, table, rec.fingerprint, view_yaws_deg=yaws, view_offsets_m=view_offsets(yaws)).save(tmp_path / "map")
+    node = AttnLinkNode(parameter_overrides=[
+        Parameter("model", value=str(model)), Parameter("map", value=str(tmp_path / "map")), Parameter("backend", value="onnxruntime"),
+        Parameter("mode", value="image"), Parameter("image_domain", value="camera"), Parameter("tracking", value=False),
+        Parameter("calib_file", value=str(kitti_root / "dataset" / "sequences" / "00" / "calib.txt")),
+        Parameter("reliability", value="reliable")])
+    assert node.recognizer.image_domain == "camera"
+    io = rclpy.create_node("camera")
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    pub_img, pub_info = io.create_publisher(Image, "image", qos), io.create_publisher(CameraInfo, "camera_info", qos)
+    matches = []
+    io.create_subscription(PlaceMatches, "/attnlink/match", matches.append, 20)
+    ex = MultiThreadedExecutor(num_threads=3)
+    ex.add_node(node)
+    ex.add_node(io)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (pub_img.get_subscription_count() and pub_info.get_subscription_count()):
+            time.sleep(0.05)
+        time.sleep(1.0)
+        for n, i in enumerate(frames):
+            h = Header(stamp=sec_to_stamp(100.0 + float(seq.times[i])), frame_id="camera")
+            pub_info.publish(calibration_to_camera_info(seq.calib, h))
+            pub_img.publish(bgr_to_image(seq.read_image(i), h))
+            wait = time.monotonic() + 20  # lock step: the first frame exports the camera graph
+            while time.monotonic() < wait and len(matches) <= n:
+                time.sleep(0.02)
+    finally:
+        ex.shutdown()
+        spin.join(timeout=5)
+    node.destroy_node()
+    io.destroy_node()
+    assert len(matches) == len(frames) and all(m.mode == "image" for m in matches)
+    assert onnx_path(model, "image", "camera").is_file() and not onnx_path(model, "image").exists()
+    offline = {d: PlaceRecognizer(model, tmp_path / "map", backend="onnxruntime", image_domain=d) for d in ("camera", "render")}
+    differ = 0
+    for i, m in zip(frames, matches):
+        got = parse_matches(m)
+        frame = Frame(float(seq.times[i]), seq.calib, image=seq.read_image(i))
+        want = offline["camera"].query(frame, 5, "image").hits
+        assert [x["map_index"] for x in got] == [x["index"] for x in want]
+        assert [x["score"] for x in got] == pytest.approx([x["score"] for x in want], abs=1e-4)
+        differ += abs(offline["render"].query(frame, 5, "image").hits[0]["score"] - got[0]["score"]) > 1e-3
+    assert differ >= len(frames) // 2  # the rendered-town network answers otherwise
