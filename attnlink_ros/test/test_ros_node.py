@@ -119,6 +119,7 @@ def test_node_end_to_end(ros, model_and_map):
     values = {kv.key: kv.value for kv in diags[-1].status[0].values}
     assert int(values["dropped_bad_image_encoding"]) >= 1 and int(values["dropped_bad_cloud_size"]) >= 1
     assert int(values["frames_processed"]) >= 6 and values["map_places"] == "24"
+    assert values["image_domain"] == "auto" and values["mode"] == "fused"
     processed_after_bad = [s for s in stamps if s > 1000.0 + float(seq.times[4])]
     assert processed_after_bad, "the node stopped after the bad messages"
     # ~/match: attnlink_msgs/PlaceMatches, k hits best first, the same place as ~/place

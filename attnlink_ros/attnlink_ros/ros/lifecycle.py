@@ -247,7 +247,7 @@ class AttnLinkLifecycle(LifecycleNode):
         values = {
             "rate_hz": f"{rate:.2f}", "latency_ms_p50": f"{np.percentile(lat, 50):.1f}", "latency_ms_p99": f"{np.percentile(lat, 99):.1f}",
             "backend": ", ".join(dict.fromkeys(b.describe() for b in rec._backends.values())) if rec else "",
-            "map_places": str(len(rec.map)) if rec and rec.map else "0", "mode": self.cfg.mode,
+            "map_places": str(len(rec.map)) if rec and rec.map else "0", "mode": self.cfg.mode, "image_domain": self.cfg.image_domain,
             **extra, **{k: str(v) for k, v in sorted(dict(self.counters).items())},  # dict(): one atomic copy
             **{f"stage_ms_{k}_p50": f"{np.percentile(v, 50):.2f}" for k, v in sorted(self.stage_ms.items()) if v},
         }

@@ -103,7 +103,11 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
                 "per mode " + ", ".join(f"{m} {'never' if t is None else t}" for m, t in thresholds.items())
             where += (f", tracking (min_confidence {conf}" + (f", odometry {c.pose_topic}" if self._poses is not None else ", no odometry")
                       + (", fixes anchored by GICP" if self.tracking.cfg.require_anchor else "") + ")")
-        self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}, image domain {c.image_domain}")
+        self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}, "
+                               f"image domain {c.image_domain}")
+        if c.image_domain == "auto" and c.mode != "lidar" and self.recognizer.cfg.mono_encoder == "mixture":
+            self.get_logger().info("image_domain auto: a per-image gate picks the pseudo-LiDAR network and takes dark or blurred "
+                                   "photographs for renders; on a vehicle set image_domain: camera (docs/deployment.md)")
         if self.tracking is not None and self.tracking.threshold(c.mode) is None:
             self.get_logger().warning(f"mode {c.mode}: ~/place carries no fix of the filter's belief (the tracking calibration found "
                                       f"no confidence at which {c.mode} fixes were precise on its validation towns); ~/match still "
