@@ -47,6 +47,25 @@ def model_and_map(synth_root, tmp_path_factory):
     return tmp / "lite", tmp / "map", seq
 
 
+def _spinning(*nodes, threads: int = 3):
+    """An executor spinning ``nodes`` in a thread of its own: (executor, thread)."""
+    ex = MultiThreadedExecutor(num_threads=threads)
+    for n in nodes:
+        ex.add_node(n)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    return ex, spin
+
+
+def _wait_for_readers(pubs, settle: float = 1.0) -> None:
+    """Until every publisher has a reader (10 s at most), then ``settle`` s more: the node's readers
+    match too (discovery is not symmetric)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(p.get_subscription_count() for p in pubs):
+        time.sleep(0.05)
+    time.sleep(settle)
+
+
 @pytest.fixture()
 def ros():
     rclpy.init()
@@ -80,11 +99,7 @@ def test_node_end_to_end(ros, model_and_map):
     from rclpy.qos import DurabilityPolicy, QoSProfile
 
     io.create_subscription(MarkerArray, "/attnlink/markers", markers.append, QoSProfile(depth=5, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-    ex = MultiThreadedExecutor(num_threads=3)
-    ex.add_node(node)
-    ex.add_node(io)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
+    ex, spin = _spinning(node, io)
     try:
         time.sleep(1.0)  # discovery
         sent = []
@@ -172,17 +187,10 @@ def test_lidar_lost_and_back(ros, model_and_map):
     places, diags = [], []
     io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 50)
     io.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
-    ex = MultiThreadedExecutor(num_threads=3)
-    ex.add_node(node)
-    ex.add_node(io)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
+    ex, spin = _spinning(node, io)
     phases = [("both", 6), ("image", 24), ("both", 12)]
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(p.get_subscription_count() for p in pubs.values()):
-            time.sleep(0.05)
-        time.sleep(1.0)  # the node's readers match too (discovery is not symmetric)
+        _wait_for_readers(pubs.values())
         k, lost_seen = 0, []
         for what, count in phases:
             for _ in range(count):
@@ -276,11 +284,7 @@ def test_split_nodes_descriptor_topic(ros, model_and_map):
     matches, descriptors = [], []
     io.create_subscription(PlaceMatches, "/attnlink_retrieval/match", matches.append, 10)
     io.create_subscription(Descriptor, "/attnlink_frontend/descriptor", descriptors.append, 10)
-    ex = MultiThreadedExecutor(num_threads=4)
-    for n in (front, retr, io):
-        ex.add_node(n)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
+    ex, spin = _spinning(front, retr, io, threads=4)
     rec = PlaceRecognizer(model, map_dir, backend="torch")
     want = {}
     try:
@@ -588,16 +592,9 @@ def test_vehicle_node_runs_the_camera_network_on_real_kitti(ros, kitti_root, tmp
     pub_img, pub_info = io.create_publisher(Image, "image", qos), io.create_publisher(CameraInfo, "camera_info", qos)
     matches = []
     io.create_subscription(PlaceMatches, "/attnlink/match", matches.append, 20)
-    ex = MultiThreadedExecutor(num_threads=3)
-    ex.add_node(node)
-    ex.add_node(io)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
+    ex, spin = _spinning(node, io)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (pub_img.get_subscription_count() and pub_info.get_subscription_count()):
-            time.sleep(0.05)
-        time.sleep(1.0)
+        _wait_for_readers((pub_img, pub_info))
         for n, i in enumerate(frames):
             h = Header(stamp=sec_to_stamp(100.0 + float(seq.times[i])), frame_id="camera")
             pub_info.publish(calibration_to_camera_info(seq.calib, h))
