@@ -688,9 +688,14 @@ def cmd_query(args: argparse.Namespace) -> list:
 # ----------------------------------------------------------------------------------------------
 
 
-IMAGE_DOMAIN_HELP = ("which of a mixture model's pseudo-LiDAR networks image queries run (model/mixture.py): camera (real "
-                     "camera images), render (rendered towns), auto (default: a per-image gate, which takes dark or blurred "
-                     "photographs for renders)")
+def _add_image_domain(sp: argparse.ArgumentParser, scope: str = "") -> None:
+    """``--image-domain``: which of a mixture model's pseudo-LiDAR networks image queries run."""
+    from .config import IMAGE_DOMAINS
+
+    sp.add_argument("--image-domain", choices=IMAGE_DOMAINS, default="auto",
+                    help=f"{scope}which of a mixture model's pseudo-LiDAR networks image queries run (model/mixture.py): camera "
+                         "(real camera images), render (rendered towns), auto (default: a per-image gate, which takes dark or "
+                         "blurred photographs for renders)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -726,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pseudo-depth", action="store_true", help="instead: the image's depth predicted by the model's pseudo-LiDAR "
                     "network, full image size (H, W) float32 metres, 0 outside the crop the network sees (no scan needed)")
     sp.add_argument("--model", help="--pseudo-depth: model artifact; default: the shipped model")
-    sp.add_argument("--image-domain", choices=["auto", "camera", "render"], default="auto", help="--pseudo-depth: " + IMAGE_DOMAIN_HELP)
+    _add_image_domain(sp, "--pseudo-depth: ")
 
     sp = add("revisits", cmd_revisits, "frames, path length and revisit queries of a drive (revisit protocol)")
     sp.add_argument("--poses", required=True, help="KITTI poses file (12 values a row)")
@@ -766,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", nargs="+", help="KITTI-layout root(s) (holding dataset/); several: one table over them, as --test-set")
     sp.add_argument("--test-set", metavar="CONFIG", help="the model card's test set (config marked 'test: report only', e.g. "
                     "attnlink_ros/config/test_set.yaml): every town's revisit Recall@1, mean and worst town (the card's table)")
-    sp.add_argument("--image-domain", choices=["auto", "camera", "render"], default="auto", help=IMAGE_DOMAIN_HELP)
+    _add_image_domain(sp)
     sp.add_argument("--towns", default="out/towns", help="--test-set: folder of the towns (sSEED); missing ones are synthesised (default out/towns)")
     sp.add_argument("--workers", type=int, default=2, help="--test-set: renderer processes for missing towns (default 2)")
     sp.add_argument("--kitti-probe", action="store_true", help="instead: the real-image probe on a KITTI root with several drives "
@@ -823,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", help="model artifact; default: the shipped model")
     sp.add_argument("--mode", action="append", choices=["image", "lidar", "fused"], help="mode(s) to export (default all)")
     sp.add_argument("--no-tensorrt", action="store_true", help="do not try to build TensorRT engines")
-    sp.add_argument("--image-domain", choices=["auto", "camera", "render"], default="auto", help="the image graph's: " + IMAGE_DOMAIN_HELP)
+    _add_image_domain(sp, "the image graph's: ")
 
     sp = add("build-map", cmd_build_map, "encode a mapping drive (LiDAR only) into a place map")
     sp.add_argument("--model", help="model artifact; default: the shipped model")
@@ -853,7 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--k", type=int, default=5)
     sp.add_argument("--mode", choices=["image", "lidar", "fused"], default="image")
     sp.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt", "auto"], default="auto")
-    sp.add_argument("--image-domain", choices=["auto", "camera", "render"], default="auto", help=IMAGE_DOMAIN_HELP)
+    _add_image_domain(sp)
 
     sp = add("replay", cmd_replay, "publish a KITTI-layout sequence or a ROS 1 / ROS 2 bag on ROS 2 topics (image, camera_info, points)")
     sp.add_argument("--data", help="KITTI-layout root (holds dataset/)")

@@ -17,6 +17,10 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
+# which pseudo-LiDAR network of a mixture model image queries run (model/mixture.py); here, torch-free,
+# for the node's parameters and the CLI
+IMAGE_DOMAINS = ("auto", "camera", "render")
+
 C = TypeVar("C")
 
 
@@ -172,7 +176,7 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "image_domain": ("which of the model's pseudo-LiDAR networks image queries run: camera (a real camera: the network "
                      "taught by real LiDAR, no gate, the fastest image query), render (rendered towns), auto (a gate guesses "
                      "per image; it takes dark or blurred photographs for renders: docs/deployment.md); camera and render need "
-                     "a mixture model (the shipped one)", ("auto", "camera", "render"), None),
+                     "a mixture model (the shipped one)", IMAGE_DOMAINS, None),
     "calib_file": ("KITTI calib.txt giving P2 and Tr (used until a CameraInfo arrives, and for Tr)", None, None),
     "lidar_to_camera": ("LiDAR -> camera 4x4 transform, 16 floats row-major (overrides calib_file's Tr); empty: unset", None, None),
     "crop_top": ("first image row of the network crop; -1: from the calibration (the LiDAR's top beam)", None, (-1, 100000)),

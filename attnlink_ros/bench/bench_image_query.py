@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attnlink_ros.config import IMAGE_DOMAINS
+
 
 def time_image_query(model_path: str | None, threads: int, repeats: int, image_domain: str = "auto") -> dict:
     from attnlink_ros.inference.backends import OnnxRuntimeBackend
@@ -45,7 +47,7 @@ def main() -> None:
     ap.add_argument("--baseline", required=True, help="model artifact to compare with")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--domains", nargs="+", default=["auto"], choices=["auto", "camera", "render"],
+    ap.add_argument("--domains", nargs="+", default=["auto"], choices=IMAGE_DOMAINS,
                     help="the model's image domains, one row each (default: auto)")
     ap.add_argument("--json")
     args = ap.parse_args()

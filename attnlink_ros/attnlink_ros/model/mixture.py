@@ -37,10 +37,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..config import IMAGE_DOMAINS as DOMAINS
 from .depth_completion import MonoDepth
 from .efficientnet import MonoDepthLite0
-
-DOMAINS = ("auto", "camera", "render")
 
 
 class MonoMixture(nn.Module):

@@ -261,15 +261,22 @@ def _descriptors(model, rgb=None, depth=None, batch: int = 16) -> np.ndarray:
     return np.concatenate(out)
 
 
+def first_halves(frames) -> np.ndarray:
+    """(N,) bool: the first half (by frame index) of every drive of ``frames``: the "which drive"
+    protocol's map; the rest are its queries."""
+    first = np.zeros(len(frames), bool)
+    for d in frames.drives:
+        idx = np.flatnonzero(frames.drive == d)
+        first[idx[np.argsort(frames.frame[idx])][: (len(idx) + 1) // 2]] = True
+    return first
+
+
 def which_drive(model, frames, query_drives, modes=("image", "lidar", "fused")) -> dict:
     """Recall@1 "which drive": the LiDAR map holds the first half (by frame index) of every drive
     of ``frames`` (data.real.RealFrames with heading ``views``), far apart; the later half of each
     drive in ``query_drives`` asks, per mode; a hit is a top-1 place of the query's own drive."""
     model.eval()
-    first = np.zeros(len(frames), bool)
-    for d in frames.drives:
-        idx = np.flatnonzero(frames.drive == d)
-        first[idx[np.argsort(frames.frame[idx])][: (len(idx) + 1) // 2]] = True
+    first = first_halves(frames)
     K = frames.views.shape[1]
     mapf = frames.subset(first)
     db = _descriptors(model, depth=mapf.views.reshape(-1, *mapf.views.shape[2:]))  # (M*K, D)

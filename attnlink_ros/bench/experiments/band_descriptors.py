@@ -5,6 +5,7 @@ on the "which drive" protocol. Prints per fold and pooled."""
 import numpy as np, sys, torch
 from attnlink_ros.data.real import RealFolds, load_real_frames
 from attnlink_ros.model.io import load_model
+from attnlink_ros.train.real_image import first_halves
 pattern = sys.argv[1]
 folds = RealFolds.load("attnlink_ros/config/real_folds.yaml")
 frames = None
@@ -21,9 +22,7 @@ for name, drives in folds.folds.items():
     if frames is None:
         frames = load_real_frames(folds.roots, 64, 256, sequences=folds.drives, views=2, fov_deg=model.cfg.input_fov_deg)
     H = 64
-    first = np.zeros(len(frames), bool)
-    for d in frames.drives:
-        idx = np.flatnonzero(frames.drive == d); first[idx[np.argsort(frames.frame[idx])][: (len(idx) + 1) // 2]] = True
+    first = first_halves(frames)
     mapf = frames.subset(first)
     views = mapf.views.reshape(-1, *mapf.views.shape[2:]).copy()
     db_drive = np.repeat(mapf.drive, 2)

@@ -4,6 +4,7 @@ several ways (means from the map or the training folds only). Prints per fold an
 import numpy as np, sys
 from attnlink_ros.data.real import RealFolds, load_real_frames
 from attnlink_ros.model.io import load_model
+from attnlink_ros.train.real_image import first_halves
 from attnlink_ros.train.real_image import _descriptors
 pattern = sys.argv[1]
 folds = RealFolds.load("attnlink_ros/config/real_folds.yaml")
@@ -15,9 +16,7 @@ for name, drives in folds.folds.items():
     if model.cfg.mono_encoder == "mixture": model.set_image_domain("camera")
     if frames is None:
         frames = load_real_frames(folds.roots, model.cfg.input_height, model.cfg.input_width, sequences=folds.drives, views=2, fov_deg=model.cfg.input_fov_deg)
-    first = np.zeros(len(frames), bool)
-    for d in frames.drives:
-        idx = np.flatnonzero(frames.drive == d); first[idx[np.argsort(frames.frame[idx])][: (len(idx) + 1) // 2]] = True
+    first = first_halves(frames)
     K = frames.views.shape[1]
     mapf = frames.subset(first)
     db = _descriptors(model, depth=mapf.views.reshape(-1, *mapf.views.shape[2:]))

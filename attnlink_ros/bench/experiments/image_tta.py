@@ -4,6 +4,7 @@ network (PATTERN with {fold}) on the "which drive" protocol and the depth table.
 import numpy as np, sys, torch
 from attnlink_ros.data.real import RealFolds, load_real_frames
 from attnlink_ros.model.io import load_model
+from attnlink_ros.train.real_image import first_halves
 from attnlink_ros.evaluation.depth import depth_sums, metrics
 pattern = sys.argv[1]
 folds = RealFolds.load("attnlink_ros/config/real_folds.yaml")
@@ -17,9 +18,7 @@ for name, drives in folds.folds.items():
     if model.cfg.mono_encoder == "mixture": model.set_image_domain("camera")
     if frames is None:
         frames = load_real_frames(folds.roots, 64, 256, sequences=folds.drives, views=2, fov_deg=model.cfg.input_fov_deg)
-    first = np.zeros(len(frames), bool)
-    for d in frames.drives:
-        idx = np.flatnonzero(frames.drive == d); first[idx[np.argsort(frames.frame[idx])][: (len(idx) + 1) // 2]] = True
+    first = first_halves(frames)
     K = 2
     mapf = frames.subset(first)
     with torch.no_grad():
