@@ -414,3 +414,89 @@ def test_session_carries_the_verified_vehicle_pose_with_odometry():
     assert late.source == "verified" and late.xy == pytest.approx([path[13][0, 3], path[13][2, 3]])
     f = mt.step(1.6, hits(16), "lidar", odom[16], checked=1)
     assert f.source == "carried" and f.xy == pytest.approx([path[16][0, 3], path[16][2, 3]], abs=1e-6)
+
+
+def _aligned_drive(rng, odometry: bool, tracker: PlaceTracker, xy: np.ndarray):
+    """The L-shaped map driven to its end (300 frames, 1 m each), 200 frames straight on off the
+    map whose hits are a consistent look-alike (the first leg's places, in order: a straight
+    street that looks like the mapped one), a U-turn, and 140 frames back along the second leg
+    (its rear views). Returns per frame (fix, true ground-plane position, on the map)."""
+    n = len(xy)
+    pos = [xy[i] for i in range(300)] + [xy[-1] + (0.0, j + 1.0) for j in range(200)]
+    pos += [xy[-1] + (0.0, 200.0 - j) for j in range(340)][:340]
+    head = [0.0] * 150 + [90.0] * 350 + [270.0] * 340
+    pos, head = np.array(pos[: len(head)]), np.radians(head)
+    out = []
+    for i in range(len(pos)):
+        d = np.linalg.norm(xy - pos[i], axis=1)
+        on_map = d.min() <= 10.0
+        if 300 <= i < 500:  # off the map: a look-alike, consistently along the first leg
+            truth, view = (i - 300) % 150, 0
+        else:
+            truth, view = (int(d.argmin()), 0 if i < 500 else 1) if on_map else (None, 0)
+        pl, vw, sc = observe(rng, truth, n, view=view, p_top=0.6 if i < 300 or i >= 500 else 0.9)
+        odom = None
+        if odometry and i > 0:
+            step = pos[i] - pos[i - 1]
+            h0 = head[i - 1]
+            fwd, left = step[0] * math.cos(h0) + step[1] * math.sin(h0), step[1] * math.cos(h0) - step[0] * math.sin(h0)
+            dyaw = math.atan2(math.sin(head[i] - h0), math.cos(head[i] - h0))
+            odom = np.array([fwd * 1.01 + rng.normal(0, 0.01), left + rng.normal(0, 0.01), dyaw + rng.normal(0, 0.002)])
+        out.append((tracker.update(0.1 * i, pl, vw, sc, odom), pos[i], on_map))
+    return out
+
+
+def test_alignment_with_odometry_publishes_right_fixes_where_the_belief_cannot():
+    """With odometry the recent drive is aligned onto the map (localization/alignment.py): a
+    mode whose belief never publishes (image queries: calibrated imprecise) gets right fixes; a
+    long off-map stretch whose hits look like a mapped street consistently is "lost" (the held
+    alignment places it off the map), and coming back is fixed again at once. Without odometry,
+    or with the alignment off, nothing is published."""
+    from dataclasses import replace
+
+    xy, heading = street_map()
+    silent = replace(OBS, belief_publishes=False)
+    tr = PlaceTracker(xy, heading, [0.0, 180.0], silent, TrackerConfig())
+    run = _aligned_drive(np.random.default_rng(5), True, tr, xy)
+    pub = [(i, f, p) for i, (f, p, _) in enumerate(run) if f.published]
+    assert pub and all(f.source == "aligned" for _, f, _ in pub)
+    wrong = [i for i, f, p in pub if np.linalg.norm(xy[f.place] - p) > 10.0]
+    assert not wrong, f"wrong fixes at frames {wrong[:10]}"
+    on = [i for i, (_, _, o) in enumerate(run) if o]
+    assert len([i for i, _, _ in pub if i in set(on)]) >= 0.7 * len(on)  # recall over the on-map frames
+    off = [i for i in range(310, 500)]
+    assert not any(run[i][0].published for i in off)
+    assert all(run[i][0].state == "lost" for i in range(320, 500))  # the held alignment knows it left
+    back = [i for i in range(500, len(run)) if run[i][2]]
+    assert all(run[i][0].published for i in back[5:])  # at once on coming back (no new search: the alignment was held)
+    assert all(run[i][0].view == 1 for i in back[-50:])  # driving the map the other way: its rear views
+    f = run[back[-1]][0]
+    assert np.linalg.norm(f.xy - run[back[-1]][1]) < 3.0 and np.all(np.linalg.eigvalsh(f.covariance_xy) > 0)
+    for odometry, cfg in ((False, TrackerConfig()), (True, TrackerConfig(align=None))):
+        tr = PlaceTracker(xy, heading, [0.0, 180.0], silent, cfg)
+        assert not any(f.published for f, _, _ in _aligned_drive(np.random.default_rng(5), odometry, tr, xy))
+
+
+def test_alignment_dropped_when_contradicted():
+    """A held alignment that the hits of the window's on-map frames disagree with (the odometry
+    lied: the vehicle was carried elsewhere) is dropped, and the new one is found."""
+    from attnlink_ros.localization.alignment import AlignConfig, TrajectoryAligner
+
+    xy, heading = street_map(600)  # legs of 300 places
+    K = 2
+    sh = np.radians(np.repeat(heading, K) - np.tile([0.0, 180.0], len(xy)))
+    cfg = AlignConfig()
+    al = TrajectoryAligner(xy, sh, K, 9.0, cfg)
+    rng = np.random.default_rng(3)
+    for i in range(60):  # the first leg, forward views
+        al.step((1.0, 0.0, 0.0), np.r_[i * K, rng.integers(0, len(xy) * K, 4)])
+    assert al.pose() is not None and np.linalg.norm(al.pose()[:2] - xy[59]) < 3.0
+    # kidnapped: odometry says straight on along the first leg, the hits say the second leg
+    held = []
+    for j in range(160):
+        al.step((1.0, 0.0, 0.0), np.r_[(310 + j) * K, rng.integers(0, len(xy) * K, 4)])
+        held.append(al.pose() is not None and abs(al.pose()[1]) < 1.0)
+    # held while the window's frames mostly agreed (60 of them at first), dropped once fewer than 1 in 5 did
+    assert all(held[:90]) and not all(held)
+    p = al.pose()
+    assert p is not None and np.linalg.norm(p[:2] - xy[469]) < 5.0, p

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..localization.alignment import AlignConfig
 from ..localization.tracker import PRECISE, ObservationModel, PlaceTracker, TrackerConfig, checked_mask, fit_observation_model, odometry_delta
 from ..geometry.poses import headings_deg
 from .protocols import SUCCESS_RADIUS
@@ -286,8 +287,29 @@ def calibrate(datasets: list[TrackData], modes) -> dict[str, ObservationModel]:
         right = np.concatenate([d.right_states(m) for d in datasets])
         ans = np.concatenate([d.answerable for d in datasets])
         ver = np.concatenate([d.verified[m] for d in datasets]) if all(m in d.verified for d in datasets) else None
-        out[m] = fit_observation_model(scores, right, ans, fitted_on=[d.name for d in datasets], verified=ver)
+        obs = fit_observation_model(scores, right, ans, fitted_on=[d.name for d in datasets], verified=ver)
+        out[m] = dataclasses.replace(obs, hit_offset=hit_offset(datasets, m))
     return out
+
+
+def hit_offset(datasets: list[TrackData], mode: str, votes: int = AlignConfig().votes) -> tuple[float, float]:
+    """Median (along, left) metres of right hits' places (the first ``votes`` hits) from the
+    camera that asked, in the hit's heading: what the alignment corrects its votes by."""
+    along, left = [], []
+    for d in datasets:
+        s, p, v = d.hits[mode]
+        p, v = p[:, :votes], v[:, :votes]
+        right = d.right_states(mode)[:, :votes] & (p >= 0)
+        qi, hi = np.nonzero(right)
+        pl, vw = p[qi, hi], v[qi, hi]
+        h = np.radians(d.heading[pl] - d.yaws[vw])
+        off = d.xy[pl] - d.xy[d.q[qi]]
+        along.append(off[:, 0] * np.cos(h) + off[:, 1] * np.sin(h))
+        left.append(off[:, 1] * np.cos(h) - off[:, 0] * np.sin(h))
+    a, lft = np.concatenate(along), np.concatenate(left)
+    if len(a) == 0:
+        return (0.0, 0.0)
+    return (round(float(np.median(a)), 3), round(float(np.median(lft)), 3))
 
 
 def measure_threshold(results: list[dict], mode: str, precision: float = PRECISE) -> float | None:
@@ -353,6 +375,8 @@ def evaluate_tracking(data: TrackData, obs: dict[str, ObservationModel], cfg: Tr
             r["pr_curve"] = pr_curve(conf, data.fix_right(best), data.answerable, ~lost)
             r["filter_ms_per_frame"] = round(ms, 3)
             r["states"] = {st: int(sum(f.state == st for f in fixes)) for st in ("tracking", "relocalising", "lost")}
+            r["published_by_source"] = {src: int(sum(f.published and f.source == src for f in fixes))
+                                        for src in ("belief", "verified", "carried", "aligned")}
             r["_fixes"] = fixes
             res.setdefault(key, {})[m] = r
     return res

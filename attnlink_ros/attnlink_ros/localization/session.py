@@ -106,6 +106,7 @@ class MapTracking:
         T_place = self.map.table.poses[fix.place]
         if fix.source == "belief":
             return fix_pose(T_place, float(self.map.view_yaws[fix.view]), fix.xy), fix_covariance(fix.covariance_xy)
-        # a verified pose (this frame's or carried by odometry): its own heading, known to a few degrees
+        # a verified pose (this frame's or carried by odometry) or the aligned drive's: its own
+        # heading, known to a few degrees (registration) or to the alignment's fit and odometry
         yaw = float(headings_deg(np.asarray(T_place)[None])[0]) - fix.heading_deg
-        return fix_pose(T_place, yaw, fix.xy), fix_covariance(fix.covariance_xy, heading_sigma_rad=0.05)
+        return fix_pose(T_place, yaw, fix.xy), fix_covariance(fix.covariance_xy, heading_sigma_rad=0.1 if fix.source == "aligned" else 0.05)

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AttnLinkError, DataError
+from .alignment import AlignConfig, TrajectoryAligner
 
 FEATURES = ("bias", "score", "margin", "log_rank")  # logistic features of one hit
 DEFAULT_MIN_CONFIDENCE = 0.8  # where the calibration measured none (validation town 601, LiDAR with verification, session 8)
@@ -92,6 +93,10 @@ class TrackerConfig:
     # (at most 1 s apart) for at most this long since the last verification (0: off)
     constant_velocity_s: float = 3.0  # validation 601 / 602, LiDAR, no odometry: 0 -> recall 0.898 / 0.823; 1 s 0.961 / 0.912; 2 s 0.974 / 0.960; 3 s 0.974 / 0.967 = 5 s; precision 1.000
     constant_velocity_sigma_mps: float = 1.0  # its position error grows by this per second carried
+    # with odometry: the recent drive aligned onto the map as one rigid shape (alignment.py); its
+    # pose is the fix when no verified, carried or confident belief fix is (source "aligned"), and
+    # "lost" when it lies off the map. None: off
+    align: AlignConfig | None = AlignConfig()
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class ObservationModel:
     # before session 14, verified modes: TrackerConfig's default applies)
     min_confidence: float | None = None
     belief_publishes: bool = True  # False: no threshold was precise there; the belief alone never publishes
+    # where a right hit's place lies from the camera that asked, (along, left) metres in the hit's
+    # heading (median over the calibration drives; alignment.py corrects its votes by it)
+    hit_offset: tuple[float, float] = (0.0, 0.0)
 
     def probability(self, scores: np.ndarray) -> np.ndarray:
         """(k,) P(correct) of one query's hits, ``scores`` best first (-inf pads)."""
@@ -207,7 +215,8 @@ def load_calibration(path: str | Path) -> dict[str, ObservationModel]:
         data = json.loads(path.read_text())
         if data.get("format") != "attnlink-tracking-calibration/1" or list(data["features"]) != list(FEATURES):
             raise ValueError("not an attnlink tracking calibration (format/features)")
-        return {m: ObservationModel(**{**o, "weights": tuple(o["weights"]), "fitted_on": tuple(o["fitted_on"])})
+        return {m: ObservationModel(**{**o, "weights": tuple(o["weights"]), "fitted_on": tuple(o["fitted_on"]),
+                                       "hit_offset": tuple(o.get("hit_offset", (0.0, 0.0)))})
                 for m, o in data["modes"].items()}
     except FileNotFoundError as exc:
         raise DataError(path, "tracking calibration not found (attnlink eval --track --calibrate writes one)") from exc
@@ -228,7 +237,7 @@ class Fix:
     covariance_xy: np.ndarray | None = None  # (2, 2) m^2
     heading_deg: float = 0.0
     hit_posteriors: list[float] = field(default_factory=list)  # per query hit, the posterior of its state
-    source: str = "belief"  # "belief" (the filter's posterior) | "verified" (this frame's registration) | "carried" (a verified pose carried forward by odometry or at its velocity)
+    source: str = "belief"  # "belief" (the filter's posterior) | "verified" (this frame's registration) | "carried" (a verified pose carried forward by odometry or at its velocity) | "aligned" (the recent drive's odometry aligned onto the map, alignment.py)
 
     @property
     def published(self) -> bool:
@@ -257,6 +266,7 @@ class PlaceTracker:
         self._x, self._y = self.xy[:, 0].copy(), self.xy[:, 1].copy()
         self._yaw_cs = np.stack([np.cos(np.radians(self.yaws)), np.sin(np.radians(self.yaws))], -1)  # (K, 2)
         self._neighbour_lists(cfg.neighbour_radius_m)
+        self.aligner = None if cfg.align is None else TrajectoryAligner(self.xy, self.state_heading, self.K, cfg.on_map_m, cfg.align)
         self.reset()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -327,6 +337,8 @@ class PlaceTracker:
         self.carried_sigma = 0.0  # its position error beyond the registration's (m)
         self.last_verified: tuple[float, np.ndarray] | None = None  # (stamp, (x, z, heading rad))
         self.velocity: np.ndarray | None = None  # (vx, vz, yaw rate) from the last two verified poses
+        if self.aligner is not None:
+            self.aligner.reset()
 
     # -- one frame ------------------------------------------------------------------------------
     def _predict(self, dt: float, odom: np.ndarray | None) -> None:
@@ -400,6 +412,14 @@ class PlaceTracker:
             if late:  # a verification answered after newer frames (the node's verifier process): carried up to now,
                 at_stamp = self.carried.copy()  # while this frame's own fix is the pose at its stamp
                 self._carry(None if catch_up is None else np.asarray(catch_up, np.float64), float(self.last_stamp - stamp))
+        if self.aligner is not None and not late:
+            if odom is None:  # the dead-reckoned drive breaks without odometry: start over
+                if self.aligner.frames:
+                    self.aligner.reset()
+            else:
+                self.aligner.hit_offset = np.asarray(self.obs.hit_offset, np.float64)
+                pl = np.asarray(places, np.int64)
+                self.aligner.step(odom, np.where(pl >= 0, pl * self.K + np.asarray(views, np.int64), -1))
         # observation
         valid = np.asarray(places) >= 0
         hp = np.asarray(places)[valid].astype(np.int64)
@@ -439,7 +459,11 @@ class PlaceTracker:
         rest = self.S - len(self.idx)
         self.floor = floor + (dropped - floor * (len(all_idx) - len(keep))) / max(rest, 1) if rest else 0.0
         self.floor = max(self.floor, 0.0)
-        fix = self._carried_fix(at_stamp) or self._fix()
+        fix = self._carried_fix(at_stamp)
+        if fix is None:
+            fix = self._fix()
+            if not fix.published and self.aligner is not None and not late:
+                fix = self._aligned_fix() or fix
         post = dict(zip(self.idx.tolist(), self.w.tolist()))
         fix.hit_posteriors = [float(post.get(int(p) * self.K + int(v), self.floor)) if p >= 0 else 0.0
                               for p, v in zip(places, views)]
@@ -519,6 +543,21 @@ class PlaceTracker:
         sigma = c.dead_reckoning_sigma_m + (self.carried_sigma if pose is self.carried else 0.0)
         return Fix("tracking", place, int(view[place]), 1.0, 0.0, np.array([x, z]), np.eye(2) * sigma ** 2,
                    float(np.degrees(h)), source=source)
+
+    def _aligned_fix(self) -> Fix | None:
+        """The aligned pose's fix (alignment.py): its nearest place within ``on_map_m`` at the view
+        facing its heading, or "lost" when it lies off the map; None while no alignment is held."""
+        pose = self.aligner.pose()
+        if pose is None:
+            return None
+        x, z, h = pose
+        d = np.hypot(self._x - x, self._y - z)
+        place = int(np.argmin(d))
+        if d[place] > self.cfg.on_map_m:
+            return Fix("lost", p_lost=1.0, xy=np.array([x, z]), heading_deg=float(np.degrees(h)), source="aligned")
+        view = int((self._cos_sin[place] @ np.array([math.cos(h), math.sin(h)])).argmax())
+        sigma = self.aligner.sigma_m()
+        return Fix("tracking", place, view, 1.0, 0.0, np.array([x, z]), np.eye(2) * sigma ** 2, float(np.degrees(h)), source="aligned")
 
     def threshold(self) -> float | None:
         """The confidence from which the belief's fix is published in the current mode (its

@@ -240,7 +240,7 @@ class AttnLinkLifecycle(LifecycleNode):
             f = self._last_fix
             extra = {**extra, "tracking_state": f.state if f else "relocalising",
                      "tracking_confidence": f"{f.confidence:.3f}" if f else "0.000", "tracking_p_lost": f"{f.p_lost:.3f}" if f else "",
-                     "tracking_source": f.source if f else "",  # belief | verified | carried (a verified pose moved by odometry)
+                     "tracking_source": f.source if f else "",  # belief | verified | carried (a verified pose moved by odometry) | aligned (the drive aligned onto the map by odometry)
                      "odometry": self.cfg.pose_topic or "none (map geometry)"}
         st = DiagnosticStatus(level=level, name=f"{self.get_name()}: {self.SUBJECT}", hardware_id="attnlink", message=message)
         rec = self.recognizer
