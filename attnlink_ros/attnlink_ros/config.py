@@ -150,6 +150,7 @@ class NodeConfig:
     markers: bool = True
     tracking: bool = True  # relocalize: the filter over the map's places decides what ~/place carries
     min_confidence: float = -1.0  # relocalize + tracking: a fix is published on ~/place at or above this; < 0: per mode, as calibrated
+    track_alignment: bool = True  # relocalize + tracking + pose_topic: the recent drive aligned onto the map (localization/alignment.py)
     tracking_calibration: str = ""  # the filter's observation model; empty: the model's own NAME.tracking.json
     pose_topic: str = ""  # nav_msgs/Odometry of the LiDAR's pose (e.g. SLAM's); online: keyframe poses; relocalize: the filter's motion
     pose_tolerance: float = 0.1
@@ -203,7 +204,10 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "min_confidence": ("relocalize + tracking: smallest posterior probability (within 10 m of the fix, its heading) "
                        "of a fix published on ~/place; -1 (default): per query mode, the threshold the tracking calibration "
                        "measured (0.8 where it measured none; a mode whose fixes were never precise on the validation towns, "
-                       "image-only today, publishes verified and carried poses only)", None, (-1.0, 1.0)),
+                       "image-only today, publishes verified, carried and aligned poses only)", None, (-1.0, 1.0)),
+    "track_alignment": ("relocalize + tracking with pose_topic: the drive's last 150 m of odometry aligned onto the map "
+                        "as one rigid shape, agreed by many frames' hits; its pose is published where the belief's is not "
+                        "(image-only fixes come from it) and says 'lost' off the map; false: off", None, None),
     "tracking_calibration": ("relocalize + tracking: the filter's observation model (attnlink eval --track --calibrate); "
                              "empty: NAME.tracking.json beside the model", None, None),
     "pose_topic": ("nav_msgs/Odometry topic of the LiDAR's pose in a world frame (e.g. SLAM's or wheel odometry); online: "

@@ -5,7 +5,10 @@ place, 256-D descriptors in the product's FAISS index) and a drive along it: eac
 today's single-frame path (the map search, top-k) and the filter's update (the shipped model's
 LiDAR calibration) on hits shaped as a drive gives them (the vehicle's place and neighbours on
 top), without and with odometry, and with every third frame verified (the verified pose carried
-by odometry between, session 10); the belief's size (explicit states, at most 256) is reported. Prints median and p99 per frame and the filter's extra cost (the
+by odometry between, session 10); the belief's size (explicit states, at most 256) is reported. With
+odometry the filter includes the drive's alignment onto the map (session 16, alignment.py: a Hough
+search every 5th frame until an alignment is found, then a refit a frame); the row "alignment off"
+is the filter without it. Prints median and p99 per frame and the filter's extra cost (the
 issue's budget: <= 2 ms a frame at 5k places x 2 views on one core).
 
     .venv/bin/python attnlink_ros/bench/bench_tracking.py [--places 5000] [--frames 500] [--json FILE]
@@ -18,6 +21,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -94,9 +98,10 @@ def main() -> None:
         return places, np.zeros(args.k, np.int64), scores
     rows = {}
     fwd = np.array([1.0, 0.0, 0.0])
-    for label, odom, verify_every in (("filter, no odometry", None, 0), ("filter, odometry", fwd, 0),
-                                      ("filter, odometry, 1 in 3 verified", fwd, 3)):
-        tr = PlaceTracker(xy, heading, [0.0, 180.0], obs, TrackerConfig(k=args.k, max_states=args.max_states))
+    for label, odom, verify_every, align in (("filter, no odometry", None, 0, True), ("filter, odometry, alignment off", fwd, 0, False),
+                                             ("filter, odometry", fwd, 0, True), ("filter, odometry, 1 in 3 verified", fwd, 3, True)):
+        cfg = TrackerConfig(k=args.k, max_states=args.max_states)
+        tr = PlaceTracker(xy, heading, [0.0, 180.0], obs, cfg if align else dataclasses.replace(cfg, align=None))
         t_search, t_filter, states = [], [], []
         for i, q in enumerate(queries):
             hp, hv, hs = hits_of(i)

@@ -556,6 +556,71 @@ def test_node_tracks_publishes_only_confident_fixes_and_relocalizes(ros, model_a
     io.destroy_node()
 
 
+def test_image_node_with_odometry_publishes_the_aligned_drive(ros, tmp_path):
+    """Image-only queries, whose belief the shipped calibration never publishes, with odometry on
+    pose_topic (nav_msgs/Odometry, real rclpy): the drive's odometry aligned onto the map
+    (localization/alignment.py) gives ~/place right fixes, the same frames as the core's
+    MapTracking offline with the same hits and poses; /diagnostics-side source "aligned"."""
+    from nav_msgs.msg import Odometry
+
+    from attnlink_ros.data.bags import kitti_records
+    from attnlink_ros.data.synth import SynthConfig, write_synthetic_sequence
+    from attnlink_ros.localization.calibration import load_for_model
+    from attnlink_ros.localization.session import MapTracking
+    from attnlink_ros.retrieval.build import build_map_from_sequence
+    from attnlink_ros.ros.messages import pose_msg
+
+    from .conftest import replay_through_node
+
+    write_synthetic_sequence(tmp_path / "drive", SynthConfig(frames=120, seed=11), workers=1, progress=False)
+    seq = KittiSequence(tmp_path / "drive", "00")
+    rec = PlaceRecognizer(None, None, backend="onnxruntime")
+    pm, _ = build_map_from_sequence(rec, seq, progress=False)
+    pm.save(tmp_path / "map")
+    # offline: the core's tracking with the same hits and odometry
+    rec.map = pm
+    mt = MapTracking(pm, load_for_model(None, None, rec.fingerprint))
+    offline = [i for i in range(len(seq)) if mt.step(float(seq.times[i]), rec.query(Frame(float(seq.times[i]), seq.calib, seq.read_image(i)), 10, "image").hits,
+                                                     "image", seq.poses[i]).published]
+    assert len(offline) >= 40 and offline[-1] == len(seq) - 1
+    Tr = seq.calib.T_cam_lidar
+    node = AttnLinkNode(parameter_overrides=[
+        Parameter("backend", value="onnxruntime"), Parameter("mode", value="image"), Parameter("map", value=str(tmp_path / "map")),
+        Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable"),
+        Parameter("pose_topic", value="/vehicle/odometry")])
+    assert node.tracking is not None and node.tracking.threshold("image") is None  # the belief alone: silent
+    io = rclpy.create_node("odometry_source")
+    odom = io.create_publisher(Odometry, "/vehicle/odometry", 200)
+    places = []
+    io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 200)
+
+    def settle():
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and node.count_publishers("/vehicle/odometry") < 1:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for i in range(len(seq)):  # the LiDAR's pose in the odometry's world frame, paced (the node keeps a queue of 100)
+            m = Odometry()
+            m.header.stamp = sec_to_stamp(float(seq.times[i]))
+            m.header.frame_id, m.child_frame_id = "odom", "velodyne"
+            m.pose.pose = pose_msg(seq.poses[i] @ Tr)
+            odom.publish(m)
+            time.sleep(0.01)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(node._poses) < len(seq):
+            time.sleep(0.05)
+
+    replay_through_node(node, io, kitti_records(seq.dataset.parent, "00"), lockstep_timeout=20.0, settle=settle)
+    got = [int(np.argmin(np.abs(seq.times - stamp_to_sec(p.header.stamp)))) for p in places]
+    assert got == offline, (got, offline)
+    for i, p in zip(got, places):
+        pos = p.pose.pose.position
+        assert np.hypot(pos.x - seq.poses[i][0, 3], pos.z - seq.poses[i][2, 3]) <= 10.0  # right, within 10 m
+    assert node._last_fix.source == "aligned" and node._last_fix.published and node.counters["odometry_missing"] == 0
+    node.destroy_node()
+    io.destroy_node()
+
+
 def test_vehicle_node_runs_the_camera_network_on_real_kitti(ros, kitti_root, tmp_path):
     """A vehicle's node (image_domain: camera) on real KITTI images, ONNX Runtime: the shipped
     mixture's camera network alone answers every frame (its own ONNX, NAME.image.camera.onnx),

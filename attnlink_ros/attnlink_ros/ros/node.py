@@ -101,7 +101,8 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             thresholds = {m: self.tracking.threshold(m) for m in ("image", "lidar", "fused")}
             conf = f"{c.min_confidence}" if c.min_confidence >= 0 else \
                 "per mode " + ", ".join(f"{m} {'never' if t is None else t}" for m, t in thresholds.items())
-            where += (f", tracking (min_confidence {conf}" + (f", odometry {c.pose_topic}" if self._poses is not None else ", no odometry")
+            where += (f", tracking (min_confidence {conf}" + (f", odometry {c.pose_topic}" + (", drive aligned onto the map" if self.tracking.cfg.align else "")
+                                                              if self._poses is not None else ", no odometry")
                       + (", fixes anchored by GICP" if self.tracking.cfg.require_anchor else "") + ")")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}, "
                                f"image domain {c.image_domain}")
@@ -111,7 +112,9 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
         if self.tracking is not None and self.tracking.threshold(c.mode) is None:
             self.get_logger().warning(f"mode {c.mode}: ~/place carries no fix of the filter's belief (the tracking calibration found "
                                       f"no confidence at which {c.mode} fixes were precise on its validation towns); ~/match still "
-                                      "has the filter's state and fix; set min_confidence to publish them anyway")
+                                      "has the filter's state and fix; set min_confidence to publish them anyway"
+                                      + ("" if self._poses is not None and self.tracking.cfg.align else
+                                         ", or give odometry (pose_topic) with track_alignment: the drive aligned onto the map is published"))
 
     def _subscribe(self, qos):
         subs = self._sensor_subscriptions(qos)
