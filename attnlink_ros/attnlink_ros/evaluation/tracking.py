@@ -372,6 +372,11 @@ def evaluate_tracking(data: TrackData, obs: dict[str, ObservationModel], cfg: Tr
             lost = np.array([f.state == "lost" for f in fixes])
             conf = np.array([f.confidence for f in fixes])
             r = score_fixes(places >= 0, data.fix_right(places), data.answerable, lost)
+            if od is not None and mcfg.align is not None:  # the curve is the belief's (its threshold): the same run without the alignment
+                belief = run_filter(s, p, v, data.stamps[data.q], PlaceTracker(data.xy[: data.map_end], data.heading[: data.map_end], data.yaws,
+                                                                               obs[m], dataclasses.replace(mcfg, align=None)), od, fver, fposes, fchecked)
+                conf, best = np.array([f.confidence for f in belief]), np.array([f.place for f in belief])
+                lost = np.array([f.state == "lost" for f in belief])
             r["pr_curve"] = pr_curve(conf, data.fix_right(best), data.answerable, ~lost)
             r["filter_ms_per_frame"] = round(ms, 3)
             r["states"] = {st: int(sum(f.state == st for f in fixes)) for st in ("tracking", "relocalising", "lost")}

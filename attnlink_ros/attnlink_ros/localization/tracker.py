@@ -557,7 +557,10 @@ class PlaceTracker:
             return Fix("lost", p_lost=1.0, xy=np.array([x, z]), heading_deg=float(np.degrees(h)), source="aligned")
         view = int((self._cos_sin[place] @ np.array([math.cos(h), math.sin(h)])).argmax())
         sigma = self.aligner.sigma_m()
-        return Fix("tracking", place, view, 1.0, 0.0, np.array([x, z]), np.eye(2) * sigma ** 2, float(np.degrees(h)), source="aligned")
+        # a fix is right when its place lies within 10 m of the vehicle: published when the place lies
+        # that near even if the aligned pose is one sigma off (at the map's edge: not yet)
+        state = "tracking" if d[place] + sigma <= self.cfg.align.publish_m else "relocalising"
+        return Fix(state, place, view, 1.0, 0.0, np.array([x, z]), np.eye(2) * sigma ** 2, float(np.degrees(h)), source="aligned")
 
     def threshold(self) -> float | None:
         """The confidence from which the belief's fix is published in the current mode (its
