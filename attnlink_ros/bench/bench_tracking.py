@@ -97,14 +97,21 @@ def main() -> None:
         scores = np.sort(np.concatenate([rng.uniform(0.90, 0.94, 3), rng.uniform(0.75, 0.88, args.k - 3)]))[::-1]
         return places, np.zeros(args.k, np.int64), scores
     rows = {}
-    fwd = np.array([1.0, 0.0, 0.0])
+    # odometry: each frame's step (forward, left, turn) along the drive, as the vehicle's own motion gives it
+    h = np.radians(heading)
+    idx = np.arange(args.frames) % n
+    dxy = np.diff(xy[idx], axis=0, prepend=xy[idx][:1])
+    hp = np.r_[h[idx][:1], h[idx][:-1]]
+    steps = np.stack([dxy[:, 0] * np.cos(hp) + dxy[:, 1] * np.sin(hp), dxy[:, 1] * np.cos(hp) - dxy[:, 0] * np.sin(hp),
+                      np.arctan2(np.sin(h[idx] - hp), np.cos(h[idx] - hp))], 1)
+    fwd = steps
     for label, odom, verify_every, align in (("filter, no odometry", None, 0, True), ("filter, odometry, alignment off", fwd, 0, False),
                                              ("filter, odometry", fwd, 0, True), ("filter, odometry, 1 in 3 verified", fwd, 3, True)):
         cfg = TrackerConfig(k=args.k, max_states=args.max_states)
         tr = PlaceTracker(xy, heading, [0.0, 180.0], obs, cfg if align else dataclasses.replace(cfg, align=None))
-        t_search, t_filter, states = [], [], []
+        t_search, t_filter, states, aligned = [], [], [], 0
         for i, q in enumerate(queries):
-            hp, hv, hs = hits_of(i)
+            hits_p, hv, hs = hits_of(i)
             ver = vpose = None
             if verify_every:  # a verified frame: its first hit registered, the vehicle's pose from it; carried between
                 ver = np.zeros(args.k, bool)
@@ -114,19 +121,22 @@ def main() -> None:
             s0 = time.perf_counter()
             pm.search_views(q[None], args.k)
             s1 = time.perf_counter()
-            tr.update(0.1 * i, hp, hv, hs, odom, ver, ver, vpose)
+            fix = tr.update(0.1 * i, hits_p, hv, hs, None if odom is None else odom[i], ver, ver, vpose)
+            aligned += fix.source == "aligned"
             s2 = time.perf_counter()
             t_search.append(s1 - s0)
             t_filter.append(s2 - s1)
             states.append(len(tr.idx))
         ts, tf = np.asarray(t_search[20:]) * 1e3, np.asarray(t_filter[20:]) * 1e3
         rows.setdefault("single-frame query (search)", {"p50": float(np.median(ts)), "p99": float(np.percentile(ts, 99))})
-        rows[label] = {"p50": float(np.median(tf)), "p99": float(np.percentile(tf, 99)), "states_mean": float(np.mean(states))}
+        rows[label] = {"p50": float(np.median(tf)), "p99": float(np.percentile(tf, 99)), "states_mean": float(np.mean(states)),
+                       "aligned_fixes": int(aligned)}
     base50 = rows["single-frame query (search)"]["p50"]
     print(f"{n} places x {K} views, {args.frames} frames, k={args.k}, one core")
-    print(f"{'path':32s} {'p50 ms':>8s} {'p99 ms':>8s} {'x search':>9s} {'states':>7s}")
+    print(f"{'path':34s} {'p50 ms':>8s} {'p99 ms':>8s} {'x search':>9s} {'states':>7s} {'aligned':>8s}")
     for k, r in rows.items():
-        print(f"{k:32s} {r['p50']:8.3f} {r['p99']:8.3f} {r['p50'] / base50:9.2f} {r.get('states_mean', float('nan')):7.0f}")
+        print(f"{k:34s} {r['p50']:8.3f} {r['p99']:8.3f} {r['p50'] / base50:9.2f} {r.get('states_mean', float('nan')):7.0f} "
+              f"{r.get('aligned_fixes', 0):8d}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"places": n, "views": K, "frames": args.frames, "rows": rows}, f, indent=2)

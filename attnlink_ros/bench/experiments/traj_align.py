@@ -126,20 +126,6 @@ def score(data, out):
     return rows, err, c1, c2
 
 
-if __name__ == "__main__":
-    town = sys.argv[1]
-    L = float(sys.argv[2]) if len(sys.argv) > 2 else 150.0
-    kv = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-    data = load(town)
-    odom = simulated_odometry(data["poses"], 0)
-    out = run(data, odom, L, kv)
-    rows, err, c1, c2 = score(data, out)
-    print(town, "L", L, "kv", kv, "answerable", int(data["ans"].sum()), "of", len(data["ans"]))
-    print("aligned position error (all frames) median / p90:", np.round(np.nanpercentile(err, [50, 90]), 1))
-    for r in rows:
-        print("support>=%d ratio>=%.1f published %d precision %.3f recall %.3f off-map published %d" % r)
-
-
 def refit(T, P, W, vxy, vh, radius=6.0, iters=2):
     """Least-squares SE(2) (2-D Umeyama) on each window frame's nearest agreeing vote, twice."""
     for _ in range(iters):
@@ -257,3 +243,22 @@ def score_tracked(data, out, on_map=9.0):
     return dict(published=int(n), precision=round(float((pub & right).sum() / max(n, 1)), 3),
                 recall=round(float((pub & right & ans).sum() / ans.sum()), 3), off_map_published=int((pub & ~ans).sum()),
                 wrong=int((pub & ~right).sum()))
+
+
+if __name__ == "__main__":
+    town = sys.argv[1]
+    fit = sys.argv[2] if len(sys.argv) > 2 else None  # the town whose hit offset corrects the votes
+    data = load(town)
+    odom = simulated_odometry(data["poses"], 0)
+    print(town, "answerable", int(data["ans"].sum()), "of", len(data["ans"]))
+    rows, err, c1, c2 = score(data, run(data, odom))
+    print("recomputed every frame, no memory: aligned position error median / p90", np.round(np.nanpercentile(err, [50, 90]), 1))
+    for r in rows:
+        print("  support>=%d ratio>=%.1f published %d precision %.3f recall %.3f off-map published %d" % r)
+    globals()["REFIT"] = False
+    print("held while uncontradicted, no refit:", score_tracked(data, run_tracked(data, odom, A=60)))
+    globals()["REFIT"] = True
+    print("held, refit:", score_tracked(data, run_tracked(data, odom, A=40, ratio=2)))
+    if fit:
+        globals()["BIAS"] = hit_bias(load(fit))
+        print(f"held, refit, hit offset of {fit} {np.round(BIAS, 2)}:", score_tracked(data, run_tracked(data, odom, A=40, ratio=2)))
