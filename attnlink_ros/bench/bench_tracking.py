@@ -107,7 +107,7 @@ def main() -> None:
     fwd = steps
     for label, odom, verify_every, align in (("filter, no odometry", None, 0, True), ("filter, odometry, alignment off", fwd, 0, False),
                                              ("filter, odometry", fwd, 0, True), ("filter, odometry, 1 in 3 verified", fwd, 3, True)):
-        cfg = TrackerConfig(k=args.k, max_states=args.max_states)
+        cfg = TrackerConfig(k=args.k, max_states=args.max_states, require_anchor=bool(verify_every))  # as the node: verification anchors
         tr = PlaceTracker(xy, heading, [0.0, 180.0], obs, cfg if align else dataclasses.replace(cfg, align=None))
         t_search, t_filter, states, aligned = [], [], [], 0
         for i, q in enumerate(queries):

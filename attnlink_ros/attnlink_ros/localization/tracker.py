@@ -28,6 +28,9 @@ published only while a verification within ``anchor_s`` agrees with them (``requ
 validation town 601 this took LiDAR precision from 0.94 to 0.99-1.00 at the same recall, because
 unverified evidence alone cannot tell a look-alike street off the map from the mapped one.
 
+With odometry and no verification (image queries), the recent drive aligned onto the map as one
+rigid shape (alignment.py) gives the fix where the belief gives none (source "aligned").
+
 Output per frame (:class:`Fix`): the most probable place and view, its posterior mass within
 ``cluster_radius_m`` (the confidence), the covariance from the belief's spread (plus the place
 spacing's own error), and the state: ``tracking`` (confidence >= the mode's threshold,
