@@ -258,7 +258,7 @@ if __name__ == "__main__":
     globals()["REFIT"] = False
     print("held while uncontradicted, no refit:", score_tracked(data, run_tracked(data, odom, A=60)))
     globals()["REFIT"] = True
-    print("held, refit:", score_tracked(data, run_tracked(data, odom, A=40, ratio=2)))
+    print("held, refit:", score_tracked(data, run_tracked(data, odom, A=60)))
     if fit:
         globals()["BIAS"] = hit_bias(load(fit))
         print(f"held, refit, hit offset of {fit} {np.round(BIAS, 2)}:", score_tracked(data, run_tracked(data, odom, A=40, ratio=2)))
