@@ -13,8 +13,8 @@ leaving the map does not drag the fix onto a look-alike street, and re-entering 
 search. Measured (docs/deployment.md, "With odometry"), image queries with odometry: validation
 towns 601 / 602 from nothing published (no belief threshold was precise) to precision 1.000 at
 recall 0.788 / 0.642; test towns 57334: 1.000 / 0.873, 85288: 0.813 / 0.668 (a held alignment
-"confirmed" by the same 24 old frames drifted 11-17 m aside for 96 frames while the newest frames
-disagreed: a recency rule for confirmation is the next step). Used by tracker.PlaceTracker where no GICP verification anchors the fixes.
+wrongly re-confirmed after 142 m off the map, then kept by the same 24 old frames, drifted 11-17 m
+aside for 96 frames: docs/deployment.md, and the rules it suggests, are the next step). Used by tracker.PlaceTracker where no GICP verification anchors the fixes.
 
 A hit's place lies, on average, ``hit_offset`` (along, left, metres, in the hit's heading) from the
 camera that asked (calibrated: on the towns a revisit drives the other lane, 3.5 m); votes are
