@@ -505,3 +505,34 @@ def test_alignment_dropped_when_contradicted():
     assert all(held[:90]) and not all(held)
     p = al.pose()
     assert p is not None and np.linalg.norm(p[:2] - xy[469]) < 5.0, p
+
+
+def test_alignment_acquired_past_a_rival_the_newest_frames_contradict():
+    """A look-alike stretch 100 m down the street wins the first 60 frames' votes (every frame's
+    hits hold it, two in three hold the truth: neither has min_ratio times the other's); then the
+    hits are right. The look-alike keeps its old votes in the window, but it places every newer
+    frame on the map where no hit agrees, so it stops blocking: the right alignment is taken long
+    before it has min_ratio times the rival's votes."""
+    from dataclasses import replace
+
+    from attnlink_ros.localization.alignment import AlignConfig, TrajectoryAligner
+
+    xy, heading = street_map(600)  # a first leg of 300 places, 1 m apart, along x
+    K = 2
+    sh = np.radians(np.repeat(heading, K) - np.tile([0.0, 180.0], len(xy)))
+    cfg = AlignConfig()
+    rng = np.random.default_rng(4)
+    hits = [np.r_[(i + 100) * K, i * K if i % 3 else -1, rng.integers(0, len(xy) * K, 3)] if i < 60
+            else np.r_[i * K, rng.integers(0, len(xy) * K, 4)] for i in range(200)]
+    first = {}
+    for name, c in (("rule", cfg), ("rival always blocks", replace(cfg, recent=10 ** 6))):
+        al = TrajectoryAligner(xy, sh, K, 9.0, c)
+        for i, h in enumerate(hits):
+            al.step((1.0, 0.0, 0.0) if i else (0.0, 0.0, 0.0), h)
+            if al.pose() is not None:
+                first[name] = i
+                break
+        assert al.pose() is not None and np.linalg.norm(al.pose()[:2] - xy[first[name]]) < 3.0, name
+    # the rival (60 votes) is contradicted by the newest frames from about frame 110 on; ratio 2
+    # alone waits for 120 agreeing frames (frame 140)
+    assert first["rule"] <= 120 < 135 <= first["rival always blocks"], first
