@@ -50,6 +50,9 @@ class AlignConfig:
     min_support: int = 40  # frames that must agree with a new alignment
     min_ratio: float = 2.0  # and it must have this many times the agreeing frames of any rival (> rival_m away)
     rival_m: float = 20.0
+    min_agree_rate: float = 0.33
+    confirm_support: int = 10  # frames that must agree with a refit of the held alignment to confirm it
+    min_new: int = 3  # and this many of them newer than the last confirmation's newest agreeing frame
     confirm_m: float = 10.0  # a refit within this (+ drift) of the held alignment's pose confirms it
     # a refit that moves any window frame's aligned pose farther than this confirms only with
     # min_support agreeing frames (a turn about the newest pose passes the check above). Test town
@@ -58,6 +61,10 @@ class AlignConfig:
     # there. Chosen on validation 601 / 602 (image recall 0.788 / 0.642 without; 3 m: 0.779 /
     # 0.608; 6 m: 0.788 / 0.608; precision 1.000 all)
     max_shift_m: float = 6.0
+    # a refit on fewer than min_support frames that moved too far is tried again with the held
+    # rotation kept (translation only): a short stretch of agreeing frames fixes a translation, not a
+    # rotation about them that swings the window's old frames
+    translation_refit: bool = True
     drift_per_m: float = 0.03  # odometry's error per metre carried since the last confirmation
     max_carried_m: float = 600.0  # an alignment unconfirmed for this long is dropped
     # dropped when, of >= min_on_map window frames it places facing a mapped view (facing_view), fewer
@@ -177,9 +184,10 @@ class TrajectoryAligner:
         self._P, self._d = np.zeros((0, 3)), np.zeros(0)
         self._vxy, self._vh = np.zeros((0, v, 2)), np.zeros((0, v))
         self.T: tuple | None = None  # (theta, tx, ty): odometry frame -> map
-        self.carried = 0.0  # metres since the alignment was last confirmed
+        self.carried = 0.0  # metres driven since the newest frame whose hits agreed with the alignment
         self.residual = 0.0  # its agreeing hits' RMS distance at the last confirmation
         self.support = 0  # frames that agreed then
+        self._evidence_d = -math.inf  # the odometer at that newest agreeing frame
         self._since_search = 0
 
     # -- one frame --------------------------------------------------------------------------
@@ -259,8 +267,9 @@ class TrajectoryAligner:
                                         self.cfg.inlier_m)[0])
         return self._recently_contradicted(on, agree)
 
-    def _refit(self, T, P, vxy, vh, radius, iterations: int = 2):
-        """Least-squares SE(2) (2-D Umeyama) on each frame's nearest agreeing hit; (T, support, RMS)."""
+    def _refit(self, T, P, vxy, vh, radius, iterations: int = 2, rotate: bool = True):
+        """Least-squares SE(2) (2-D Umeyama) on each frame's nearest agreeing hit; (T, support, RMS).
+        ``rotate`` False: the translation only, T's rotation kept."""
         n, rms = 0, 0.0
         for _ in range(iterations):
             d, j = self._agree(T, P, vxy, vh, radius)
@@ -271,11 +280,26 @@ class TrajectoryAligner:
             a, b = P[keep, :2], vxy[np.flatnonzero(keep), j[keep]]
             ca, cb = a.mean(0), b.mean(0)
             a0, b0 = a - ca, b - cb
-            th = math.atan2(float((a0[:, 0] * b0[:, 1] - a0[:, 1] * b0[:, 0]).sum()), float((a0 * b0).sum()))
+            th = math.atan2(float((a0[:, 0] * b0[:, 1] - a0[:, 1] * b0[:, 0]).sum()), float((a0 * b0).sum())) \
+                if rotate else T[0]
             c, s = math.cos(th), math.sin(th)
             T = (th, cb[0] - (c * ca[0] - s * ca[1]), cb[1] - (s * ca[0] + c * ca[1]))
             rms = float(np.sqrt(np.mean(np.sum((apply(T, a) - b) ** 2, 1))))
         return T, n, rms
+
+    def _accept(self, T, n, rms, P, vxy, vh, radius) -> bool:
+        """Takes refit T when at least ``min_new`` frames newer than the last confirmation's newest
+        agreeing frame agree with it (a refit on the same old frames, fewer as they leave the window,
+        adds no evidence: off the map such refits walked a right alignment 11 m aside, validation
+        603; one new frame can agree by chance); carried counts from the newest agreeing frame."""
+        agree = np.isfinite(self._agree(T, P, vxy, vh, radius)[0])
+        d = self._d[agree]
+        if int((d > self._evidence_d).sum()) < self.cfg.min_new:
+            return False
+        self.T, self.support, self.residual = T, n, rms
+        self._evidence_d = float(d[-1])
+        self.carried = self.dist - self._evidence_d
+        return True
 
     def _decide(self) -> None:
         c = self.cfg
@@ -284,16 +308,22 @@ class TrajectoryAligner:
         P, vxy, vh = self._window()
         if self.T is not None:
             radius = c.inlier_m + c.drift_per_m * self.carried
-            T2, n, rms = self._refit(self.T, P, vxy, vh, radius)
-            moved = float(np.linalg.norm(apply(T2, P[-1:, :2])[0] - apply(self.T, P[-1:, :2])[0]))
-            shift = float(np.linalg.norm(apply(T2, P[:, :2]) - apply(self.T, P[:, :2]), axis=1).max())
-            if n >= c.min_support // 2 and moved <= c.confirm_m + c.drift_per_m * self.carried and \
-                    (shift <= c.max_shift_m or n >= c.min_support):
-                self.T, self.carried, self.support, self.residual = T2, 0.0, n, rms
-                return
+            for rotate in (True, False):
+                T2, n, rms = self._refit(self.T, P, vxy, vh, radius, rotate=rotate)
+                moved = float(np.linalg.norm(apply(T2, P[-1:, :2])[0] - apply(self.T, P[-1:, :2])[0]))
+                shift = float(np.linalg.norm(apply(T2, P[:, :2]) - apply(self.T, P[:, :2]), axis=1).max())
+                if n >= c.confirm_support and moved <= c.confirm_m + c.drift_per_m * self.carried and \
+                        (shift <= c.max_shift_m or n >= c.min_support):
+                    if self._accept(T2, n, rms, P, vxy, vh, radius):
+                        return
+                    break  # no frame newer than the last confirmation agrees: held as it is
+                if not c.translation_refit or n >= c.min_support or n < c.confirm_support:
+                    break  # a full-support refit was refused, or too few frames for either
             on = self._expected(self.T, P)
-            agree = np.isfinite(self._agree(self.T, P, vxy, vh, radius)[0])
-            if on.sum() >= c.min_on_map and (agree & on).sum() < c.contradicted * on.sum():
+            agree = np.isfinite(self._agree(self.T, P, vxy, vh, radius)[0]) & on
+            new = on & (self._d > self._evidence_d)  # frames since its newest evidence
+            if on.sum() >= c.min_on_map and agree.sum() < c.contradicted * on.sum() and \
+                    new.sum() >= c.min_on_map and (agree & new).sum() < c.contradicted * new.sum():
                 self.T = None  # contradicted: search again now
                 self._since_search = c.search_every
             elif self.carried > c.max_carried_m:
@@ -311,7 +341,11 @@ class TrajectoryAligner:
             if len(rivals) <= c.max_rivals and \
                     all(c.min_ratio * c2 <= c1 or self._contradicted_now(T2, P, vxy, vh) for T2, c2 in rivals):
                 T, n, rms = self._refit(T, P, vxy, vh, c.inlier_m)
-                self.T, self.carried, self.support, self.residual = T, 0.0, n, rms
+                expected = self._expected(T, P)
+                agree = np.isfinite(self._agree(T, P, vxy, vh, c.inlier_m)[0])
+                if (agree & expected).sum() >= c.min_agree_rate * expected.sum():
+                    self._evidence_d = -math.inf
+                    self._accept(T, n, rms, P, vxy, vh, c.inlier_m)
 
     def search(self, P, vxy, vh) -> list:
         """Hough vote over SE(2): [(T, agreeing frames)] of the best cell and of its rivals that hold
