@@ -536,3 +536,57 @@ def test_alignment_acquired_past_a_rival_the_newest_frames_contradict():
     # the rival (60 votes) is contradicted by the newest frames from about frame 110 on; ratio 2
     # alone waits for 120 agreeing frames (frame 140)
     assert first["rule"] <= 120 < 135 <= first["rival always blocks"], first
+
+
+def _leg_aligner(cfg=None):
+    """A TrajectoryAligner on street_map(600): a first leg of 300 places 1 m apart along x."""
+    from attnlink_ros.localization.alignment import AlignConfig, TrajectoryAligner
+
+    xy, heading = street_map(600)
+    K = 2
+    sh = np.radians(np.repeat(heading, K) - np.tile([0.0, 180.0], len(xy)))
+    return TrajectoryAligner(xy, sh, K, 9.0, cfg or AlignConfig()), xy, K
+
+
+def test_alignment_off_the_map_carries_honestly_and_is_not_dropped_for_old_frames():
+    """Along the first leg: 50 frames with right hits, 100 whose hits are noise (bad image hits),
+    15 right again, then a turn off the map for 150 frames. Off the map no frame adds evidence:
+    refits on the old frames do not re-confirm it (carried grows with the metres driven since the
+    newest agreeing frame, and the sigma with it), and the old frames that never agreed (fewer than
+    1 in 5 agree once the first 50 leave the window) do not drop it: it is held, right, all the way
+    (validation 603 / 604, session 17)."""
+    al, xy, K = _leg_aligner()
+    rng = np.random.default_rng(7)
+    for i in range(165):
+        right = i < 50 or i >= 150
+        al.step((1.0, 0.0, 0.0) if i else (0.0, 0.0, 0.0),
+                np.r_[(i + int(rng.integers(-2, 3))) * K if right else -1, rng.integers(0, len(xy) * K, 4)])
+    assert al.pose() is not None and np.linalg.norm(al.pose()[:2] - xy[164]) < 2.0
+    al.step((0.0, 0.0, math.pi / 2), np.r_[rng.integers(0, len(xy) * K, 5)])  # turn left, off the map
+    carried = []
+    for j in range(150):
+        al.step((1.0, 0.0, 0.0), np.r_[rng.integers(0, len(xy) * K, 5)])
+        assert al.pose() is not None, f"dropped {j + 1} m off the map"
+        carried.append(al.carried)
+    truth = np.array([164.0, 150.0])
+    assert np.linalg.norm(al.pose()[:2] - truth) < 3.0, al.pose()
+    assert carried[-1] >= 150.0 and al.sigma_m() >= 0.03 * 150.0
+
+
+def test_alignment_refused_when_most_frames_it_places_on_the_map_disagree():
+    """A candidate whose votes come from a few stretches while it places many more frames facing
+    mapped views where no hit agrees (a look-alike corner of a street grid, validation 604) is
+    refused at acquisition; min_agree_rate 0 takes it."""
+    from dataclasses import replace
+
+    from attnlink_ros.localization.alignment import AlignConfig
+
+    cfg = AlignConfig()
+    for rate, taken in ((cfg.min_agree_rate, False), (0.0, True)):
+        al, xy, K = _leg_aligner(replace(cfg, min_agree_rate=rate))
+        rng = np.random.default_rng(8)
+        for i in range(200):
+            # 0.5 m a frame; every fourth frame's hits agree with the leg (50 frames), the rest are noise
+            al.step((0.5, 0.0, 0.0) if i else (0.0, 0.0, 0.0),
+                    np.r_[(i // 2) * K if i % 4 == 0 else -1, rng.integers(0, len(xy) * K, 4)])
+        assert (al.pose() is not None) == taken, rate
