@@ -38,7 +38,9 @@ _SECTORS = 12  # and its heading sectors (30 degrees)
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """The alignment's parameters (chosen on validation towns 601 / 602, session 16)."""
+    """The alignment's parameters (chosen on validation towns 601 / 602, session 16, and 601-604,
+    session 17; image recall with odometry quoted as 601 / 602 / 603 / 604, precision 1.000 unless
+    said)."""
 
     window_m: float = 150.0  # the drive's last metres that vote
     max_frames: int = 400  # and at most this many frames
@@ -50,9 +52,20 @@ class AlignConfig:
     min_support: int = 40  # frames that must agree with a new alignment
     min_ratio: float = 2.0  # and it must have this many times the agreeing frames of any rival (> rival_m away)
     rival_m: float = 20.0
+    # and at least this share of the window frames it places facing a mapped view must agree. 604: a
+    # street-grid corner that fits the drive's turn, with 47 agreeing frames of 188 it places there
+    # (0.25; every right acquisition on 601-604 had 0.43-0.70): 77 wrong fixes, precision 0.801 /
+    # recall 0.492 -> 1.000 / 0.652 with 0.33 (0.25: unchanged; 0.4: as 0.33)
     min_agree_rate: float = 0.33
-    confirm_support: int = 10  # frames that must agree with a refit of the held alignment to confirm it
-    min_new: int = 3  # and this many of them newer than the last confirmation's newest agreeing frame
+    # frames that must agree with a refit of the held alignment to confirm it (20: 0.788 / 0.720 /
+    # 0.802 / 0.634; 15: 0.797 / 0.725 / 0.830 / 0.634; 10: 0.806 / 0.730 / 0.838 / 0.634)
+    confirm_support: int = 10
+    # and this many of them newer than the last confirmation's newest agreeing frame: refits on the
+    # same old frames (fewer as they leave the window) walked a right alignment 11 m aside off the
+    # map, reconfirming it each frame with a small sigma (603: 6 wrong fixes on re-entry, 0.989 ->
+    # 1.000); 1 frame can agree by chance (a kidnapped alignment was never dropped in
+    # test_tracking); 3: 0.806 / 0.715 / 0.838 / 0.794, 1: 0.806 / 0.730 / 0.838 / 0.799
+    min_new: int = 3
     confirm_m: float = 10.0  # a refit within this (+ drift) of the held alignment's pose confirms it
     # a refit that moves any window frame's aligned pose farther than this confirms only with
     # min_support agreeing frames (a turn about the newest pose passes the check above). Test town
@@ -63,12 +76,15 @@ class AlignConfig:
     max_shift_m: float = 6.0
     # a refit on fewer than min_support frames that moved too far is tried again with the held
     # rotation kept (translation only): a short stretch of agreeing frames fixes a translation, not a
-    # rotation about them that swings the window's old frames
+    # rotation about them that swings the window's old frames (602: 0.708 -> 0.742 with it; 601 same)
     translation_refit: bool = True
-    drift_per_m: float = 0.03  # odometry's error per metre carried since the last confirmation
-    max_carried_m: float = 600.0  # an alignment unconfirmed for this long is dropped
+    drift_per_m: float = 0.03  # odometry's error per metre carried (since the newest agreeing frame)
+    max_carried_m: float = 600.0  # an alignment without evidence for this long is dropped
     # dropped when, of >= min_on_map window frames it places facing a mapped view (facing_view), fewer
-    # than this agree
+    # than this agree, and the same of the frames since its newest agreeing frame (604: the whole
+    # window alone dropped a right alignment off the map for frames that had disagreed while it was
+    # confirmed by others, 0.634 -> 0.799; the newest frames alone dropped it in a 40-frame stretch
+    # of bad hits on the map, 602: 0.730 -> 0.637)
     contradicted: float = 0.2
     min_on_map: int = 40
     # At acquisition, a rival with more than 1 / min_ratio of the best's votes blocks it only while the
@@ -82,6 +98,7 @@ class AlignConfig:
     recent: int = 60
     max_rivals: int = 5  # rivals checked at acquisition (more block it)
     search_every: int = 5  # frames between searches while no alignment is held (a search: 1.4 ms under cProfile in bench_tracking)
+    # (min_support 30 or votes 8 take 602's early look-alike street: precision 0.60 / 0.57 there)
     # the aligned pose is published when its nearest place plus its sigma lies within this (a right
     # fix: a place within 10 m of the vehicle); farther, up to the tracker's on_map_m: relocalising;
     # beyond: lost. Validation 601 / 602 (LiDAR with verification, image): place within 9 m, no
