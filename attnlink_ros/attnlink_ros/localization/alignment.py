@@ -325,7 +325,10 @@ class TrajectoryAligner:
         P, vxy, vh = self._window()
         if self.T is not None:
             radius = c.inlier_m + c.drift_per_m * self.carried
-            for rotate in (True, False):
+            agree = np.isfinite(self._agree(self.T, P, vxy, vh, radius)[0])
+            # a refit can confirm only with min_new frames newer than the newest evidence (_accept):
+            # none is tried without them (most frames: the refit's cost saved)
+            for rotate in (True, False) if int((self._d[agree] > self._evidence_d).sum()) >= c.min_new else ():
                 T2, n, rms = self._refit(self.T, P, vxy, vh, radius, rotate=rotate)
                 moved = float(np.linalg.norm(apply(T2, P[-1:, :2])[0] - apply(self.T, P[-1:, :2])[0]))
                 shift = float(np.linalg.norm(apply(T2, P[:, :2]) - apply(self.T, P[:, :2]), axis=1).max())
@@ -337,7 +340,7 @@ class TrajectoryAligner:
                 if not c.translation_refit or n >= c.min_support or n < c.confirm_support:
                     break  # a full-support refit was refused, or too few frames for either
             on = self._expected(self.T, P)
-            agree = np.isfinite(self._agree(self.T, P, vxy, vh, radius)[0]) & on
+            agree &= on
             new = on & (self._d > self._evidence_d)  # frames since its newest evidence
             if on.sum() >= c.min_on_map and agree.sum() < c.contradicted * on.sum() and \
                     new.sum() >= c.min_on_map and (agree & new).sum() < c.contradicted * new.sum():
