@@ -107,6 +107,10 @@ class AlignConfig:
     # image 0.788 / 0.642, no off-map frame published
     publish_m: float = 10.0
 
+    def __post_init__(self) -> None:
+        if not 3 <= self.max_frames < 1024:  # the search packs a window frame's index in 10 bits
+            raise ValueError(f"AlignConfig.max_frames must lie in [3, 1024), got {self.max_frames}")
+
 
 def _wrap(a):
     return (a + np.pi) % (2 * np.pi) - np.pi
@@ -390,14 +394,14 @@ class TrajectoryAligner:
         cs, sn = np.cos(th), np.sin(th)
         tr = vx[v] - np.stack([cs * ps[v, 0] - sn * ps[v, 1], sn * ps[v, 0] + cs * ps[v, 1]], -1)
         frame = fi[v]
-        best = None
+        keys = []
         for half in (0, 1):
             cell = np.floor((tr + half * c.bin_m / 2) / c.bin_m).astype(np.int64) + (1 << 20)
-            key = ((js * 2 + half) << 42) | (cell[:, 0] << 21) | cell[:, 1]
-            uk = np.unique(key * 1024 + (frame % 1024)) // 1024  # one vote a frame a cell
-            keys, counts = np.unique(uk, return_counts=True)
-            best = (keys, counts) if best is None else (np.r_[best[0], keys], np.r_[best[1], counts])
-        keys, counts = best
+            keys.append(((((js * 2 + half) << 42) | (cell[:, 0] << 21) | cell[:, 1]) << 10) | (frame % 1024))
+        k = np.sort(np.concatenate(keys))  # (cell, frame) pairs: one sort for both grids
+        k = k[np.r_[True, k[1:] != k[:-1]]] >> 10  # one vote a frame a cell (max_frames < 1024)
+        start = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+        keys, counts = k[start], np.diff(np.r_[start, len(k)])
         jh = keys >> 42
         rot = (jh // 2) * step - math.pi
         half = (jh % 2) * c.bin_m / 2
@@ -407,15 +411,15 @@ class TrajectoryAligner:
         # the current pose each cell implies; rivals lie farther than rival_m from the best's and from
         # each other (the strongest of each such neighbourhood), best first
         cur = np.stack([np.cos(rot) * P[-1, 0] - np.sin(rot) * P[-1, 1], np.sin(rot) * P[-1, 0] + np.cos(rot) * P[-1, 1]], -1) + centre
-        order = np.argsort(-counts, kind="stable")
-        picked: list[int] = []
-        for i in order:
-            if picked and counts[i] * c.min_ratio < counts[picked[0]]:
-                break  # weaker than any rival that could block the best
-            if all(np.linalg.norm(cur[i] - cur[k]) > c.rival_m for k in picked):
-                picked.append(int(i))
-                if len(picked) > c.max_rivals + 1:
-                    break  # more rivals than are checked: they block
+        b = int(np.argmax(counts))
+        strong = np.flatnonzero(counts * c.min_ratio >= counts[b])  # cells that could block the best
+        strong = strong[np.argsort(-counts[strong], kind="stable")]
+        picked = [b]
+        cand = strong[np.linalg.norm(cur[strong] - cur[b], axis=1) > c.rival_m]
+        while len(cand) and len(picked) <= c.max_rivals + 1:  # more rivals than are checked: they block
+            i = int(cand[0])
+            picked.append(i)
+            cand = cand[np.linalg.norm(cur[cand] - cur[i], axis=1) > c.rival_m]
         out = []
         for i in picked:
             T = (float(rot[i]), float(centre[i, 0]), float(centre[i, 1]))
