@@ -10,12 +10,12 @@ hit of every frame in the window votes for the transform that puts its frame at 
 one vote a frame a cell), refined by least squares, and then *kept* (dead reckoning) while nothing
 contradicts it: a frame the alignment places off the map is expected to have no agreeing hits, so
 leaving the map does not drag the fix onto a look-alike street, and re-entering it needs no new
-search. Measured (docs/deployment.md, "With odometry"), image queries with odometry: validation
-towns 601 / 602 from nothing published (no belief threshold was precise) to precision 1.000 at
-recall 0.788 / 0.642; test towns 57334: 1.000 / 0.873, 85288: 0.813 / 0.668 (a held alignment
-wrongly re-confirmed after 142 m off the map, then kept by the same 24 old frames, drifted 11-17 m
-aside for 96 frames: docs/deployment.md; with ``max_shift_m`` since, chosen on validation, 1.000
-at 0.608 on 602 and 1.000 / 0.888 on that town, now seen). Used by tracker.PlaceTracker where no GICP verification anchors the fixes.
+search. Measured (docs/deployment.md, "With odometry"), image queries with odometry, precision /
+recall: validation towns 601-604 (everything chosen there, sessions 16-17) 1.000 / 0.806, 0.715,
+0.838, 0.794, from nothing published (no belief threshold was precise); fresh test towns 74043 /
+83547 (session 17, measured once) 1.000 / 0.753 and 1.000 / 0.651, no off-map fix (the recall
+target, 0.85, not met); earlier test towns 85288 / 57334 (session 16's first measurement) 0.813 /
+0.668 and 1.000 / 0.873, now 1.000 / 0.858 and 1.000 / 0.827 (seen). Used by tracker.PlaceTracker where no GICP verification anchors the fixes.
 
 A hit's place lies, on average, ``hit_offset`` (along, left, metres, in the hit's heading) from the
 camera that asked (calibrated: on the towns a revisit drives the other lane, 3.5 m); votes are
