@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_CELL_M = 1.0  # the on-map lookup's grid
 _VIEW_CELL_M = 2.0  # the facing-a-view lookup's grid
 _SECTORS = 12  # and its heading sectors (30 degrees)
 
@@ -78,9 +77,9 @@ class AlignConfig:
     # went unpublished; validation 601-604 identical without that exception (decided after seeing
     # the test town, said so in docs/deployment.md)
     max_shift_m: float = 6.0
-    # a refit on fewer than min_support frames that moved too far is tried again with the held
-    # rotation kept (translation only): a short stretch of agreeing frames fixes a translation, not a
-    # rotation about them that swings the window's old frames (602: 0.708 -> 0.742 with it; 601 same)
+    # a refit that moved too far is tried again with the held rotation kept (translation only): a
+    # short stretch of agreeing frames fixes a translation, not a rotation about them that swings
+    # the window's old frames (602: 0.708 -> 0.742 with it; 601 same)
     translation_refit: bool = True
     drift_per_m: float = 0.03  # odometry's error per metre carried (since the newest agreeing frame)
     max_carried_m: float = 600.0  # an alignment without evidence for this long is dropped
@@ -141,18 +140,11 @@ class TrajectoryAligner:
         self.place_xy = np.asarray(place_xy, np.float64)
         self.state_heading = np.asarray(state_heading, np.float64)
         self.hit_offset = np.asarray(hit_offset, np.float64)
-        self._on_map_cells()
+        self._view_cells_of_map()
         self.reset()
 
-    def _on_map_cells(self) -> None:
-        """Sorted keys of the grid cells within ``on_map_m`` of a place (a lookup for many points)."""
-        r = int(math.ceil(self.on_map_m / _CELL_M))
-        d = np.arange(-r, r + 1)
-        dx, dy = np.meshgrid(d, d)
-        keep = np.hypot(dx, dy) * _CELL_M <= self.on_map_m
-        cells = np.floor(self.place_xy / _CELL_M).astype(np.int64)
-        allc = cells[:, None, :] + np.stack([dx[keep], dy[keep]], -1)[None]
-        self._cells = np.unique(self._key(allc.reshape(-1, 2)))
+    def _view_cells_of_map(self) -> None:
+        """Sorted keys for facing_view (a lookup for many points)."""
         # (cell, heading sector) keys near a place whose view faces that sector's way, within about
         # heading_tol_deg: where a frame is expected to see a mapped view (not at a side street's
         # mouth, looking across the mapped street)
@@ -180,18 +172,6 @@ class TrajectoryAligner:
     @staticmethod
     def _sector(h) -> np.ndarray:
         return (np.floor((_wrap(np.asarray(h, np.float64)) + math.pi) / (2 * math.pi / _SECTORS)).astype(np.int64)) % _SECTORS
-
-    @staticmethod
-    def _key(c: np.ndarray) -> np.ndarray:
-        return (c[:, 0] + (1 << 30)) * (1 << 31) + (c[:, 1] + (1 << 30))
-
-    def on_map(self, xy: np.ndarray) -> np.ndarray:
-        """(M,) bool: within about ``on_map_m`` (a metre's grid) of a place."""
-        if len(self._cells) == 0:
-            return np.zeros(len(xy), bool)
-        k = self._key(np.floor(np.asarray(xy) / _CELL_M).astype(np.int64))
-        i = np.minimum(np.searchsorted(self._cells, k), len(self._cells) - 1)
-        return self._cells[i] == k
 
     def facing_view(self, xy: np.ndarray, heading: np.ndarray) -> np.ndarray:
         """(M,) bool: within about ``on_map_m`` of a place whose view faces ``heading`` (rad) within
@@ -278,7 +258,7 @@ class TrajectoryAligner:
         return self.facing_view(apply(T, P[:, :2]), P[:, 2] + T[0])
 
     def _recently_contradicted(self, on: np.ndarray, agree: np.ndarray) -> bool:
-        """Of the newest ``recent`` frames, at least half lie on the map and fewer than
+        """Of the newest ``recent`` frames, at least half face a mapped view and fewer than
         ``contradicted`` of those agree."""
         c = self.cfg
         on, agree = on[-c.recent:], agree[-c.recent:]
