@@ -151,6 +151,7 @@ class NodeConfig:
     tracking: bool = True  # relocalize: the filter over the map's places decides what ~/place carries
     min_confidence: float = -1.0  # relocalize + tracking: a fix is published on ~/place at or above this; < 0: per mode, as calibrated
     track_alignment: bool = True  # relocalize + tracking + pose_topic: the recent drive aligned onto the map (localization/alignment.py)
+    track_odometry_drift: float = 0.03  # the alignment's odometry error per metre driven (AlignConfig.drift_per_m)
     tracking_calibration: str = ""  # the filter's observation model; empty: the model's own NAME.tracking.json
     pose_topic: str = ""  # nav_msgs/Odometry of the LiDAR's pose (e.g. SLAM's); online: keyframe poses; relocalize: the filter's motion
     pose_tolerance: float = 0.1
@@ -208,6 +209,11 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
     "track_alignment": ("relocalize + tracking with pose_topic: the drive's last 150 m of odometry aligned onto the map "
                         "as one rigid shape, agreed by many frames' hits; its pose is published where the belief's is not "
                         "(image-only fixes come from it) and says 'lost' off the map; false: off", None, None),
+    "track_odometry_drift": ("relocalize + tracking + track_alignment: the odometry's position error per metre driven "
+                             "since the last frame whose hits agreed with the alignment; it widens the aligned pose's "
+                             "sigma (published only while its place + sigma lies within 10 m) and the radius its hits "
+                             "must fall in. 0.03 was chosen for the towns' simulated odometry (2% a step + 0.002 rad a "
+                             "frame); set it to your odometry's measured drift", None, (0.001, 0.5)),
     "tracking_calibration": ("relocalize + tracking: the filter's observation model (attnlink eval --track --calibrate); "
                              "empty: NAME.tracking.json beside the model", None, None),
     "pose_topic": ("nav_msgs/Odometry topic of the LiDAR's pose in a world frame (e.g. SLAM's or wheel odometry); online: "

@@ -560,13 +560,18 @@ def test_image_node_with_odometry_publishes_the_aligned_drive(ros, tmp_path):
     """Image-only queries, whose belief the shipped calibration never publishes, with odometry on
     pose_topic (nav_msgs/Odometry, real rclpy): the drive's odometry aligned onto the map
     (localization/alignment.py) gives ~/place right fixes, the same frames as the core's
-    MapTracking offline with the same hits and poses; /diagnostics-side source "aligned"."""
+    MapTracking offline with the same hits, poses and odometry drift (the node's
+    track_odometry_drift); /diagnostics-side source "aligned"."""
+    from dataclasses import replace
+
     from nav_msgs.msg import Odometry
 
     from attnlink_ros.data.bags import kitti_records
     from attnlink_ros.data.synth import SynthConfig, write_synthetic_sequence
+    from attnlink_ros.localization.alignment import AlignConfig
     from attnlink_ros.localization.calibration import load_for_model
     from attnlink_ros.localization.session import MapTracking
+    from attnlink_ros.localization.tracker import TrackerConfig
     from attnlink_ros.retrieval.build import build_map_from_sequence
     from attnlink_ros.ros.messages import pose_msg
 
@@ -579,7 +584,8 @@ def test_image_node_with_odometry_publishes_the_aligned_drive(ros, tmp_path):
     pm.save(tmp_path / "map")
     # offline: the core's tracking with the same hits and odometry
     rec.map = pm
-    mt = MapTracking(pm, load_for_model(None, None, rec.fingerprint))
+    drift = 0.02
+    mt = MapTracking(pm, load_for_model(None, None, rec.fingerprint), replace(TrackerConfig(), align=AlignConfig(drift_per_m=drift)))
     offline = [i for i in range(len(seq)) if mt.step(float(seq.times[i]), rec.query(Frame(float(seq.times[i]), seq.calib, seq.read_image(i)), 10, "image").hits,
                                                      "image", seq.poses[i]).published]
     assert len(offline) >= 40 and offline[-1] == len(seq) - 1
@@ -587,8 +593,9 @@ def test_image_node_with_odometry_publishes_the_aligned_drive(ros, tmp_path):
     node = AttnLinkNode(parameter_overrides=[
         Parameter("backend", value="onnxruntime"), Parameter("mode", value="image"), Parameter("map", value=str(tmp_path / "map")),
         Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable"),
-        Parameter("pose_topic", value="/vehicle/odometry")])
+        Parameter("pose_topic", value="/vehicle/odometry"), Parameter("track_odometry_drift", value=drift)])
     assert node.tracking is not None and node.tracking.threshold("image") is None  # the belief alone: silent
+    assert node.tracking.cfg.align.drift_per_m == drift
     io = rclpy.create_node("odometry_source")
     odom = io.create_publisher(Odometry, "/vehicle/odometry", 200)
     places = []

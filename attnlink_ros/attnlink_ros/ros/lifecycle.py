@@ -163,6 +163,7 @@ class AttnLinkLifecycle(LifecycleNode):
 
         from ..localization.calibration import load_for_model
         from ..localization.session import MapTracking
+        from ..localization.alignment import AlignConfig
         from ..localization.tracker import TrackerConfig
         from ..retrieval.drive_map import PoseTrack
 
@@ -175,7 +176,7 @@ class AttnLinkLifecycle(LifecycleNode):
             return None
         obs = load_for_model(c.tracking_calibration or None, c.model or None, self.recognizer.fingerprint)
         self.tracking = MapTracking(self.recognizer.map, obs, replace(TrackerConfig(), min_confidence=c.min_confidence if c.min_confidence >= 0 else None,
-                                                                      **({} if c.track_alignment else {"align": None}),
+                                                                      align=replace(AlignConfig(), drift_per_m=c.track_odometry_drift) if c.track_alignment else None,
                                                                       require_anchor=verification))
         return PoseTrack(max_poses=3000) if c.pose_topic else None
 

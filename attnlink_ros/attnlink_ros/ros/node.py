@@ -101,7 +101,7 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             thresholds = {m: self.tracking.threshold(m) for m in ("image", "lidar", "fused")}
             conf = f"{c.min_confidence}" if c.min_confidence >= 0 else \
                 "per mode " + ", ".join(f"{m} {'never' if t is None else t}" for m, t in thresholds.items())
-            where += (f", tracking (min_confidence {conf}" + (f", odometry {c.pose_topic}" + (", drive aligned onto the map" if self.tracking.cfg.align else "")
+            where += (f", tracking (min_confidence {conf}" + (f", odometry {c.pose_topic}" + (f", drive aligned onto the map (odometry drift {self.tracking.cfg.align.drift_per_m:g} a metre)" if self.tracking.cfg.align else "")
                                                               if self._poses is not None else ", no odometry")
                       + (", fixes anchored by GICP" if self.tracking.cfg.require_anchor else "") + ")")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}, "
