@@ -89,6 +89,8 @@ def test_refusals(tmp_path):
         PlaceMap.load(tmp_path / "m")
     with pytest.raises(DataError, match="not a place map"):
         PlaceMap.load(tmp_path)
+    with pytest.raises(DataError, match="a file, not a map directory"):  # was NotADirectoryError
+        PlaceMap.load(tmp_path / "m" / "manifest.json")
 
 
 def test_to_gpu_reports_why_not():

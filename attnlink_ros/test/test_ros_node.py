@@ -244,6 +244,10 @@ def test_configure_fails_cleanly_on_missing_map(ros, model_and_map, tmp_path):
 
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert node.recognizer is None
+    # a file where the map directory should be: the same clean failure (it was a NotADirectoryError)
+    (tmp_path / "a_file").write_text("not a map")
+    assert node.set_parameters([Parameter("map", value=str(tmp_path / "a_file"))])[0].successful
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE and node.recognizer is None
     res = node.set_parameters([Parameter("backend", value="tpu")])
     assert not res[0].successful and "backend" in res[0].reason and "tpu" in res[0].reason
     for name, bad in (("k", 0), ("mode", "sonar"), ("lidar_to_camera", [1.0, 2.0])):

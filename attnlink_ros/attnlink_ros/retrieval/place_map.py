@@ -323,8 +323,8 @@ class PlaceMap:
         man_path = path / "manifest.json"
         try:
             manifest = json.loads(man_path.read_text())
-        except FileNotFoundError:
-            raise DataError(path, "not a place map (no manifest.json)") from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise DataError(path, "not a place map (no manifest.json)" + (": a file, not a map directory" if path.is_file() else "")) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(man_path, f"manifest is not valid JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(manifest, dict):

@@ -118,6 +118,12 @@ class AttnLinkLifecycle(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             self.recognizer = None
             return TransitionCallbackReturn.FAILURE
+        except Exception as exc:  # noqa: BLE001 - rclpy swallows a transition callback's exception without a word
+            import traceback
+
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            self.recognizer = None
+            return TransitionCallbackReturn.ERROR
         self._pub_diag = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         if self.tracking is not None and self._relocalize_srv is None:
             self._relocalize_srv = self.create_service(Trigger, "~/relocalize", self._on_relocalize)
