@@ -73,9 +73,9 @@ class AlignConfig:
     # (image recall 0.788 / 0.642 without; 3 m: 0.779 / 0.608; 6 m: 0.788 / 0.608; precision 1.000
     # all). Until session 17 a refit on min_support (40) frames could move it any distance: on test
     # town 83547 (its first measurement) one on 41 frames, 306 m after the last evidence (an inlier
-    # radius of 15 m), turned a right alignment about the newest pose, and 110 frames on the map
-    # went unpublished; validation 601-604 identical without that exception (decided after seeing
-    # the test town, said so in docs/deployment.md)
+    # radius of 15 m), turned a right alignment about the newest pose: wrong (lost, nothing
+    # published) for 110 frames on the map, recall 0.651 (0.752 without the exception); validation
+    # 601-604 identical without it (decided after seeing the test town, said so in docs/deployment.md)
     max_shift_m: float = 6.0
     # a refit that moved too far is tried again with the held rotation kept (translation only): a
     # short stretch of agreeing frames fixes a translation, not a rotation about them that swings
