@@ -590,3 +590,27 @@ def test_alignment_refused_when_most_frames_it_places_on_the_map_disagree():
             al.step((0.5, 0.0, 0.0) if i else (0.0, 0.0, 0.0),
                     np.r_[(i // 2) * K if i % 4 == 0 else -1, rng.integers(0, len(xy) * K, 4)])
         assert (al.pose() is not None) == taken, rate
+
+
+def test_odometry_jump_is_not_motion():
+    """An odometry step longer than a vehicle drives in the time (a SLAM pose corrected at a loop
+    closure) is counted and taken as no odometry: the drive's alignment starts over instead of
+    laying a broken shape onto the map, and no fix follows the jump."""
+    from dataclasses import replace
+
+    xy, heading = street_map()
+    silent = replace(OBS, belief_publishes=False)
+    tr = PlaceTracker(xy, heading, [0.0, 180.0], silent, TrackerConfig())
+    rng = np.random.default_rng(6)
+    for i in range(120):  # along the first leg, 1 m a frame at 10 Hz
+        pl, vw, sc = observe(rng, i, len(xy))
+        fix = tr.update(0.1 * i, pl, vw, sc, np.array([1.0, 0.0, 0.0]) if i else None)
+    assert fix.published and fix.source == "aligned" and tr.aligner.pose() is not None and tr.odometry_jumps == 0
+    pl, vw, sc = observe(rng, 120, len(xy))
+    fix = tr.update(12.0, pl, vw, sc, np.array([400.0, 0.0, 0.0]))  # 400 m in 0.1 s
+    assert tr.odometry_jumps == 1 and tr.aligner.pose() is None and tr.aligner.frames == 0
+    assert not (fix.published and fix.source == "aligned")
+    # a fast but possible step (20 m/s) is motion
+    pl, vw, sc = observe(rng, 122, len(xy))
+    tr.update(12.1, pl, vw, sc, np.array([2.0, 0.0, 0.0]))
+    assert tr.odometry_jumps == 1 and tr.aligner.frames == 1

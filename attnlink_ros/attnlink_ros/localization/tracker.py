@@ -62,6 +62,7 @@ class TrackerConfig:
 
     k: int = 10  # hits per query the observation uses
     max_speed_mps: float = 25.0  # without odometry: the farthest a vehicle moves between frames is this x dt
+    odometry_jump_m: float = 5.0  # an odometry step longer than max_speed_mps x dt + this is a jump, not motion
     lateral_sigma_m: float = 2.5  # across the heading (lanes, place spacing)
     along_sigma_m: float = 2.0  # soft edges of the along-heading band (no odometry) / odometry's error floor
     odom_sigma_fraction: float = 0.1  # odometry's error per metre travelled
@@ -342,6 +343,7 @@ class PlaceTracker:
         self.carried_sigma = 0.0  # its position error beyond the registration's (m)
         self.last_verified: tuple[float, np.ndarray] | None = None  # (stamp, (x, z, heading rad))
         self.velocity: np.ndarray | None = None  # (vx, vz, yaw rate) from the last two verified poses
+        self.odometry_jumps = 0  # odometry steps farther than a vehicle drives in the time (taken as no odometry)
         if self.aligner is not None:
             self.aligner.reset()
 
@@ -406,6 +408,13 @@ class PlaceTracker:
         c = self.cfg
         at_stamp = None
         late = self.last_stamp is not None and stamp < self.last_stamp  # answered after a newer frame: observed, no motion
+        if odom is not None and not late and self.last_stamp is not None and \
+                math.hypot(float(odom[0]), float(odom[1])) > c.max_speed_mps * (stamp - self.last_stamp) + c.odometry_jump_m:
+            # farther than a vehicle drives in the time: the odometry jumped (a SLAM pose corrected at a
+            # loop closure, a reset), not motion; this frame moves as without odometry and the drive's
+            # alignment starts over (its dead-reckoned shape broke)
+            self.odometry_jumps += 1
+            odom = None
         if not late:
             dt = c.max_dt_s if self.last_stamp is None else float(min(stamp - self.last_stamp, c.max_dt_s))
             self.last_stamp = stamp

@@ -249,7 +249,8 @@ class AttnLinkLifecycle(LifecycleNode):
             extra = {**extra, "tracking_state": f.state if f else "relocalising",
                      "tracking_confidence": f"{f.confidence:.3f}" if f else "0.000", "tracking_p_lost": f"{f.p_lost:.3f}" if f else "",
                      "tracking_source": f.source if f else "",  # belief | verified | carried (a verified pose moved by odometry) | aligned (the drive aligned onto the map by odometry)
-                     "odometry": self.cfg.pose_topic or "none (map geometry)"}
+                     "odometry": self.cfg.pose_topic or "none (map geometry)",
+                     "odometry_jumps": str(self.tracking.tracker.odometry_jumps)}  # steps a vehicle cannot drive: taken as no odometry
         st = DiagnosticStatus(level=level, name=f"{self.get_name()}: {self.SUBJECT}", hardware_id="attnlink", message=message)
         rec = self.recognizer
         values = {
