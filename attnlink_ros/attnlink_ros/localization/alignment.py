@@ -272,12 +272,13 @@ class TrajectoryAligner:
                                         self.cfg.inlier_m)[0])
         return self._recently_contradicted(on, agree)
 
-    def _refit(self, T, P, vxy, vh, radius, iterations: int = 2, rotate: bool = True):
+    def _refit(self, T, P, vxy, vh, radius, iterations: int = 2, rotate: bool = True, first=None):
         """Least-squares SE(2) (2-D Umeyama) on each frame's nearest agreeing hit; (T, support, RMS).
-        ``rotate`` False: the translation only, T's rotation kept."""
+        ``rotate`` False: the translation only, T's rotation kept. ``first``: _agree's answer for T
+        at this radius, when the caller has it."""
         n, rms = 0, 0.0
-        for _ in range(iterations):
-            d, j = self._agree(T, P, vxy, vh, radius)
+        for it in range(iterations):
+            d, j = first if it == 0 and first is not None else self._agree(T, P, vxy, vh, radius)
             keep = np.isfinite(d)
             n = int(keep.sum())
             if n < 3:
@@ -313,11 +314,12 @@ class TrajectoryAligner:
         P, vxy, vh = self._window()
         if self.T is not None:
             radius = c.inlier_m + c.drift_per_m * self.carried
-            agree = np.isfinite(self._agree(self.T, P, vxy, vh, radius)[0])
+            held = self._agree(self.T, P, vxy, vh, radius)
+            agree = np.isfinite(held[0])
             # a refit can confirm only with min_new frames newer than the newest evidence (_accept):
             # none is tried without them (most frames: the refit's cost saved)
             for rotate in (True, False) if int((self._d[agree] > self._evidence_d).sum()) >= c.min_new else ():
-                T2, n, rms = self._refit(self.T, P, vxy, vh, radius, rotate=rotate)
+                T2, n, rms = self._refit(self.T, P, vxy, vh, radius, rotate=rotate, first=held)
                 moved = float(np.linalg.norm(apply(T2, P[-1:, :2])[0] - apply(self.T, P[-1:, :2])[0]))
                 shift = float(np.linalg.norm(apply(T2, P[:, :2]) - apply(self.T, P[:, :2]), axis=1).max())
                 if n >= c.confirm_support and moved <= c.confirm_m + c.drift_per_m * self.carried and \
