@@ -381,7 +381,7 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
     tracking filter (with and without odometry) beside the single-frame top-1, per mode."""
     import tempfile
 
-    from .evaluation.tracking import TrackData, calibrate, evaluate_tracking, measured_thresholds, print_tracking, plot_tracking
+    from .evaluation.tracking import VISUAL_MODES, TrackData, calibrate, evaluate_tracking, measured_thresholds, print_tracking, plot_tracking
     from .localization.calibration import load_for_model, save_for_model
     from .localization.tracker import DEFAULT_MIN_CONFIDENCE, TrackerConfig
 
@@ -396,6 +396,9 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
         data = [TrackData(model, root, s, Path(args.cache or tmp), args.map_fraction, args.views[0], modes, cfg.k, progress=not args.quiet,
                           verify=args.verify)
                 for root in args.data for s in seqs]
+        if args.visual_odometry and any(m in VISUAL_MODES for m in modes):
+            for d in data:
+                d.visual_odometry(progress=not args.quiet)
     result: dict[str, Any] = {}
     if args.calibrate:
         obs = calibrate(data, modes)
@@ -417,8 +420,8 @@ def _eval_track(args: argparse.Namespace, model, meta) -> dict:
         print_tracking(d.name, r, modes)
         if args.plots:
             r["plots"] = plot_tracking(d, r, modes, Path(args.plots))
-        for key in ("track", "track_odometry"):
-            for m in modes:
+        for key in ("track", "track_odometry", "track_visual"):
+            for m in r.get(key, {}):
                 r[key][m].pop("_fixes", None)
         result[d.name] = r
     result["_model"] = {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}
@@ -788,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "held-out real frames (pseudo-depth, 'which drive' recall) beside --model (default: the shipped one)")
     sp.add_argument("--fold-runs", metavar="PATTERN", help="--real-folds: model path with {fold}, e.g. runs/real-lite0-{fold}/model")
     sp.add_argument("--map-fraction", type=float, default=0.375, help="--track: the map holds this first share of the drive (default 0.375)")
+    sp.add_argument("--visual-odometry", action="store_true", help="--track: also the filter with monocular visual odometry "
+                    "from the drive's camera images instead of odometry (image and fused modes; key track_visual; ~40 ms a frame, "
+                    "kept in --cache)")
     sp.add_argument("--track-k", type=int, default=10, help="--track: hits per query the filter observes (default 10)")
     sp.add_argument("--min-confidence", type=float, default=None, metavar="C",
                     help="--track: publish the belief's fixes from this confidence in every mode (default: per mode, as the "

@@ -87,3 +87,49 @@ def replay_through_node(node, listener, records, lockstep_timeout: float = 10.0,
         time.sleep(0.5)
         rp.close()
     return stats, done["counters"]
+
+
+def image_drive_with_map(root, frames: int = 120, seed: int = 11):
+    """A synthetic drive (seed 11 turns 90 degrees) written to ``root/drive`` and a map of all its
+    places saved at ``root/map``: (sequence, PlaceMap, PlaceRecognizer with that map)."""
+    from attnlink_ros.data.kitti import KittiSequence
+    from attnlink_ros.data.synth import SynthConfig, write_synthetic_sequence
+    from attnlink_ros.pipeline import PlaceRecognizer
+    from attnlink_ros.retrieval.build import build_map_from_sequence
+
+    write_synthetic_sequence(Path(root) / "drive", SynthConfig(frames=frames, seed=seed), workers=1, progress=False)
+    seq = KittiSequence(Path(root) / "drive", "00")
+    rec = PlaceRecognizer(None, None, backend="onnxruntime")
+    pm, _ = build_map_from_sequence(rec, seq, progress=False)
+    pm.save(Path(root) / "map")
+    rec.map = pm
+    return seq, pm, rec
+
+
+def visual_tracking_offline(seq, pm, rec) -> list[int]:
+    """The frames the core's MapTracking publishes for image queries of ``seq`` with the drive
+    aligned by monocular visual odometry (as the node's visual_odometry runs it); each published
+    fix is checked right (within 10 m of the truth)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from attnlink_ros.localization.alignment import AlignConfig
+    from attnlink_ros.localization.calibration import load_for_model
+    from attnlink_ros.localization.session import MapTracking
+    from attnlink_ros.localization.tracker import TrackerConfig
+    from attnlink_ros.localization.visual_odometry import VisualOdometry, step_pose, visual_align
+    from attnlink_ros.pipeline import Frame
+
+    mt = MapTracking(pm, load_for_model(None, None, rec.fingerprint), replace(TrackerConfig(), align=visual_align(AlignConfig())))
+    vo, T, out = VisualOdometry(), np.eye(4), []
+    for i in range(len(seq)):
+        image = seq.read_image(i)
+        step = vo.step(image, seq.calib.P[:3, :3])
+        T = T if step is None else T @ step_pose(step)
+        fix = mt.step(float(seq.times[i]), rec.query(Frame(float(seq.times[i]), seq.calib, image), 10, "image").hits, "image", T)
+        if fix.published:
+            assert fix.source == "aligned"
+            assert np.hypot(*(np.asarray(fix.xy) - seq.poses[i][[0, 2], 3])) <= 10.0  # right, within 10 m
+            out.append(i)
+    return out

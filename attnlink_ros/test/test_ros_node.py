@@ -571,23 +571,16 @@ def test_image_node_with_odometry_publishes_the_aligned_drive(ros, tmp_path):
     from nav_msgs.msg import Odometry
 
     from attnlink_ros.data.bags import kitti_records
-    from attnlink_ros.data.synth import SynthConfig, write_synthetic_sequence
     from attnlink_ros.localization.alignment import AlignConfig
     from attnlink_ros.localization.calibration import load_for_model
     from attnlink_ros.localization.session import MapTracking
     from attnlink_ros.localization.tracker import TrackerConfig
-    from attnlink_ros.retrieval.build import build_map_from_sequence
     from attnlink_ros.ros.messages import pose_msg
 
-    from .conftest import replay_through_node
+    from .conftest import image_drive_with_map, replay_through_node
 
-    write_synthetic_sequence(tmp_path / "drive", SynthConfig(frames=120, seed=11), workers=1, progress=False)
-    seq = KittiSequence(tmp_path / "drive", "00")
-    rec = PlaceRecognizer(None, None, backend="onnxruntime")
-    pm, _ = build_map_from_sequence(rec, seq, progress=False)
-    pm.save(tmp_path / "map")
+    seq, pm, rec = image_drive_with_map(tmp_path)
     # offline: the core's tracking with the same hits and odometry
-    rec.map = pm
     drift = 0.02
     mt = MapTracking(pm, load_for_model(None, None, rec.fingerprint), replace(TrackerConfig(), align=AlignConfig(drift_per_m=drift)))
     offline = [i for i in range(len(seq)) if mt.step(float(seq.times[i]), rec.query(Frame(float(seq.times[i]), seq.calib, seq.read_image(i)), 10, "image").hits,
@@ -630,6 +623,32 @@ def test_image_node_with_odometry_publishes_the_aligned_drive(ros, tmp_path):
     assert node._last_fix.source == "aligned" and node._last_fix.published and node.counters["odometry_missing"] == 0
     node.destroy_node()
     io.destroy_node()
+
+
+def test_image_node_with_visual_odometry_publishes_the_aligned_drive(ros, tmp_path):
+    """Image-only queries and no odometry topic: with visual_odometry the node measures its own
+    motion from the camera frames it receives (localization/visual_odometry.py) and ~/place carries
+    the aligned drive's right fixes, the same frames as the core offline; the configure log and
+    /diagnostics-side counters say so."""
+    from attnlink_ros.data.bags import kitti_records
+
+    from .conftest import image_drive_with_map, replay_through_node, visual_tracking_offline
+
+    seq, pm, rec = image_drive_with_map(tmp_path)
+    offline = visual_tracking_offline(seq, pm, rec)
+    assert len(offline) >= 40
+    node = AttnLinkNode(parameter_overrides=[
+        Parameter("backend", value="onnxruntime"), Parameter("mode", value="image"), Parameter("map", value=str(tmp_path / "map")),
+        Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable"),
+        Parameter("visual_odometry", value=True)])
+    assert node._vo is not None and node._poses is None and node.tracking.cfg.align.window_m == 100.0
+    io = rclpy.create_node("vo_listener")
+    places = []
+    io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 200)
+    replay_through_node(node, io, kitti_records(seq.dataset.parent, "00"), lockstep_timeout=20.0)
+    got = [int(np.argmin(np.abs(seq.times - stamp_to_sec(p.header.stamp)))) for p in places]
+    assert got == offline, (got, offline)
+    assert node._vo.steps == len(seq) - 1 and node.counters["visual_odometry_unknown"] == 0
 
 
 def test_vehicle_node_runs_the_camera_network_on_real_kitti(ros, kitti_root, tmp_path):

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from ..localization.alignment import AlignConfig
+from ..localization.visual_odometry import visual_align
 from ..localization.tracker import PRECISE, ObservationModel, PlaceTracker, TrackerConfig, checked_mask, fit_observation_model, odometry_delta
 from ..geometry.poses import headings_deg
 from .protocols import SUCCESS_RADIUS
 
+VISUAL_MODES = ("image", "fused")  # query modes with a camera: visual odometry evaluated for them
 ODOMETRY_NOISE = (0.02, 0.002)  # simulated odometry: 2% of the step's length, 0.002 rad a frame (seeded)
 
 
@@ -49,7 +51,8 @@ def run_filter(scores, places, views, stamps, tracker: PlaceTracker, odom=None, 
     fixes = []
     checked = checked if checked is not None or verified is None else checked_mask(verified)
     for i in range(len(stamps)):
-        fixes.append(tracker.update(float(stamps[i]), places[i], views[i], scores[i], None if odom is None else odom[i],
+        od = None if odom is None or not np.isfinite(odom[i]).all() else odom[i]  # NaN: motion unknown (visual odometry failed)
+        fixes.append(tracker.update(float(stamps[i]), places[i], views[i], scores[i], od,
                                     None if verified is None else verified[i], None if checked is None else checked[i],
                                     None if verified_poses is None else verified_poses[i]))
     return fixes
@@ -146,6 +149,8 @@ class TrackData:
         self.q = np.arange(m, n)
         self.answerable, self.dist = _ground_truth(self.xy[self.q], self.heading[self.q], self.xy[:m], self.heading[:m], self.yaws)
         self.name = f"{Path(root).name}/{sequence}"
+        self._seq, self._frames, self._cache_path = seq, np.asarray(cache.frames), path
+        self.visual: np.ndarray | None = None  # (Q, 3) visual odometry steps of the queries (visual_odometry())
         # the hits of every query (FAISS over the map's views) are kept in the cache folder, per model and map
         stored = path / f"track_hits_{model_key(model)}_m{m}_v{views}_k{k}.npz"
         self.hits = {}
@@ -193,6 +198,39 @@ class TrackData:
                     np.savez(tmp, ver=self.verified[mode], T=self.registered[mode])
                     tmp.replace(c)
             self._store(stored)
+
+    def visual_odometry(self, cfg=None, progress: bool = False) -> np.ndarray:
+        """(Q, 3) the queries' steps by monocular visual odometry from the drive's camera images
+        (localization/visual_odometry.py), NaN where motion is unknown; kept in the cache folder."""
+        from ..localization.visual_odometry import VisualOdometry, VisualOdometryConfig
+
+        cfg = cfg or VisualOdometryConfig()
+        key = hashlib.sha256(repr(cfg).encode()).hexdigest()[:12]
+        stored = self._cache_path / f"track_vo_{key}_m{self.map_end}.npz"
+        if stored.is_file():
+            with np.load(stored, allow_pickle=False) as z:
+                self.visual = z["steps"]
+            return self.visual
+        vo, K = VisualOdometry(cfg), self._seq.calib.P[:3, :3]
+        out = np.full((len(self.q), 3), np.nan)
+        frames = self._frames[self.q]
+        it = range(len(frames))
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=f"visual odometry {self.name}", unit="frame")
+        for i in it:
+            if i and frames[i] != frames[i - 1] + 1:
+                vo.reset()  # not consecutive camera frames: motion unknown
+            step = vo.step(self._seq.read_image(int(frames[i])), K)
+            if step is not None:
+                out[i] = step
+        out[0] = 0.0
+        tmp = stored.with_name(stored.stem + ".tmp.npz")
+        np.savez(tmp, steps=out)
+        tmp.replace(stored)
+        self.visual = out
+        return out
 
     def _store(self, stored: Path, fresh=()) -> None:
         """Writes this object's hits and verifications into ``stored``, keeping what the file holds
@@ -362,7 +400,10 @@ def evaluate_tracking(data: TrackData, obs: dict[str, ObservationModel], cfg: Tr
             fver, fchecked = ver & every[:, None], checked_mask(ver) & every[:, None]
             fposes = data.verified_poses(m)
             fposes[~every] = np.nan
-        for key, od in (("track", None), ("track_odometry", odom)):
+        paths = [("track", None, mcfg), ("track_odometry", odom, mcfg)]
+        if data.visual is not None and m in VISUAL_MODES:  # the camera's own motion, no odometry given
+            paths.append(("track_visual", data.visual, dataclasses.replace(mcfg, align=None if mcfg.align is None else visual_align(mcfg.align))))
+        for key, od, mcfg in paths:
             tracker = PlaceTracker(data.xy[: data.map_end], data.heading[: data.map_end], data.yaws, obs[m], mcfg)
             t0 = time.perf_counter()
             fixes = run_filter(s, p, v, data.stamps[data.q], tracker, od, fver, fposes, fchecked)
@@ -392,7 +433,10 @@ def print_tracking(name: str, r: dict, modes, echo=print) -> None:
     echo(f"  {'mode':6s} {'path':16s} {'precision':>9s} {'recall':>7s} {'published':>9s} {'off-map pub':>11s} "
          f"{'first fix (med/max)':>19s} {'to lost (med/max)':>17s} {'ms/frame':>8s}")
     for m in modes:
-        for key, label in (("single_frame", "single frame"), ("track", "filter"), ("track_odometry", "filter + odom")):
+        for key, label in (("single_frame", "single frame"), ("track", "filter"), ("track_odometry", "filter + odom"),
+                           ("track_visual", "filter + VO")):
+            if m not in r.get(key, {}):
+                continue
             x = r[key][m]
             ff = x["first_fix_frames"]
             lf = x.get("lost_frames")

@@ -54,6 +54,11 @@ class MapTracking:
         self.tracker.reset()
         self._last_pose = None
 
+    def odometry_lost(self) -> None:
+        """The odometry's chain broke (visual odometry could not measure a step): the next pose
+        starts a new chain (no step across the gap)."""
+        self._last_pose = None
+
     def threshold(self, mode: str) -> float | None:
         """The confidence from which the belief's fix is published for queries of ``mode``; None:
         never (the calibration found this mode's belief imprecise: verified and carried poses only)."""

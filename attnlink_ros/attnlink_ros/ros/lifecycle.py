@@ -171,20 +171,54 @@ class AttnLinkLifecycle(LifecycleNode):
         from ..localization.session import MapTracking
         from ..localization.alignment import AlignConfig
         from ..localization.tracker import TrackerConfig
+        from ..localization.visual_odometry import VisualOdometry, VisualOdometryConfig, visual_align
         from ..retrieval.drive_map import PoseTrack
 
         c = self.cfg
         self.tracking, self._last_fix = None, None
+        self._vo, self._vo_pose, self._vo_poses = None, None, {}
         if c.map_mode != "relocalize" or not c.tracking or self.recognizer.map is None:
             return None
         if not bool(self.recognizer.map.poses_known.all()):
             self.get_logger().warning("tracking off: the map's places have no poses (saved without a pose topic)")
             return None
         obs = load_for_model(c.tracking_calibration or None, c.model or None, self.recognizer.fingerprint)
+        # no odometry topic: visual odometry from the camera, when asked (image or fused queries)
+        visual = c.visual_odometry and c.track_alignment and not c.pose_topic and c.mode != "lidar"
+        align = None
+        if c.track_alignment:
+            align = visual_align(AlignConfig()) if visual else replace(AlignConfig(), drift_per_m=c.track_odometry_drift)
         self.tracking = MapTracking(self.recognizer.map, obs, replace(TrackerConfig(), min_confidence=c.min_confidence if c.min_confidence >= 0 else None,
-                                                                      align=replace(AlignConfig(), drift_per_m=c.track_odometry_drift) if c.track_alignment else None,
-                                                                      require_anchor=verification))
+                                                                      align=align, require_anchor=verification))
+        self._vo = VisualOdometry(VisualOdometryConfig(camera_height_m=c.camera_height)) if visual else None
+        if c.visual_odometry and not visual:
+            self.get_logger().warning("visual_odometry ignored: " + ("pose_topic gives the odometry" if c.pose_topic else
+                                                                     "track_alignment is off" if not c.track_alignment else "mode lidar has no camera"))
         return PoseTrack(max_poses=3000) if c.pose_topic else None
+
+    def _visual_step(self, frame) -> None:
+        """Visual odometry (parameter visual_odometry): the camera's pose at ``frame``'s stamp in the
+        odometry's own frame, kept for the answer (``_odometry_pose``); a frame whose motion is
+        unknown breaks the chain (the alignment starts over)."""
+        from ..localization.visual_odometry import step_pose
+
+        if self._vo is None or frame.image is None:
+            return
+        try:
+            step = self._vo.step(frame.image, frame.calib.P[:3, :3])
+        except AttnLinkError as exc:
+            self._bad("visual_odometry", str(exc))
+            step = None
+        if step is None:
+            self._vo_pose = np.eye(4) if self._vo.steps == 0 else None  # the first frame starts the chain
+            if self._vo_pose is None:
+                self.counters["visual_odometry_unknown"] += 1
+                self.tracking.odometry_lost()
+        else:
+            self._vo_pose = (np.eye(4) if self._vo_pose is None else self._vo_pose) @ step_pose(step)
+        self._vo_poses[frame.stamp] = self._vo_pose
+        while len(self._vo_poses) > 64:
+            self._vo_poses.pop(next(iter(self._vo_poses)))
 
     def _track(self, stamp: float, hits: list[dict], mode: str, pose=None, checked: int = 0):
         """(fix, (pose, covariance) for ~/place or None) of one answered query; (None, None) with

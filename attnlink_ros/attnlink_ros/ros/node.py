@@ -101,8 +101,10 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             thresholds = {m: self.tracking.threshold(m) for m in ("image", "lidar", "fused")}
             conf = f"{c.min_confidence}" if c.min_confidence >= 0 else \
                 "per mode " + ", ".join(f"{m} {'never' if t is None else t}" for m, t in thresholds.items())
-            where += (f", tracking (min_confidence {conf}" + (f", odometry {c.pose_topic}" + (f", drive aligned onto the map (odometry drift {self.tracking.cfg.align.drift_per_m:g} a metre)" if self.tracking.cfg.align else "")
-                                                              if self._poses is not None else ", no odometry")
+            odometry = f"odometry {c.pose_topic}" if self._poses is not None else \
+                f"visual odometry (camera {c.camera_height:g} m above the road)" if self._vo is not None else None
+            where += (f", tracking (min_confidence {conf}" + (f", {odometry}" + (f", drive aligned onto the map (odometry drift {self.tracking.cfg.align.drift_per_m:g} a metre)" if self.tracking.cfg.align else "")
+                                                              if odometry else ", no odometry")
                       + (", fixes anchored by GICP" if self.tracking.cfg.require_anchor else "") + ")")
         self.get_logger().info(f"configured: model {self.recognizer.fingerprint[:12]}, {where}, mode {c.mode}, backend {c.backend}, "
                                f"image domain {c.image_domain}")
@@ -113,8 +115,9 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
             self.get_logger().warning(f"mode {c.mode}: ~/place carries no fix of the filter's belief (the tracking calibration found "
                                       f"no confidence at which {c.mode} fixes were precise on its validation towns); ~/match still "
                                       "has the filter's state and fix; set min_confidence to publish them anyway"
-                                      + ("" if self._poses is not None and self.tracking.cfg.align else
-                                         ", or give odometry (pose_topic) with track_alignment: the drive aligned onto the map is published"))
+                                      + ("" if (self._poses is not None or self._vo is not None) and self.tracking.cfg.align else
+                                         ", or give odometry (pose_topic, or visual_odometry: true) with track_alignment: the drive "
+                                         "aligned onto the map is published"))
 
     def _subscribe(self, qos):
         subs = self._sensor_subscriptions(qos)
@@ -131,6 +134,7 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
         if self.detector is not None:
             return self._process_online(frame, header)
         t0 = time.perf_counter()
+        self._visual_step(frame)  # visual odometry (no pose_topic), in frame order
         offload = self._verifier is not None
         k = max(self.cfg.k, self.tracking.cfg.k) if self.tracking is not None else self.cfg.k  # the filter observes its calibrated k
         try:
@@ -228,7 +232,10 @@ class AttnLinkNode(SensorNodeMixin, AttnLinkLifecycle):
         self._processed(t0, {**res.timings_ms, "loop_search_verify": 1e3 * (t2 - t1)})
 
     def _odometry_pose(self, stamp: float):
-        """The camera's pose from pose_topic at ``stamp`` (LiDAR pose -> camera 0), or None."""
+        """The camera's pose from pose_topic at ``stamp`` (LiDAR pose -> camera 0), or from visual
+        odometry, or None."""
+        if self._vo is not None:
+            return self._vo_poses.get(stamp)
         if self._poses is None or not len(self._poses):
             return None
         T = self._poses.at([stamp], self.cfg.pose_tolerance)[0]
