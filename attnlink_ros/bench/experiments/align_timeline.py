@@ -8,7 +8,10 @@ town: every answerable episode (frames with a map place within 10 m): its length
 its first published fix and the answerable frames missed after it, and the wrong fixes (place
 more than 10 m from the truth: how far the aligned pose was). ``--lines``: two rows of 100 frames
 each, truth (A answerable, _ not) over the output (P right fix, X wrong, r relocalising with an
-alignment, l lost with one, . nothing held)."""
+alignment, l lost with one, . nothing held). ``--visual``: the drive's own monocular visual odometry
+(session 18; computed once into the cache, as ``eval --track --visual-odometry``) instead of the
+simulated wheel odometry, with the alignment's visual-odometry configuration."""
+import dataclasses
 import sys
 
 import numpy as np
@@ -16,6 +19,7 @@ import numpy as np
 from attnlink_ros.evaluation.tracking import TrackData, run_filter, simulated_odometry
 from attnlink_ros.localization.calibration import calibration_path
 from attnlink_ros.localization.tracker import PlaceTracker, TrackerConfig, load_calibration
+from attnlink_ros.localization.visual_odometry import visual_align
 from attnlink_ros.model.io import load_model
 
 roots = [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -23,9 +27,14 @@ model, _ = load_model(None)
 obs = load_calibration(calibration_path(None))["image"]
 for root in roots:
     d = TrackData(model, root, "00", "out/cache", modes=("image",))
-    tr = PlaceTracker(d.xy[: d.map_end], d.heading[: d.map_end], d.yaws, obs, TrackerConfig())
+    visual = "--visual" in sys.argv
+    cfg = TrackerConfig()
+    if visual:
+        cfg = dataclasses.replace(cfg, align=visual_align(cfg.align))
+    tr = PlaceTracker(d.xy[: d.map_end], d.heading[: d.map_end], d.yaws, obs, cfg)
     s, p, v = d.hits["image"]
-    fixes = run_filter(s, p, v, d.stamps[d.q], tr, simulated_odometry(d.poses[d.q], 0), None, None, None)
+    odom = d.visual_odometry() if visual else simulated_odometry(d.poses[d.q], 0)
+    fixes = run_filter(s, p, v, d.stamps[d.q], tr, odom, None, None, None)
     qxy = d.xy[d.q]
     ans = d.dist.min(1) <= 10
     pub = np.array([f.published for f in fixes])
