@@ -16,6 +16,8 @@ recall: validation towns 601-604 (everything chosen there, sessions 16-17) 1.000
 83547 (session 17, measured once) 1.000 / 0.753 and 1.000 / 0.651, no off-map fix (the recall
 target, 0.85, not met); earlier test towns 85288 / 57334 (session 16's first measurement) 0.813 /
 0.668 and 1.000 / 0.873, now 1.000 / 0.858 and 1.000 / 0.827 (seen). Used by tracker.PlaceTracker where no GICP verification anchors the fixes.
+Without odometry given, visual odometry's steps drive it (visual_odometry.py, ``visual_align``: a
+shorter window, a larger drift).
 
 A hit's place lies, on average, ``hit_offset`` (along, left, metres, in the hit's heading) from the
 camera that asked (calibrated: on the towns a revisit drives the other lane, 3.5 m); votes are

@@ -29,7 +29,8 @@ validation town 601 this took LiDAR precision from 0.94 to 0.99-1.00 at the same
 unverified evidence alone cannot tell a look-alike street off the map from the mapped one.
 
 With odometry and no verification (image queries), the recent drive aligned onto the map as one
-rigid shape (alignment.py) gives the fix where the belief gives none (source "aligned").
+rigid shape (alignment.py) gives the fix where the belief gives none (source "aligned"); with no
+odometry given, the camera's own motion can stand in for it (visual_odometry.py).
 
 Output per frame (:class:`Fix`): the most probable place and view, its posterior mass within
 ``cluster_radius_m`` (the confidence), the covariance from the belief's spread (plus the place
