@@ -469,11 +469,12 @@ def test_alignment_with_odometry_publishes_right_fixes_where_the_belief_cannot()
     assert not any(run[i][0].published for i in off)
     assert all(run[i][0].state == "lost" for i in range(320, 500))  # the held alignment knows it left
     back = [i for i in range(500, len(run)) if run[i][2]]
-    # coming back: the held alignment knows it is on the map at once (relocalising: after 390 m of
-    # dead reckoning its sigma is ~13 m, too wide to publish); published once the hits confirm it
+    # coming back: the held alignment knows it is on the map at once (after 390 m of dead reckoning
+    # its sigma is ~13 m, too wide to publish alone: frames with an agreeing hit of their own are
+    # published, AlignConfig.hit_fix); every frame once the hits confirm it
     assert all(run[i][0].state != "lost" for i in back[3:])
-    first = next(i for i in back if run[i][0].published)
-    assert first - back[0] <= 40 and all(run[i][0].published for i in back if i >= first)
+    steady = next(i for i in back if all(run[j][0].published for j in back if j >= i))
+    assert steady - back[0] <= 40
     assert all(run[i][0].view == 1 for i in back[-50:])  # driving the map the other way: its rear views
     f = run[back[-1]][0]
     assert np.linalg.norm(f.xy - run[back[-1]][1]) < 3.0 and np.all(np.linalg.eigvalsh(f.covariance_xy) > 0)
@@ -614,3 +615,29 @@ def test_odometry_jump_is_not_motion():
     pl, vw, sc = observe(rng, 122, len(xy))
     tr.update(12.1, pl, vw, sc, np.array([2.0, 0.0, 0.0]))
     assert tr.odometry_jumps == 1 and tr.aligner.frames == 1
+
+
+def test_frame_hit_inside_an_uncertain_alignment_is_published_at_its_place():
+    """Coming back onto the map after 390 m of dead reckoning the aligned pose's sigma (~13 m) is
+    too wide to publish; a hit of the frame itself that lies within that sigma (at most
+    hit_fix_m) of the aligned pose and faces its way is published at its place (AlignConfig.hit_fix)
+    before refits confirm the alignment: earlier than without it, and right."""
+    from dataclasses import replace
+
+    from attnlink_ros.localization.alignment import AlignConfig
+
+    xy, heading = street_map()
+    silent = replace(OBS, belief_publishes=False)
+    first = {}
+    for hit_fix in (True, False):
+        tr = PlaceTracker(xy, heading, [0.0, 180.0], silent, TrackerConfig(align=replace(AlignConfig(), hit_fix=hit_fix)))
+        run = _aligned_drive(np.random.default_rng(5), True, tr, xy)
+        pub = [(i, f, p) for i, (f, p, _) in enumerate(run) if f.published]
+        assert not [i for i, f, p in pub if np.linalg.norm(xy[f.place] - p) > 10.0]
+        back = [i for i in range(500, len(run)) if run[i][2]]
+        first[hit_fix] = next(i for i in back if run[i][0].published) - back[0]
+        if hit_fix:  # the hit's own place and a sigma of the agreeing hits' spread, not the alignment's 13 m
+            f = run[back[0] + first[True]][0]
+            assert f.source == "aligned" and np.sqrt(np.linalg.eigvalsh(f.covariance_xy).max()) < 5.0
+            assert np.linalg.norm(f.xy - xy[f.place]) < 5.0
+    assert first[True] + 5 <= first[False], first

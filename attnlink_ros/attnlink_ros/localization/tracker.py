@@ -574,7 +574,18 @@ class PlaceTracker:
         sigma = self.aligner.sigma_m()
         # a fix is right when its place lies within 10 m of the vehicle: published when the place lies
         # that near even if the aligned pose is one sigma off (at the map's edge: not yet)
-        state = "tracking" if d[place] + sigma <= self.cfg.align.publish_m else "relocalising"
+        state = "tracking" if d[place] + sigma <= self.aligner.cfg.publish_m else "relocalising"
+        if state == "relocalising" and self.aligner.cfg.hit_fix:
+            # too uncertain alone: this frame's own hit within sigma of the aligned pose, facing its way,
+            # is published at its place (AlignConfig.hit_fix), its sigma the agreeing hits' spread
+            hit = self.aligner.agreeing_hit(min(sigma, self.aligner.cfg.hit_fix_m))
+            if hit is not None:
+                dh = np.hypot(self._x - hit[0], self._y - hit[1])
+                p = int(np.argmin(dh))
+                if dh[p] <= self.cfg.on_map_m:
+                    s = self.aligner.residual + 1.0
+                    view = int((self._cos_sin[p] @ np.array([math.cos(h), math.sin(h)])).argmax())
+                    return Fix("tracking", p, view, 1.0, 0.0, hit, np.eye(2) * s ** 2, float(np.degrees(h)), source="aligned")
         return Fix(state, place, view, 1.0, 0.0, np.array([x, z]), np.eye(2) * sigma ** 2, float(np.degrees(h)), source="aligned")
 
     def threshold(self) -> float | None:
