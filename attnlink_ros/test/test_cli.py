@@ -237,7 +237,7 @@ def test_eval_track_calibration_measures_each_unverified_modes_threshold(synth_r
 
     cal, out = tmp_path / "m.tracking.json", tmp_path / "t.json"
     p = run("eval", "--track", "--mode", "image", "--data", synth_root, "--cache", tmp_path / "c", "--quiet",
-            "--calibrate", cal, "--json", out)
+            "--calibrate", cal, "--json", out, "--visual-odometry")
     obs = load_calibration(cal)["image"]
     r = json.loads(out.read_text())
     (name,) = [k for k in r if not k.startswith("_") and k != "calibration"]
@@ -251,6 +251,11 @@ def test_eval_track_calibration_measures_each_unverified_modes_threshold(synth_r
         # the curve is the belief's; with odometry the aligned drive's fixes (alignment.py) come on top where it publishes none
         assert t["published_by_source"]["belief"] == expect and t["published"] == sum(t["published_by_source"].values()), (path, t, obs)
         assert path == "track_odometry" or t["published_by_source"]["aligned"] == 0
+    # --visual-odometry: the filter with the drive's own visual odometry beside them (key track_visual)
+    vis = res["track_visual"]["image"]
+    assert {"precision", "recall", "published", "answerable", "off_map", "off_map_published", "first_fix_frames"} <= set(vis)
+    assert vis["published"] == sum(vis["published_by_source"].values()) and vis["answerable"] == res["track"]["image"]["answerable"]
+    assert list(tmp_path.glob("c/*/track_vo_*.npz"))  # the steps kept in the cache
     run("eval", "--track", "--mode", "image", "--data", synth_root, "--cache", tmp_path / "c", "--quiet",
         "--calibration", cal, "--min-confidence", "0.05", "--json", out)
     low = json.loads(out.read_text())[name]["track"]["image"]
