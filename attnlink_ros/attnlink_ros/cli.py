@@ -792,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold-runs", metavar="PATTERN", help="--real-folds: model path with {fold}, e.g. runs/real-lite0-{fold}/model")
     sp.add_argument("--map-fraction", type=float, default=0.375, help="--track: the map holds this first share of the drive (default 0.375)")
     sp.add_argument("--visual-odometry", action="store_true", help="--track: also the filter with monocular visual odometry "
-                    "from the drive's camera images instead of odometry (image and fused modes; key track_visual; ~40 ms a frame, "
+                    "from the drive's camera images instead of odometry (image and fused modes; key track_visual; ~45 ms a frame, "
                     "kept in --cache)")
     sp.add_argument("--track-k", type=int, default=10, help="--track: hits per query the filter observes (default 10)")
     sp.add_argument("--min-confidence", type=float, default=None, metavar="C",

@@ -218,7 +218,7 @@ NODE_PARAM_DOCS: dict[str, tuple[str, tuple | None, tuple | None]] = {
                              "frame); set it to your odometry's measured drift", None, (0.001, 0.5)),
     "visual_odometry": ("relocalize + tracking + track_alignment with no pose_topic, image or fused mode: the vehicle's motion "
                         "from consecutive camera images (monocular visual odometry, its scale from the road and camera_height; "
-                        "about 30-40 ms a frame on one core) drives the alignment (a 100 m window, drift 0.06 a metre, as "
+                        "about 45 ms a frame on one core, 1.4x the image query) drives the alignment (a 100 m window, drift 0.06 a metre, as "
                         "measured on the towns); pose_topic, when set, is used instead", None, None),
     "camera_height": ("visual_odometry: the camera's height above the road, m (KITTI's rig: 1.65)", None, (0.1, 10.0)),
     "tracking_calibration": ("relocalize + tracking: the filter's observation model (attnlink eval --track --calibrate); "

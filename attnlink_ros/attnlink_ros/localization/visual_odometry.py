@@ -15,7 +15,8 @@ geometry fails (few corners, a degenerate essential matrix) repeats the last ste
 Measured (session 18; the synthetic towns' full-resolution camera, 1241 x 376, 7 m/s): per step
 median |error| 0.05 m forward (of 0.72 m), 0.0004 rad yaw; after laying a 150 m stretch onto the
 truth, the position 100 m on is off by 4 m (median) / 14 m (95th percentile), about three times
-the evaluation's simulated wheel odometry (2 / 5 m). About 30 ms a frame on one core.
+the evaluation's simulated wheel odometry (2 / 5 m). 44 ms a frame (p50; p99 79 ms) on one core, 1.4x the
+image query (bench/bench_visual_odometry.py; half resolution 14 ms, but its yaw drifts).
 
 Conventions: the camera frame is KITTI's (x right, y down, z forward); a step is (forward m,
 left m, yaw rad, positive to the left) of the new frame in the previous one, as
