@@ -27,6 +27,7 @@ from ..geometry.poses import headings_deg
 from .protocols import SUCCESS_RADIUS
 
 VISUAL_MODES = ("image", "fused")  # query modes with a camera: visual odometry evaluated for them
+VISUAL_ODOMETRY_VERSION = "1"  # part of the cached steps' name: change it when visual_odometry.py's method changes
 ODOMETRY_NOISE = (0.02, 0.002)  # simulated odometry: 2% of the step's length, 0.002 rad a frame (seeded)
 
 
@@ -205,7 +206,7 @@ class TrackData:
         from ..localization.visual_odometry import VisualOdometry, VisualOdometryConfig
 
         cfg = cfg or VisualOdometryConfig()
-        key = hashlib.sha256(repr(cfg).encode()).hexdigest()[:12]
+        key = hashlib.sha256((repr(cfg) + VISUAL_ODOMETRY_VERSION).encode()).hexdigest()[:12]
         stored = self._cache_path / f"track_vo_{key}_m{self.map_end}.npz"
         if stored.is_file():
             with np.load(stored, allow_pickle=False) as z:
