@@ -50,10 +50,11 @@ def visual_align(cfg):
 def step_pose(step) -> np.ndarray:
     """4x4 camera-frame transform of one step (forward, left, yaw): ``T_prev @ step_pose(s)`` is the
     new camera's pose; tracker.odometry_delta(T_prev, that) gives ``s`` back."""
+    from ..retrieval.views import view_rotation
+
     f, left, yaw = (float(v) for v in step)
-    c, s = math.cos(-yaw), math.sin(-yaw)
     T = np.eye(4)
-    T[:3, :3] = [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]
+    T[:3, :3] = view_rotation(math.degrees(yaw), up=(0.0, -1.0, 0.0))  # counter-clockwise seen from above (camera up: -y)
     T[0, 3], T[2, 3] = -left, f
     return T
 
