@@ -574,6 +574,35 @@ def test_alignment_off_the_map_carries_honestly_and_is_not_dropped_for_old_frame
     assert carried[-1] >= 150.0 and al.sigma_m() >= 0.03 * 150.0
 
 
+def test_wrong_alignment_that_lays_the_drive_off_the_map_is_challenged():
+    """The first 55 frames' hits all name a look-alike stretch 240 m down the street, so that
+    alignment is taken (50 agreeing frames) and it soon lays the drive past the street's end, off
+    the map, where no hit is expected: nothing contradicts it. From frame 55 on the hits are right
+    (9 in 10). The challenge (an ungated search while the held alignment goes without evidence)
+    replaces it once the right one has min_ratio x the most frames that ever agreed with the wrong
+    one (55: 110 agreeing frames); without it the wrong alignment is held to the end (fresh town
+    65827 under min_support 40: 600 frames)."""
+    from dataclasses import replace
+
+    from attnlink_ros.localization.alignment import AlignConfig
+
+    right_from = {}
+    for challenge in (True, False):
+        al, xy, K = _leg_aligner(replace(AlignConfig(), challenge=challenge))
+        rng = np.random.default_rng(9)
+        err = []
+        for i in range(300):
+            hit = (i + 240) * K if i < 55 else i * K if rng.random() < 0.9 else -1
+            al.step((1.0, 0.0, 0.0) if i else (0.0, 0.0, 0.0), np.r_[hit, rng.integers(0, len(xy) * K, 4)])
+            p = al.pose()
+            err.append(np.inf if p is None else float(np.linalg.norm(p[:2] - xy[i])))
+        assert 235.0 < err[60] < 245.0, err[60]  # the look-alike was taken
+        ok = np.asarray(err) < 3.0
+        right_from[challenge] = next((i for i in range(300) if ok[i:].all()), None)
+    # 110 agreeing frames at 9 in 10 from frame 55: about frame 177
+    assert right_from[False] is None and right_from[True] is not None and 165 <= right_from[True] <= 200, right_from
+
+
 def test_alignment_refused_when_most_frames_it_places_on_the_map_disagree():
     """A candidate whose votes come from a few stretches while it places many more frames facing
     mapped views where no hit agrees (a look-alike corner of a street grid, validation 604) is

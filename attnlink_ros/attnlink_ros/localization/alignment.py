@@ -123,6 +123,12 @@ class AlignConfig:
     research_support: int = 40
     research_k: float = 1.5
     research_deg: float = 15.0
+    # while a held alignment goes without evidence (research_m), an ungated search too: a candidate
+    # farther than rival_m from it with min_ratio x the frames that ever agreed with the held one
+    # (and min_support), passing every acquisition test, replaces it. A wrong alignment that lays
+    # the drive off the map is never contradicted by hits (it expects none): fresh town 65827 under
+    # min_support 40 held one for 600 frames while the vehicle drove the map
+    challenge: bool = True
     search_every: int = 5  # frames between searches while no alignment is held (a search: 1.4 ms under cProfile in bench_tracking)
     # (min_support 30 or votes 8 take 602's early look-alike street: precision 0.60 / 0.57 there)
     # the aligned pose is published when its nearest place plus its sigma lies within this (a right
@@ -226,6 +232,7 @@ class TrajectoryAligner:
         self.carried = 0.0  # metres driven since the newest frame whose hits agreed with the alignment
         self.residual = 0.0  # its agreeing hits' RMS distance at the last confirmation
         self.support = 0  # frames that agreed then
+        self.evidence = 0  # frames that ever agreed with the held alignment, each counted once (a challenger needs min_ratio x)
         self._evidence_d = -math.inf  # the odometer at that newest agreeing frame
         self._since_search = 0
 
@@ -346,9 +353,11 @@ class TrajectoryAligner:
         603; one new frame can agree by chance); carried counts from the newest agreeing frame."""
         agree = np.isfinite(self._agree(T, P, vxy, vh, radius)[0])
         d = self._d[agree]
-        if int((d > self._evidence_d).sum()) < self.cfg.min_new:
+        new = int((d > self._evidence_d).sum())
+        if new < self.cfg.min_new:
             return False
         self.T, self.support, self.residual = T, n, rms
+        self.evidence += new
         self._evidence_d = float(d[-1])
         self.carried = self.dist - self._evidence_d
         return True
@@ -394,18 +403,42 @@ class TrajectoryAligner:
         if self.T is not None:  # held but long without evidence: only alignments near it are candidates
             gate = (apply(self.T, P[-1:, :2])[0], c.research_k * (c.inlier_m + c.drift_per_m * self.carried),
                     self.T[0], math.radians(c.research_deg))
-        found = self.search(P, vxy, vh, gate)
-        if found and found[0][1] >= (c.min_support if gate is None else c.research_support):
-            (T, c1), rivals = found[0], found[1:]
-            # a rival blocks unless the newest frames contradict it
-            if len(rivals) <= c.max_rivals and \
-                    all(c.min_ratio * c2 <= c1 or self._contradicted_now(T2, P, vxy, vh) for T2, c2 in rivals):
-                T, n, rms = self._refit(T, P, vxy, vh, c.inlier_m)
-                expected = self._expected(T, P)
-                agree = np.isfinite(self._agree(T, P, vxy, vh, c.inlier_m)[0])
-                if (agree & expected).sum() >= c.min_agree_rate * expected.sum():
-                    self._evidence_d = -math.inf
-                    self._accept(T, n, rms, P, vxy, vh, c.inlier_m)
+        if self._acquire(self.search(P, vxy, vh, gate), c.min_support if gate is None else c.research_support,
+                         gate is not None) or \
+                gate is None or not c.challenge:
+            return
+        # the challenge: anywhere, far from the held alignment, with min_ratio x its evidence
+        held_xy = apply(self.T, P[-1:, :2])[0]
+        found = self.search(P, vxy, vh)
+        if found and np.linalg.norm(apply(found[0][0], P[-1:, :2])[0] - held_xy) > c.rival_m:
+            self._acquire(found, max(c.min_support, int(math.ceil(c.min_ratio * self.evidence))))
+
+    def _acquire(self, found: list, need: int, near: bool = False) -> bool:
+        """Takes the search's best alignment when it has ``need`` agreeing frames, no rival blocks it
+        and enough of the frames it places facing a mapped view agree (min_agree_rate). ``near``: it
+        replaces the held alignment from near it (the gated re-search), whose evidence it keeps."""
+        c = self.cfg
+        if not found or found[0][1] < need:
+            return False
+        P, vxy, vh = self._window()
+        (T, c1), rivals = found[0], found[1:]
+        # a rival blocks unless the newest frames contradict it
+        if len(rivals) > c.max_rivals or \
+                not all(c.min_ratio * c2 <= c1 or self._contradicted_now(T2, P, vxy, vh) for T2, c2 in rivals):
+            return False
+        T, n, rms = self._refit(T, P, vxy, vh, c.inlier_m)
+        expected = self._expected(T, P)
+        agree = np.isfinite(self._agree(T, P, vxy, vh, c.inlier_m)[0])
+        if (agree & expected).sum() < c.min_agree_rate * expected.sum():
+            return False
+        kept = self._evidence_d, self.evidence
+        self._evidence_d, self.evidence = -math.inf, 0
+        if self._accept(T, n, rms, P, vxy, vh, c.inlier_m):
+            if near:
+                self.evidence = max(self.evidence, kept[1])
+            return True
+        self._evidence_d, self.evidence = kept
+        return False
 
     def search(self, P, vxy, vh, gate=None) -> list:
         """Hough vote over SE(2): [(T, agreeing frames)] of the best cell and of its rivals that hold
