@@ -417,6 +417,41 @@ def test_session_carries_the_verified_vehicle_pose_with_odometry():
     assert f.source == "carried" and f.xy == pytest.approx([path[16][0, 3], path[16][2, 3]], abs=1e-6)
 
 
+def test_session_takes_no_odometry_step_across_a_broken_chain():
+    """MapTracking.odometry_lost (the node calls it when visual odometry cannot measure a frame):
+    the next pose starts a new chain. A visual-odometry chain restarted at the identity after a gap
+    lies in another frame than the old chain: the "step" between the old chain's last pose and the
+    new chain's first is no motion (here a 2 m jump with a 90-degree turn, plausible in the 2 s
+    between them, so nothing catches it) and the alignment would lay it onto the map; with
+    the break that frame has no odometry and the drive's alignment starts over on the new chain."""
+    from attnlink_ros.localization.session import MapTracking
+    from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
+
+    n = 120
+    poses = np.stack([camera_pose(float(i), 0.0, 0.0) for i in range(n)])
+    table = PlaceTable(poses, np.arange(n) * 0.1, np.full(n, "00"), np.arange(n, dtype=np.int64), poses[:, [0, 2], 3])
+    desc = np.random.default_rng(0).normal(size=(n, 2, 8)).astype(np.float32)
+    pm = PlaceMap.build(desc / np.linalg.norm(desc, axis=2, keepdims=True), table, "test", view_yaws_deg=[0.0, 180.0])
+    hits = [{"index": j, "view": 0, "score": 0.5} for j in range(10)]
+    old = [camera_pose(i - 18.0, 2.0, 90.0) for i in range(20)]  # the first chain, ending near its origin
+    new = [camera_pose(float(i), 0.0, 0.0) for i in range(5)]  # restarted at the identity
+    for broken in (False, True):
+        mt = MapTracking(pm, {"image": OBS}, TrackerConfig())
+        for i, T in enumerate(old):
+            mt.step(0.1 * i, hits, "image", T)
+        assert mt.tracker.aligner.frames == 19  # the first pose starts the chain
+        if broken:
+            mt.odometry_lost()
+        for i, T in enumerate(new):
+            mt.step(3.0 + 0.1 * i, hits, "image", T)
+        assert mt.tracker.odometry_jumps == 0
+        # without the break the gap is taken as a step (19 + 5 frames); with it the alignment
+        # restarted on the new chain's 4 steps
+        assert mt.tracker.aligner.frames == (4 if broken else 24), broken
+        gap = float(np.linalg.norm(old[-1][[0, 2], 3] - new[0][[0, 2], 3]))
+        assert mt.tracker.aligner.dist == pytest.approx(4.0 if broken else 19.0 + gap + 4.0), broken
+
+
 def _aligned_drive(rng, odometry: bool, tracker: PlaceTracker, xy: np.ndarray):
     """The L-shaped map driven to its end (300 frames, 1 m each), 200 frames straight on off the
     map whose hits are a consistent look-alike (the first leg's places, in order: a straight
