@@ -9,7 +9,10 @@ vehicle's heading within 45 degrees, where one exists) put first. Off-map frames
 (look-alikes stay). The drive is replayed through the tracker with the eval's simulated wheel
 odometry (the defaults) and per fraction the resulting top-1 rate (answerable frames whose top-1
 state is right), the filter's precision and recall are printed: the top-1 rate at which recall
-reaches 0.85 says what issue 20's image branch must deliver for issue 19's image target."""
+reaches 0.85 says what issue 20's image branch must deliver for issue 19's image target.
+``--hits lidar``: the LiDAR branch's hits through the same tracker (image calibration, so the
+belief stays silent and only the alignment publishes; no GICP verification): how far the
+alignment gets with the hits of the network the image branch learns from."""
 import argparse
 import json
 
@@ -25,14 +28,16 @@ ap.add_argument("roots", nargs="+")
 ap.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--json")
+ap.add_argument("--hits", default="image", choices=("image", "lidar", "fused"),
+                help="whose hits are replayed (the image calibration kept: only the alignment publishes); lidar: the LiDAR branch's own hits, no GICP verification")
 ap.add_argument("--timeline", action="store_true", help="per answerable episode: frames to the first right fix, right fixes missed after it")
 a = ap.parse_args()
 model, _ = load_model(None)
 obs = load_calibration(calibration_path(None))["image"]
 out = {}
 for root in a.roots:
-    d = TrackData(model, root, "00", "out/cache", modes=("image",))
-    s0, p0, v0 = d.hits["image"]
+    d = TrackData(model, root, "00", "out/cache", modes=tuple(dict.fromkeys(("image", a.hits))))
+    s0, p0, v0 = d.hits[a.hits]
     m = d.map_end
     mh = d.heading[:m]
     qh = d.heading[d.q]
@@ -75,7 +80,7 @@ for root in a.roots:
                 first = int(hit[0]) if len(hit) else en - st
                 parts.append(f"[{st}, {en}) first fix after {first}, missed after {int((~right[st:en])[first:].sum())}")
             print("   " + "; ".join(parts))
-        print(f"{d.name}: fraction {frac:.2f}: image top-1 right {rate:.3f} of answerable -> precision {prec:.3f} recall {rec:.3f} off-map published {rows[-1]['off_map_published']}", flush=True)
+        print(f"{d.name}: fraction {frac:.2f}: {a.hits} top-1 right {rate:.3f} of answerable -> precision {prec:.3f} recall {rec:.3f} off-map published {rows[-1]['off_map_published']}", flush=True)
     out[d.name] = rows
 print("mean over towns:")
 for j, frac in enumerate(a.fractions):
