@@ -106,10 +106,20 @@ def image_drive_with_map(root, frames: int = 120, seed: int = 11):
     return seq, pm, rec
 
 
-def visual_tracking_offline(seq, pm, rec) -> list[int]:
+def blanked(image, i: int, blank=()):
+    """``image`` of frame ``i``, or a uniform grey one where ``i`` is in ``blank`` (a camera that
+    saw nothing: visual odometry finds no corners)."""
+    import numpy as np
+
+    return np.full_like(image, 128) if i in blank else image
+
+
+def visual_tracking_offline(seq, pm, rec, blank=(), stats: dict | None = None) -> list[int]:
     """The frames the core's MapTracking publishes for image queries of ``seq`` with the drive
-    aligned by monocular visual odometry (as the node's visual_odometry runs it); each published
-    fix is checked right (within 10 m of the truth)."""
+    aligned by monocular visual odometry (as the node's visual_odometry runs it: a frame whose
+    motion is unknown breaks the chain, MapTracking.odometry_lost); each published fix is checked
+    right (within 10 m of the truth). ``blank``: frames whose image is uniform grey; ``stats``
+    gains "unknown", the frames whose motion was unknown."""
     from dataclasses import replace
 
     import numpy as np
@@ -122,14 +132,22 @@ def visual_tracking_offline(seq, pm, rec) -> list[int]:
     from attnlink_ros.pipeline import Frame
 
     mt = MapTracking(pm, load_for_model(None, None, rec.fingerprint), replace(TrackerConfig(), align=visual_align(AlignConfig())))
-    vo, T, out = VisualOdometry(), np.eye(4), []
+    vo, T, out, unknown = VisualOdometry(), None, [], 0
     for i in range(len(seq)):
-        image = seq.read_image(i)
+        image = blanked(seq.read_image(i), i, blank)
         step = vo.step(image, seq.calib.P[:3, :3])
-        T = T if step is None else T @ step_pose(step)
+        if step is None:
+            T = np.eye(4) if vo.steps == 0 else None  # the first frame starts the chain
+            if T is None:
+                unknown += 1
+                mt.odometry_lost()
+        else:
+            T = (np.eye(4) if T is None else T) @ step_pose(step)
         fix = mt.step(float(seq.times[i]), rec.query(Frame(float(seq.times[i]), seq.calib, image), 10, "image").hits, "image", T)
         if fix.published:
             assert fix.source == "aligned"
             assert np.hypot(*(np.asarray(fix.xy) - seq.poses[i][[0, 2], 3])) <= 10.0  # right, within 10 m
             out.append(i)
+    if stats is not None:
+        stats["unknown"] = unknown
     return out

@@ -651,6 +651,43 @@ def test_image_node_with_visual_odometry_publishes_the_aligned_drive(ros, tmp_pa
     assert node._vo.steps == len(seq) - 1 and node.counters["visual_odometry_unknown"] == 0
 
 
+def test_visual_odometry_that_loses_the_camera_breaks_the_chain_and_the_node_goes_on(ros, tmp_path):
+    """Five frames of a uniform grey image late in the drive (a covered lens): visual
+    odometry repeats the last step for three, then the motion is unknown (the grey frames after
+    them and the first real frame after the gap: nothing to track from); the node counts each
+    (visual_odometry_unknown), breaks the odometry chain (the alignment starts over instead of
+    taking a step across the gap) and goes on answering every frame: ~/place carries exactly the
+    fixes the core gives offline with the same gap, and all of them right."""
+    from dataclasses import replace
+
+    from attnlink_ros.data.bags import kitti_records
+
+    from .conftest import blanked, image_drive_with_map, replay_through_node, visual_tracking_offline
+
+    seq, pm, rec = image_drive_with_map(tmp_path)
+    blank = frozenset(range(95, 100))  # the drive's alignment is published from frame 62 on
+    stats = {}
+    offline = visual_tracking_offline(seq, pm, rec, blank, stats)
+    # published up to the last repeated step; from the first unknown one the alignment starts over
+    # (the 20 frames left cannot gather 50 agreeing ones): nothing is carried across the gap
+    assert stats["unknown"] == 3 and offline and min(offline) < 95 and max(offline) == 97, offline
+    node = AttnLinkNode(parameter_overrides=[
+        Parameter("backend", value="onnxruntime"), Parameter("mode", value="image"), Parameter("map", value=str(tmp_path / "map")),
+        Parameter("calib_file", value=str(seq.dir / "calib.txt")), Parameter("reliability", value="reliable"),
+        Parameter("visual_odometry", value=True)])
+    io = rclpy.create_node("vo_gap_listener")
+    places = []
+    io.create_subscription(PoseWithCovarianceStamped, "/attnlink/place", places.append, 200)
+    index = {float(t): i for i, t in enumerate(seq.times)}
+    records = [replace(r, data=blanked(r.data, index[r.stamp], blank)) if r.kind == "image" else r
+               for r in kitti_records(seq.dataset.parent, "00")]
+    replay_through_node(node, io, records, lockstep_timeout=20.0)
+    got = [int(np.argmin(np.abs(seq.times - stamp_to_sec(p.header.stamp)))) for p in places]
+    assert got == offline, (got, offline)
+    assert node.counters["visual_odometry_unknown"] == 3 and node._vo.repeated == 3
+    assert node.counters["frames_processed"] == len(seq)  # every frame answered, the grey ones too
+
+
 def test_vehicle_node_runs_the_camera_network_on_real_kitti(ros, kitti_root, tmp_path):
     """A vehicle's node (image_domain: camera) on real KITTI images, ONNX Runtime: the shipped
     mixture's camera network alone answers every frame (its own ONNX, NAME.image.camera.onnx),
