@@ -638,6 +638,34 @@ def test_wrong_alignment_that_lays_the_drive_off_the_map_is_challenged():
     assert right_from[False] is None and right_from[True] is not None and 165 <= right_from[True] <= 200, right_from
 
 
+def test_alignment_long_without_evidence_is_searched_for_again_near_it():
+    """research_m: along the first leg, 90 frames of right hits (8 in 10), then 60 without any
+    while the odometry slips 11 m sideways (frame 120), then right hits again. The held alignment
+    now lays the drive 11 m beside the street: its refits (6 m + 3% of the metres carried) do not
+    reach the right hits. The gated re-search (the newest frame within 1.5 x that radius of the
+    held pose) finds the right alignment once 40 frames agree with it; without it the held
+    alignment waits to be contradicted (about 35 frames later)."""
+    from dataclasses import replace
+
+    from attnlink_ros.localization.alignment import AlignConfig
+
+    right_from = {}
+    for research in (AlignConfig().research_m, 1e9):
+        al, xy, K = _leg_aligner(replace(AlignConfig(), research_m=research))
+        rng = np.random.default_rng(10)
+        err = []
+        for i in range(280):
+            hit = i * K if (i < 90 or i >= 150) and rng.random() < 0.8 else -1
+            odom = (1.0, 11.0 if i == 120 else 0.0, 0.0) if i else (0.0, 0.0, 0.0)
+            al.step(odom, np.r_[hit, rng.integers(0, len(xy) * K, 4)])
+            p = al.pose()
+            err.append(np.inf if p is None else float(np.linalg.norm(p[:2] - xy[i])))
+        assert 10.0 < err[149] < 12.0  # the slip, held
+        ok = np.asarray(err) < 5.0
+        right_from[research] = next((i for i in range(150, 280) if ok[i:].all()), None)
+    assert right_from[AlignConfig().research_m] <= 175 and right_from[1e9] >= 190, right_from
+
+
 def test_alignment_refused_when_most_frames_it_places_on_the_map_disagree():
     """A candidate whose votes come from a few stretches while it places many more frames facing
     mapped views where no hit agrees (a look-alike corner of a street grid, validation 604) is
