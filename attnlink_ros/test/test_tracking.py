@@ -377,18 +377,23 @@ def test_late_verification_is_carried_up_to_the_newest_frame():
         assert f.published and f.source == "carried" and f.xy == pytest.approx(truth(11), abs=1e-6), odometry
 
 
+def _line_place_map(n: int = 120):
+    """(n, a PlaceMap with poses): places 1 m apart along x, two heading views, random descriptors."""
+    from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
+
+    poses = np.stack([camera_pose(float(i), 0.0, 0.0) for i in range(n)])
+    table = PlaceTable(poses, np.arange(n) * 0.1, np.full(n, "00"), np.arange(n, dtype=np.int64), poses[:, [0, 2], 3])
+    desc = np.random.default_rng(0).normal(size=(n, 2, 8)).astype(np.float32)
+    return n, PlaceMap.build(desc / np.linalg.norm(desc, axis=2, keepdims=True), table, "test", view_yaws_deg=[0.0, 180.0])
+
+
 def test_session_carries_the_verified_vehicle_pose_with_odometry():
     """MapTracking (what the node runs): a verified hit's ``vehicle_pose`` (camera pose in the
     map) and the odometry poses become the carried fix; ~/place's pose is where the vehicle is,
     facing its way, with the carried covariance; a late verified answer is carried up to now."""
     from attnlink_ros.localization.session import MapTracking
-    from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
 
-    n = 120
-    poses = np.stack([camera_pose(float(i), 0.0, 0.0) for i in range(n)])
-    table = PlaceTable(poses, np.arange(n) * 0.1, np.full(n, "00"), np.arange(n, dtype=np.int64), poses[:, [0, 2], 3])
-    desc = np.random.default_rng(0).normal(size=(n, 2, 8)).astype(np.float32)
-    pm = PlaceMap.build(desc / np.linalg.norm(desc, axis=2, keepdims=True), table, "test", view_yaws_deg=[0.0, 180.0])
+    n, pm = _line_place_map()
     mt = MapTracking(pm, {"lidar": OBS}, TrackerConfig(require_anchor=True))
     odo_world = camera_pose(500.0, 300.0, 77.0)  # the odometry's own world frame: only its steps count
     path = [camera_pose(10.0 + 1.2 * i, 0.5, 3.0 * i / 10) for i in range(40)]  # a gentle left bend
@@ -425,13 +430,8 @@ def test_session_takes_no_odometry_step_across_a_broken_chain():
     between them, so nothing catches it) and the alignment would lay it onto the map; with
     the break that frame has no odometry and the drive's alignment starts over on the new chain."""
     from attnlink_ros.localization.session import MapTracking
-    from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
 
-    n = 120
-    poses = np.stack([camera_pose(float(i), 0.0, 0.0) for i in range(n)])
-    table = PlaceTable(poses, np.arange(n) * 0.1, np.full(n, "00"), np.arange(n, dtype=np.int64), poses[:, [0, 2], 3])
-    desc = np.random.default_rng(0).normal(size=(n, 2, 8)).astype(np.float32)
-    pm = PlaceMap.build(desc / np.linalg.norm(desc, axis=2, keepdims=True), table, "test", view_yaws_deg=[0.0, 180.0])
+    n, pm = _line_place_map()
     hits = [{"index": j, "view": 0, "score": 0.5} for j in range(10)]
     old = [camera_pose(i - 18.0, 2.0, 90.0) for i in range(20)]  # the first chain, ending near its origin
     new = [camera_pose(float(i), 0.0, 0.0) for i in range(5)]  # restarted at the identity
@@ -614,8 +614,8 @@ def test_wrong_alignment_that_lays_the_drive_off_the_map_is_challenged():
     alignment is taken (50 agreeing frames) and it soon lays the drive past the street's end, off
     the map, where no hit is expected: nothing contradicts it. From frame 55 on the hits are right
     (9 in 10). The challenge (an ungated search while the held alignment goes without evidence)
-    replaces it once the right one has min_ratio x the most frames that ever agreed with the wrong
-    one (55: 110 agreeing frames); without it the wrong alignment is held to the end (fresh town
+    replaces it once the right one has min_ratio x the frames that ever agreed with the wrong one
+    (55: 110 agreeing frames); without it the wrong alignment is held to the end (fresh town
     65827 under min_support 40: 600 frames)."""
     from dataclasses import replace
 
@@ -644,7 +644,7 @@ def test_alignment_long_without_evidence_is_searched_for_again_near_it():
     now lays the drive 11 m beside the street: its refits (6 m + 3% of the metres carried) do not
     reach the right hits. The gated re-search (the newest frame within 1.5 x that radius of the
     held pose) finds the right alignment once 40 frames agree with it; without it the held
-    alignment waits to be contradicted (about 35 frames later)."""
+    alignment waits to be contradicted (about 40 frames later)."""
     from dataclasses import replace
 
     from attnlink_ros.localization.alignment import AlignConfig
