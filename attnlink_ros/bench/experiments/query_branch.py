@@ -21,8 +21,9 @@ tracker with the eval's simulated wheel odometry: top-1 rate of the answerable f
 precision, recall. With no ``--branch`` it uses the shipped model's descriptors (a check: the
 hits must be the cached eval hits).
 
-Result (session 20, bench/experiments/README.md row 15): no gain on towns not looked at while
-training (603 / 604: image top-1 0.425 -> 0.426, image + odometry recall 0.810 -> 0.718); not kept.
+Result (session 20, bench/experiments/README.md row 15): on towns not looked at while training
+(603 / 604) four training towns gave image top-1 0.425 -> 0.426 and image + odometry recall
+0.810 -> 0.718, twelve towns 0.466 and 0.803; not kept.
 """
 from __future__ import annotations
 
