@@ -60,6 +60,7 @@ def prep(roots, batch: int = 32) -> None:
     from attnlink_ros.train.augment import make_sample, model_grid
 
     model = _model()
+    shipped = QueryBranch(model).eval()
     OUT.mkdir(parents=True, exist_ok=True)
     for root in roots:
         name = Path(root).name
@@ -79,9 +80,8 @@ def prep(roots, batch: int = 32) -> None:
             r = model.fuse(model.encode(rgb, None, pseudo=False))[0]
             rgbd.append(r.numpy())
             prob.append(p.numpy())
-            # the image query as AttnLink.forward computes it (pseudo-LiDAR descriptor mixed with the RGB share)
-            w = model.cfg.image_rgb_weight * p[:, None]
-            img.append(F.normalize((1.0 - w) * model.fuse(model.pseudo_lidar_tokens(dense, logit))[0] + w * r, dim=1).numpy())
+            # the image query, as AttnLink.forward computes it, through the untrained copy (the same weights)
+            img.append(shipped(torch.cat([dense / model.cfg.max_depth_m, torch.sigmoid(logit)], 1), r, p).numpy())
         lidar = encode_cache(model, cache, modes=("lidar",), progress=True)["lidar"]
         views = encode_views(model, cache, seq, view_yaws(2), progress=True, lidar=lidar)
         poses = seq.poses[cache.frames]
@@ -141,13 +141,17 @@ def _labels(t: dict, q: np.ndarray, yaws=(0.0, 180.0), exclude: int = 0):
     return pos.reshape(len(q), -1), neg.reshape(len(q), -1)
 
 
-def search(desc: np.ndarray, views: np.ndarray, k: int = 10):
-    """Top-k (scores, places, views) of the queries over a map's views, each place at its best view."""
-    s = np.einsum("qd,nvd->qnv", desc, views)
-    best_v = s.argmax(2)
-    best = s.max(2)
-    p = np.argsort(-best, 1, kind="stable")[:, :k]
-    return np.take_along_axis(best, p, 1).astype(np.float64), p, np.take_along_axis(best_v, p, 1)
+def search(desc: np.ndarray, t: dict, m: int, k: int = 10):
+    """Top-k (scores, places, views) of the queries in the map of the town's first ``m`` frames,
+    built and searched as TrackData does (PlaceMap, two heading views)."""
+    from attnlink_ros.retrieval.place_map import PlaceMap, PlaceTable
+    from attnlink_ros.retrieval.views import view_offsets, view_yaws
+
+    yaws = view_yaws(2)
+    table = PlaceTable(t["poses"][:m], t["times"][:m], np.full(m, "00"), np.arange(m, dtype=np.int64), t["xy"][:m])
+    pm = PlaceMap.build(t["views"][:m], table, "eval", view_yaws_deg=yaws, view_offsets_m=view_offsets(yaws))
+    s, p, v = pm.search_views(desc.astype(np.float32), k)
+    return s.astype(np.float64), p, v
 
 
 def track(t: dict, desc: np.ndarray, map_fraction: float = 0.375) -> dict:
@@ -160,7 +164,7 @@ def track(t: dict, desc: np.ndarray, map_fraction: float = 0.375) -> dict:
     m = int(round(n * map_fraction))
     q = np.arange(m, n)
     yaws = np.array([0.0, 180.0])
-    s, p, v = search(desc[q], t["views"][:m])
+    s, p, v = search(desc[q], t, m)
     dist = np.linalg.norm(t["xy"][q][:, None] - t["xy"][None, :m], axis=2)
     ans = dist.min(1) <= 10
     qh, mh = t["heading"][q], t["heading"][:m]
@@ -171,7 +175,13 @@ def track(t: dict, desc: np.ndarray, map_fraction: float = 0.375) -> dict:
     fixes = run_filter(s, p, v, t["times"][q], tr, simulated_odometry(poses, 0), None, None, None)
     pub = np.array([f.published for f in fixes])
     right = np.array([f.published and dist[i, f.place] <= 10 for i, f in enumerate(fixes)])
-    return {"top1": float(top1[ans].mean()), "precision": float(right.sum() / max(pub.sum(), 1)),
+    # ceilings (as session 19 measured them): answerable frames with a map place within 10 m
+    # recorded driving the query's way (|dh| < 45 deg), or either way (two views: < 45 or > 135)
+    dh = np.abs((qh[:, None] - mh[None] + 180.0) % 360.0 - 180.0)
+    near = dist <= 10
+    same = (near & (dh < 45)).any(1)[ans].mean()
+    two = (near & ((dh < 45) | (dh > 135))).any(1)[ans].mean()
+    return {"top1": float(top1[ans].mean()), "ceiling_same_heading": float(same), "ceiling_two_views": float(two), "precision": float(right.sum() / max(pub.sum(), 1)),
             "recall": float((right & ans).sum() / ans.sum()), "off_map_published": int((pub & ~ans).sum()),
             "hits": (s, p, v)}
 
@@ -290,7 +300,8 @@ def evaluate(a) -> None:
             _check(n, r["hits"])
         rows[n] = {k: v for k, v in r.items() if k != "hits"}
         print(f"{n}: image top-1 {r['top1']:.3f} of answerable, precision {r['precision']:.3f} recall {r['recall']:.3f} "
-              f"off-map published {r['off_map_published']}", flush=True)
+              f"off-map published {r['off_map_published']}; ceilings same-heading {r['ceiling_same_heading']:.3f} "
+              f"two views {r['ceiling_two_views']:.3f}", flush=True)
     for k in ("top1", "precision", "recall"):
         vals = [x[k] for x in rows.values()]
         print(f"mean {k} {np.mean(vals):.3f} (worst {min(vals):.3f})")
