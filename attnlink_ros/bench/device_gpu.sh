@@ -4,6 +4,10 @@
 #   attnlink_ros/bench/device_gpu.sh checks        CUDA tests, encoder and search benchmarks -> $OUT
 #   attnlink_ros/bench/device_gpu.sh towns         synthetic towns of the lite model (16 workers)
 #   attnlink_ros/bench/device_gpu.sh train CONFIG [STEPS]   train (resumes runs/<out>/last), results -> $OUT
+#   attnlink_ros/bench/device_gpu.sh lease SECONDS CONFIG...  one lease, start to end within SECONDS:
+#       towns $LEASE_TOWNS (1200 frames, camera effects; new towns stop at 40 % of the time), their
+#       caches, then every CONFIG trained side by side for the time left (train.time_budget_s);
+#       each run's final model and log -> $OUT/<run>.tar, the lease's log -> $OUT/lease.log
 # KITTI frames for the CUDA projection test: copy ../shared/data/kitti's sequence 00 to .devkitti
 # and carry it (ATTNLINK_KITTI).
 set -u
@@ -35,5 +39,48 @@ train)
   mkdir -p "$OUT/last" && cp "$run"/last/* "$OUT/last/"
   cp "$run/log.jsonl" "$OUT/"
   for f in best final; do test -f "$run/$f.json" && cp "$run/$f.json" "$run/$f.safetensors" "$OUT/" 2>/dev/null; done
+  ;;
+lease)
+  secs=$2; shift 2
+  t0=$(date +%s)
+  left() { echo $(( secs - ($(date +%s) - t0) )); }
+  exec > >(tee "$OUT/lease.log") 2>&1
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
+  python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.is_available())"
+  mkdir -p out/cache
+  pids=()  # waited for by name: a bare `wait` would also wait for the tee above
+  for s in ${LEASE_TOWNS:-1301 1302 1303 1304 1305 1306 1307 1308 1309 1310}; do
+    [ $(( $(date +%s) - t0 )) -lt $(( secs * 2 / 5 )) ] || { echo "no time for town $s"; break; }
+    python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames ${LEASE_FRAMES:-1200} --workers 16 --quiet \
+      --camera-effects --scene-variety || exit 1
+    touch out/towns/s$s/done
+    python3 -c "from attnlink_ros.data.cache import build_cache as b; b('out/towns/s$s', '00', 'out/cache/s$s''_00_128x512', 128, 512, progress=False, threads=4)" &
+    pids+=($!)
+    echo "town $s at $(( $(date +%s) - t0 )) s"
+  done
+  wait "${pids[@]}"
+  echo "caches at $(( $(date +%s) - t0 )) s"
+  for cfg in "$@"; do  # the towns made: the configs' lists cut to them; the time left: their budget
+    run=$(basename "$cfg" .yaml)
+    python3 - "$cfg" "$run" "$(( $(left) - 75 ))" <<'PY'
+import os, sys, yaml
+cfg, run, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = yaml.safe_load(open(cfg))
+c["data"]["train"] = [d for d in c["data"]["train"] if os.path.isfile(os.path.join(d["root"], "done"))]
+c["train"]["time_budget_s"] = budget
+yaml.safe_dump(c, open(f"out/{run}.yaml", "w"))
+print(run, len(c["data"]["train"]), "towns,", budget, "s")
+PY
+    timeout $(( $(left) - 15 )) python3 -m attnlink_ros train --config "out/$run.yaml" --quiet > "out/$run.train.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  for cfg in "$@"; do
+    run=$(basename "$cfg" .yaml); dir=$(python3 -c "import yaml; print(yaml.safe_load(open('out/$run.yaml'))['train']['out'])")
+    tail -3 "out/$run.train.log"; mkdir -p "$dir"; cp "out/$run.yaml" "out/$run.train.log" "$dir/"
+    files="log.jsonl $run.yaml $run.train.log"; [ -f "$dir/final.json" ] && files="$files final.json final.safetensors" || files="$files last"
+    tar cf "$OUT/$run.tar" -C "$dir" $files
+  done
+  echo "end at $(( $(date +%s) - t0 )) s"
   ;;
 esac

@@ -10,8 +10,8 @@ from attnlink_ros.errors import DataError
 from attnlink_ros.model import AttnLink, variant
 from attnlink_ros.model.io import load_model, save_model
 from attnlink_ros.train.augment import make_sample, model_grid
-from attnlink_ros.train.losses import adaptive_triplet_loss, completion_loss, pair_masks
-from attnlink_ros.train.trainer import RunConfig, train
+from attnlink_ros.train.losses import adaptive_triplet_loss, completion_loss, heading_gap_deg, pair_masks
+from attnlink_ros.train.trainer import BatchSampler, RunConfig, train
 
 
 def test_triplet_loss_by_hand():
@@ -47,6 +47,35 @@ def test_pair_masks_and_completion():
     dense = torch.full((1, 1, 2, 2), 10.0)
     target = torch.tensor([[[[0.0, 12.0], [0.0, 0.0]]]])
     assert float(completion_loss(dense, target, 80.0)) == pytest.approx(2.0 / 80)
+
+
+def test_heading_aware_positives():
+    """pos_heading_deg: a pair within the positive radius facing the other way is neither a
+    positive nor a negative; facing the same way (across the +-180 seam too) it stays positive."""
+    assert heading_gap_deg(np.array([170.0, 10.0, 90.0]), np.array([-170.0, 350.0, -90.0])).tolist() == [20.0, 20.0, 180.0]
+    xy = torch.tensor([[0.0, 0.0], [3.0, 0.0], [2.0, 0.0], [30.0, 0.0]])
+    heading = torch.tensor([175.0, -175.0, -5.0, 0.0])
+    pos, neg = pair_masks(xy, torch.zeros(4), heading_deg=heading, max_heading_deg=45.0)
+    assert pos[0, 1] and not pos[0, 2] and not neg[0, 2] and neg[0, 3]
+    assert torch.equal(pair_masks(xy, torch.zeros(4))[0][0], torch.tensor([True, True, True, False]))
+
+
+def test_batch_sampler_draws_partners_facing_the_same_way():
+    """A drive out and back along a line: every revisit faces the other way, so with
+    max_heading_deg the sampler's partners are the neighbours of the same pass, never the return."""
+    n = 40
+    x = np.concatenate([np.arange(n // 2), np.arange(n // 2)[::-1]]).astype(float)
+    cache = dataclasses.make_dataclass("C", ["xy", "times"])(np.stack([x, np.zeros(n)], 1), np.arange(n) * 10.0)
+    cache.__class__.__len__ = lambda self: n
+    heading = np.where(np.arange(n) < n // 2, 0.0, 180.0)
+    plain = BatchSampler([cache], 64, 1.5, 1.0, seed=0)
+    aware = BatchSampler([cache], 64, 1.5, 1.0, seed=0, headings=[heading], max_heading_deg=45.0)
+    _, idx = plain()
+    assert any(heading_gap_deg(heading[a], heading[p]) > 90 for a, p in idx.reshape(-1, 2))
+    for _ in range(5):
+        _, idx = aware()
+        pairs = idx.reshape(-1, 2)
+        assert all(heading_gap_deg(heading[a], heading[p]) <= 45 and abs(x[a] - x[p]) <= 1.5 for a, p in pairs)
 
 
 def test_model_artifact_round_trip_and_refusals(tmp_path):
@@ -127,7 +156,8 @@ data:
   train: [{{root: {synth_root}, sequence: "00"}}]
   val: [{{root: {synth_root}, sequence: "00"}}]
   cache_dir: {tmp_path / 'cache'}
-train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, eval_every: 2, checkpoint_every: 1, log_every: 1, warmup_steps: 1}}
+train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, eval_every: 2, checkpoint_every: 1, log_every: 1, warmup_steps: 1,
+        pos_heading_deg: 45.0}}
 """
     (tmp_path / "c.yaml").write_text(cfg_text)
     res = train(RunConfig.load(tmp_path / "c.yaml"), progress=False)
@@ -141,6 +171,15 @@ train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, eval_every: 2, checkp
     assert json.loads((run / "last" / "state.json").read_text())["step"] == 3
     model, meta = load_model(run / "final")
     assert meta["trained_steps"] == 3 and model.cfg.variant == "attnlink-lite"
+    res = train(RunConfig.load(tmp_path / "c.yaml", {"steps": 3}), progress=False)  # finished: trains nothing
+    assert res["steps"] == 3 and json.loads((run / "last" / "state.json").read_text())["step"] == 3
+    # a time budget (a GPU lease) ends the run before its steps, validated, saved and with the
+    # learning rate decayed: here the budget is spent after the first step
+    res = train(RunConfig.load(tmp_path / "c.yaml", {"steps": 50, "time_budget_s": 1e-3, "out": str(tmp_path / "timed")}), progress=False)
+    assert res["steps"] == 1 and res["history"][-1]["step"] == 1
+    assert load_model(tmp_path / "timed" / "final")[1]["trained_steps"] == 1
+    with pytest.raises(Exception, match="pos_heading_deg"):
+        RunConfig.load(tmp_path / "c.yaml", {"pos_heading_deg": 200.0})
 
 
 def test_torchrun_two_processes(synth_root, tmp_path):

@@ -5,17 +5,27 @@ from __future__ import annotations
 import torch
 
 
-def pair_masks(xy: torch.Tensor, group: torch.Tensor, pos_radius: float = 5.0, neg_radius: float = 10.0):
+def pair_masks(xy: torch.Tensor, group: torch.Tensor, pos_radius: float = 5.0, neg_radius: float = 10.0,
+               heading_deg: torch.Tensor | None = None, max_heading_deg: float = 0.0):
     """(B, B) positive and negative masks from ground-plane positions.
 
-    Positives lie within ``pos_radius`` in the same sequence (``group``); negatives lie beyond
+    Positives lie within ``pos_radius`` in the same sequence (``group``) and, with
+    ``max_heading_deg`` > 0, face within that many degrees of each other (``heading_deg`` (B,)):
+    a forward camera facing the other way sees another scene; negatives lie beyond
     ``neg_radius`` or in another sequence; pairs in between are ignored.
     """
     d = torch.cdist(xy, xy)  # (B, B)
     same = group[:, None] == group[None, :]
     pos = same & (d <= pos_radius)
+    if max_heading_deg > 0:
+        pos = pos & (heading_gap_deg(heading_deg[:, None], heading_deg[None, :]) <= max_heading_deg)
     neg = ~same | (d > neg_radius)
     return pos, neg
+
+
+def heading_gap_deg(a, b):
+    """Absolute difference of headings in degrees, in [0, 180] (numpy arrays or tensors)."""
+    return 180.0 - abs(abs(a - b) % 360.0 - 180.0)
 
 
 def adaptive_triplet_loss(anchor: torch.Tensor, target: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..model import AttnLink, variant
 from ..model.io import save_model
 from .augment import AugmentConfig, make_sample, model_grid
-from .losses import adaptive_triplet_loss, coarse_depth_loss, completion_loss, contrastive_loss, pair_masks
+from .losses import adaptive_triplet_loss, coarse_depth_loss, completion_loss, contrastive_loss, heading_gap_deg, pair_masks
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class TrainConfig:
     warmup_steps: int = 100
     eval_every: int = 250
     checkpoint_every: int = 50
+    # > 0: training also ends once this process's loop has run this many seconds (a lent GPU's
+    # lease), validated and saved as at its last step; the cosine schedule follows whichever of
+    # steps and time is further along, so the run ends with its learning rate decayed either way
+    time_budget_s: float = 0.0
     log_every: int = 10
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -80,12 +84,18 @@ class TrainConfig:
     # batch's frames within pos_radius_m (true: the revisit pairs the sampler draws, the place as
     # a map recorded at another time holds it)
     rear_batch_positives: bool = False
+    # > 0: positive pairs (the sampler's and the losses') must also face within this many degrees:
+    # a revisit driven the other way sees another scene through a forward camera (the map answers
+    # it with its rear view); such pairs within neg_radius_m count as neither. 0: position only
+    pos_heading_deg: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stage not in ("joint", "mono"):
             raise ConfigError(f"train.stage must be 'joint' or 'mono', got {self.stage!r}")
         if not self.val_noise or any(not 0 <= float(v) < 1 for v in self.val_noise):
             raise ConfigError(f"train.val_noise must list sigmas in [0, 1), got {self.val_noise!r}")
+        if not 0 <= self.pos_heading_deg <= 180:
+            raise ConfigError(f"train.pos_heading_deg must be in [0, 180], got {self.pos_heading_deg!r}")
         if self.val_views not in (1, 2):
             raise ConfigError(f"train.val_views must be 1 or 2, got {self.val_views!r}")
         if self.rear_negative_weight > 0 and self.stage != "mono":
@@ -149,17 +159,22 @@ class BatchSampler:
     """Batches of one sequence: anchors and, for each, a positive frame within the positive
     radius, from a revisit (>= 30 s apart) when one exists, else a neighbouring frame."""
 
-    def __init__(self, caches: list[FrameCache], batch: int, pos_radius: float, revisit_share: float, seed: int) -> None:
+    def __init__(self, caches: list[FrameCache], batch: int, pos_radius: float, revisit_share: float, seed: int,
+                 headings: list[np.ndarray] | None = None, max_heading_deg: float = 0.0) -> None:
         self.caches = caches
         self.batch = batch
         self.rng = np.random.default_rng(seed)
         self.revisit_share = revisit_share
         self.partners = []  # per cache: (revisit partners, near partners) lists per frame
-        for c in caches:
+        for ci, c in enumerate(caches):
             d = np.linalg.norm(c.xy[:, None] - c.xy[None], axis=-1)
             dt = np.abs(c.times[:, None] - c.times[None])
-            rev = [np.flatnonzero((d[i] <= pos_radius) & (dt[i] >= 30)) for i in range(len(c))]
-            near = [np.flatnonzero((d[i] <= pos_radius) & (dt[i] > 0)) for i in range(len(c))]
+            close = d <= pos_radius
+            if max_heading_deg > 0:  # partners facing the same way (pair_masks' positives)
+                h = headings[ci]
+                close &= heading_gap_deg(h[:, None], h[None]) <= max_heading_deg
+            rev = [np.flatnonzero(close[i] & (dt[i] >= 30)) for i in range(len(c))]
+            near = [np.flatnonzero(close[i] & (dt[i] > 0)) for i in range(len(c))]
             self.partners.append((rev, near))
 
     def __call__(self) -> tuple[int, np.ndarray]:
@@ -183,13 +198,15 @@ class _BatchStream(torch.utils.data.IterableDataset):
     """Endless training batches (cache index, frame indices, rgb, depth, hidden target); each
     loader worker draws from its own seeded sampler."""
 
-    def __init__(self, caches, grids, sampler_args: tuple, seed: int, aug) -> None:
-        self.caches, self.grids, self.sampler_args, self.seed, self.aug = caches, grids, sampler_args, seed, aug
+    def __init__(self, caches, grids, sampler_args: tuple, aug) -> None:
+        """``sampler_args``: (batch, pos_radius, revisit_share, seed, headings, max_heading_deg)."""
+        self.caches, self.grids, self.aug = caches, grids, aug
+        self.batch_args, self.seed, self.heading_args = sampler_args[:3], sampler_args[3], sampler_args[4:]
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
-        sampler = BatchSampler(self.caches, *self.sampler_args, self.seed + 7919 * wid)
+        sampler = BatchSampler(self.caches, *self.batch_args, self.seed + 7919 * wid, *self.heading_args)
         rng = np.random.default_rng(self.seed + 7 + 7919 * wid)
         while True:
             ci, idx = sampler()
@@ -207,6 +224,8 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
 
     rank, world, local = _dist_env()
     distributed = world > 1
+    if distributed and cfg.train.time_budget_s > 0:
+        raise ConfigError("train.time_budget_s is for one process (ranks would stop at different steps)")
     if distributed:
         import torch.distributed as dist
 
@@ -302,7 +321,17 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     if tc.rear_negative_weight > 0:
         for c in caches:
             rear_bank(c)
-    stream = _BatchStream(caches, grids, (tc.batch_size, tc.pos_radius_m, tc.revisit_share), tc.seed + 1000 * rank + step, cfg.augment)
+    headings = None
+    if tc.pos_heading_deg > 0:
+        from ..data.kitti import KittiSequence
+        from ..geometry.poses import headings_deg
+
+        headings = []
+        for c in caches:
+            spec = specs_of[id(c)]
+            headings.append(headings_deg(KittiSequence(spec["root"], str(spec.get("sequence", "00"))).poses[c.frames]))
+    stream = _BatchStream(caches, grids, (tc.batch_size, tc.pos_radius_m, tc.revisit_share, tc.seed + 1000 * rank + step,
+                                          headings, tc.pos_heading_deg), cfg.augment)
     if tc.workers > 0:
         batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers, prefetch_factor=4,
                                                    persistent_workers=True, pin_memory=device.type == "cuda"))
@@ -327,10 +356,15 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             print("tensorboard not installed: scalars go to log.jsonl only")
     log = open(out / "log.jsonl", "w" if fresh or step == 0 else "a") if main else None
 
+    def time_spent() -> float:
+        """Share of the time budget this process's training loop has used (0 without a budget)."""
+        return (time.time() - t_start) / tc.time_budget_s if tc.time_budget_s > 0 else 0.0
+
     def lr_at(s: int) -> float:
         if s < tc.warmup_steps:
             return tc.lr * (s + 1) / tc.warmup_steps
-        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))))
+        progress = max((s - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps), time_spent())
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def save_last():
         from safetensors.torch import save_file
@@ -391,12 +425,14 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     bar = tqdm(total=tc.steps, initial=step, desc=f"train {mcfg.variant}", disable=not (progress and main))
     set_train_mode()
     t_start = time.time()
-    while step < tc.steps:
+    done = step >= tc.steps  # a finished run resumed: nothing to train
+    while not done:
         ci, idx, rgb, depth, target = next(batches)
         ci, idx = int(ci), np.asarray(idx)
         rgb, depth, target = (torch.as_tensor(a).to(device, non_blocking=True) for a in (rgb, depth, target))
         xy = torch.from_numpy(caches[ci].xy[idx]).float().to(device)
-        pos, neg = pair_masks(xy, torch.zeros(len(idx), device=device), tc.pos_radius_m, tc.neg_radius_m)
+        hd = torch.from_numpy(headings[ci][idx]).float().to(device) if headings is not None else None
+        pos, neg = pair_masks(xy, torch.zeros(len(idx), device=device), tc.pos_radius_m, tc.neg_radius_m, hd, tc.pos_heading_deg)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         if mono_stage:
@@ -409,6 +445,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
         opt.step()
         step += 1
+        done = step >= tc.steps or time_spent() >= 1.0
         bar.update(1)
         if main and step % tc.log_every == 0:
             rec = {"step": step, "loss": float(loss.detach()), "lr": lr_at(step - 1), "elapsed_s": round(time.time() - t_start, 1), **stats}
@@ -419,7 +456,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
                 for k, v in rec.items():
                     if k != "step":
                         writer.add_scalar(f"train/{k}", v, step)
-        evaluate_now = val and (step % tc.eval_every == 0 or step == tc.steps)
+        evaluate_now = val and (step % tc.eval_every == 0 or done)
         if main and evaluate_now:
             res_val, r1 = validate()
             rec = {"step": step, "val": res_val, "val_image_recall@1": r1}
@@ -441,7 +478,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
                 best = r1
                 save_model(model, out / "best", {"trained_steps": step, "val_image_recall@1": r1, "run": str(out)})
             bar.write(f"step {step}: val score (image->lidar revisit recall@1, mean over sequences and val_noise) {r1:.3f} (best {best:.3f})")
-        if main and (step % tc.checkpoint_every == 0 or step == tc.steps or evaluate_now):
+        if main and (step % tc.checkpoint_every == 0 or done or evaluate_now):
             save_last()
         if distributed:
             torch.distributed.barrier()
