@@ -6,7 +6,7 @@
 #   attnlink_ros/bench/device_gpu.sh train CONFIG [STEPS]   train (resumes runs/<out>/last), results -> $OUT
 #   attnlink_ros/bench/device_gpu.sh lease SECONDS CONFIG...  one lease, start to end within SECONDS:
 #       towns $LEASE_TOWNS (1200 frames, camera effects; new towns stop at 40 % of the time), their
-#       caches, then every CONFIG trained side by side for the time left (train.time_budget_s);
+#       caches (LEASE_REAR=1: with rear views too), then every CONFIG trained side by side for the time left (train.time_budget_s);
 #       each run's final model and log -> $OUT/<run>.tar, the lease's log -> $OUT/lease.log
 # KITTI frames for the CUDA projection test: copy ../shared/data/kitti's sequence 00 to .devkitti
 # and carry it (ATTNLINK_KITTI).
@@ -56,6 +56,10 @@ lease)
     touch out/towns/s$s/done
     python3 -c "from attnlink_ros.data.cache import build_cache as b; b('out/towns/s$s', '00', 'out/cache/s$s''_00_128x512', 128, 512, progress=False, threads=4)" &
     pids+=($!)
+    if [ -n "${LEASE_REAR:-}" ]; then  # the caches with rear views too (train.rear_view_share)
+      python3 -c "from attnlink_ros.data.cache import build_cache as b; b('out/towns/s$s', '00', 'out/cache/s$s''_00_128x512_rv', 128, 512, progress=False, threads=4, rear_view=True)" &
+      pids+=($!)
+    fi
     echo "town $s at $(( $(date +%s) - t0 )) s"
   done
   wait "${pids[@]}"

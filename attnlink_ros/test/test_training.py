@@ -70,12 +70,64 @@ def test_batch_sampler_draws_partners_facing_the_same_way():
     heading = np.where(np.arange(n) < n // 2, 0.0, 180.0)
     plain = BatchSampler([cache], 64, 1.5, 1.0, seed=0)
     aware = BatchSampler([cache], 64, 1.5, 1.0, seed=0, headings=[heading], max_heading_deg=45.0)
-    _, idx = plain()
-    assert any(heading_gap_deg(heading[a], heading[p]) > 90 for a, p in idx.reshape(-1, 2))
+    _, idx, rear = plain()
+    assert not rear.any() and any(heading_gap_deg(heading[a], heading[p]) > 90 for a, p in idx.reshape(-1, 2))
     for _ in range(5):
-        _, idx = aware()
+        _, idx, rear = aware()
         pairs = idx.reshape(-1, 2)
-        assert all(heading_gap_deg(heading[a], heading[p]) <= 45 and abs(x[a] - x[p]) <= 1.5 for a, p in pairs)
+        assert not rear.any() and all(heading_gap_deg(heading[a], heading[p]) <= 45 and abs(x[a] - x[p]) <= 1.5 for a, p in pairs)
+    # rear_share 1: every anchor with a return pass takes it, marked as its rear view (which faces the anchor's way)
+    back = BatchSampler([cache], 64, 1.5, 1.0, seed=0, headings=[heading], max_heading_deg=45.0, rear_share=1.0)
+    _, idx, rear = back()
+    pairs, flags = idx.reshape(-1, 2), rear.reshape(-1, 2)
+    assert flags[:, 1].all() and not flags[:, 0].any()
+    assert all(heading_gap_deg(heading[a], heading[p]) >= 135 and abs(x[a] - x[p]) <= 1.5 for a, p in pairs)
+
+
+def test_rear_view_cache_and_samples_on_real_frames(kitti_root, tmp_path):
+    """A cache built with rear views holds each scan's view 180 (from the reverse offset), the
+    same depth the map builder encodes for a place's rear view; the camera's part is unchanged."""
+    from attnlink_ros.data.kitti import KittiSequence
+    from attnlink_ros.geometry.projection import sparse_depth
+    from attnlink_ros.retrieval.views import rotate_scan, vertical_axis, view_offsets
+
+    plain = FrameCache.open(build_cache(kitti_root, "00", tmp_path / "c", 128, 512, progress=False))
+    c = FrameCache.open(build_cache(kitti_root, "00", tmp_path / "rv", 128, 512, progress=False, rear_view=True))
+    for name in ("images", "points", "offsets", "frames", "xy"):
+        assert np.array_equal(getattr(plain, name), getattr(c, name)), name
+    grid = model_grid(c, 64, 256)
+    seq = KittiSequence(kitti_root, "00")
+    k = 3
+    scan = rotate_scan(seq.read_scan(int(c.frames[k])), 180.0, vertical_axis(seq.calib.T_cam_lidar), view_offsets([180.0])[0])
+    want = sparse_depth(scan[:, :3].astype(np.float16).astype(np.float32), c.calib, grid)
+    rgb, depth, _ = make_sample(c, k, grid, None, rear=True)
+    _, front, _ = make_sample(c, k, grid, None)
+    both = (depth[0] > 0) & (want > 0)
+    assert both.sum() > 0.99 * max((depth[0] > 0).sum(), (want > 0).sum()) and np.allclose(depth[0][both], want[both], rtol=1e-3)
+    assert (depth > 0).sum() > 3000 and np.abs(depth - front).mean() > 1.0  # another scene than the camera's
+    assert np.array_equal(rgb, make_sample(c, k, grid, None)[0])
+    with pytest.raises(DataError, match="no rear views"):
+        make_sample(plain, k, grid, None, rear=True)
+
+
+def test_joint_step_keeps_rear_views_out_of_the_image_terms():
+    """A rear-view sample is a LiDAR query and target only: its image (not of that view) gets no
+    gradient, while its depth does (the LiDAR terms)."""
+    from attnlink_ros.train.trainer import TrainConfig, _joint_step
+
+    torch.manual_seed(0)
+    model = AttnLink(variant("attnlink-lite", image_depth=True)).eval()  # eval: BatchNorm does not couple the samples
+    rgb = torch.rand(4, 3, 64, 256, requires_grad=True)
+    depth = (torch.rand(4, 1, 64, 256) * 40 * (torch.rand(4, 1, 64, 256) < 0.1)).requires_grad_(True)
+    xy = torch.tensor([[0.0, 0.0], [2.0, 0.0], [40.0, 0.0], [42.0, 0.0]])
+    heading = torch.tensor([0.0, 0.0, 90.0, 90.0])
+    pos, neg = pair_masks(xy, torch.zeros(4), 5.0, 10.0, heading, 45.0)
+    rear = torch.tensor([False, True, False, False])
+    loss, stats = _joint_step(model, rgb, depth, torch.zeros_like(depth), pos, neg, TrainConfig(distill_weight=1.0), 80.0, 0, rear)
+    loss.backward()
+    assert stats["rear_views"] == 0.25 and torch.isfinite(loss)
+    assert float(rgb.grad[1].abs().sum()) == 0.0 and float(rgb.grad[0].abs().sum()) > 0
+    assert float(depth.grad[1].abs().sum()) > 0
 
 
 def test_model_artifact_round_trip_and_refusals(tmp_path):

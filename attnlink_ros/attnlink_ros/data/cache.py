@@ -34,11 +34,14 @@ def _infov(points: np.ndarray, calib: Calibration, grid: GridGeometry, margin: f
 
 
 def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 128, width: int = 512,
-                progress: bool = True, frame_range: tuple[int, int] | None = None, threads: int = 0, fov_deg=None) -> Path:
+                progress: bool = True, frame_range: tuple[int, int] | None = None, threads: int = 0, fov_deg=None,
+                rear_view: bool = False) -> Path:
     """Writes the cache of ``root``'s ``sequence`` into ``out`` (atomically: temp dir + rename),
     optionally of the frames ``frame_range[0] <= i < frame_range[1]`` only. Frames are read and
     projected by ``threads`` threads (0: one per CPU core, at most 8; PNG decoding and numpy
-    release the GIL), written in order."""
+    release the GIL), written in order. ``rear_view``: also each scan's rear view's points (the
+    map's view 180, from retrieval.views' reverse offset to the left: what a place map answers a
+    query driving the other way with), for training on it."""
     import os
     import shutil
     from concurrent.futures import ThreadPoolExecutor
@@ -58,22 +61,33 @@ def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(frames), height, width, 3))
-    pts, offsets = [], [0]
+    pts, offsets, rear_pts, rear_offsets = [], [0], [], [0]
+    from ..retrieval.views import rotate_scan, vertical_axis, view_offsets
+
+    up, rear_offset = vertical_axis(seq.calib.T_cam_lidar), view_offsets([180.0])[0]
 
     def load(i):
-        return crop_image(seq.read_image(i), grid)[..., ::-1], _infov(seq.read_scan(i), seq.calib, grid).astype(np.float16)
+        scan = seq.read_scan(i)
+        rear = _infov(rotate_scan(scan, 180.0, up, rear_offset), seq.calib, grid).astype(np.float16) if rear_view else None
+        return crop_image(seq.read_image(i), grid)[..., ::-1], _infov(scan, seq.calib, grid).astype(np.float16), rear
 
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
         loaded = pool.map(load, frames) if threads > 1 else map(load, frames)
-        for k, (img, p) in enumerate(tqdm(loaded, total=len(frames), desc=f"cache {seq.dir.name}", disable=not progress)):
+        for k, (img, p, rp) in enumerate(tqdm(loaded, total=len(frames), desc=f"cache {seq.dir.name}", disable=not progress)):
             images[k] = img  # RGB
             pts.append(p)
             offsets.append(offsets[-1] + len(p))
+            if rp is not None:
+                rear_pts.append(rp)
+                rear_offsets.append(rear_offsets[-1] + len(rp))
     images.flush()
     del images
     np.save(tmp / "points.npy", np.concatenate(pts, 0))
     np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    if rear_view:
+        np.save(tmp / "rear_points.npy", np.concatenate(rear_pts, 0))
+        np.save(tmp / "rear_offsets.npy", np.asarray(rear_offsets, dtype=np.int64))
     np.save(tmp / "frames.npy", frames)
     np.save(tmp / "xy.npy", seq.xy[frames] if seq.has_poses else np.zeros((len(frames), 2)))
     np.save(tmp / "times.npy", seq.times[frames])
@@ -83,6 +97,8 @@ def build_cache(root: str | Path, sequence: str, out: str | Path, height: int = 
         "grid": [grid.top, grid.left, grid.crop_h, grid.crop_w],
         "lidar_to_image": seq.calib.lidar_to_image.tolist(), "has_poses": seq.has_poses,
     }
+    if rear_view:
+        manifest["rear_view"] = {"yaw_deg": 180.0, "offset_m": rear_offset.tolist()}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -103,6 +119,8 @@ class FrameCache:
     calib: Calibration
     grid: GridGeometry
     name: str
+    rear_points: np.ndarray | None = None  # (P', 3) float16: the rear views' points (build_cache rear_view)
+    rear_offsets: np.ndarray | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> "FrameCache":
@@ -121,12 +139,18 @@ class FrameCache:
         grid = GridGeometry(H, W, top, left, ch, cw, h, w)
         load = lambda n: np.load(path / n, allow_pickle=False)  # noqa: E731
         return cls(path, np.load(path / "images.npy", mmap_mode="r", allow_pickle=False), load("points.npy"), load("offsets.npy"),
-                   load("frames.npy"), load("xy.npy"), load("times.npy"), calib, grid, f"{Path(man['source']).parent.parent.parent.name}/{man['sequence']}")
+                   load("frames.npy"), load("xy.npy"), load("times.npy"), calib, grid, f"{Path(man['source']).parent.parent.parent.name}/{man['sequence']}",
+                   *((load("rear_points.npy"), load("rear_offsets.npy")) if man.get("rear_view") else ()))
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def frame_points(self, k: int) -> np.ndarray:
+    def frame_points(self, k: int, rear: bool = False) -> np.ndarray:
+        """Frame ``k``'s points in the camera's view, or (``rear``) in its rear view's."""
+        if rear:
+            if self.rear_points is None:
+                raise DataError(self.path, "this cache holds no rear views (build_cache rear_view=True)")
+            return self.rear_points[self.rear_offsets[k] : self.rear_offsets[k + 1]].astype(np.float32)
         return self.points[self.offsets[k] : self.offsets[k + 1]].astype(np.float32)
 
 

@@ -42,10 +42,11 @@ def model_grid(cache: FrameCache, height: int, width: int) -> GridGeometry:
 
 
 def make_sample(cache: FrameCache, k: int, grid: GridGeometry, rng: np.random.Generator | None,
-                aug: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                aug: AugmentConfig = AugmentConfig(), rear: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rgb (3, h, w) float32 [0, 1], depth input (1, h, w), hidden depth target (1, h, w)).
 
-    With ``rng`` None nothing is augmented or hidden (evaluation)."""
+    With ``rng`` None nothing is augmented or hidden (evaluation). ``rear``: the depth is the
+    frame's rear view (the map's view 180; the image is still the camera's, unrelated to it)."""
     import cv2
 
     img = cache.images[k]
@@ -56,7 +57,7 @@ def make_sample(cache: FrameCache, k: int, grid: GridGeometry, rng: np.random.Ge
 
         img = camera_response(np.ascontiguousarray(img, dtype=np.uint8), camera_look(int(rng.integers(1 << 30))), rng)
     rgb = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    pts = cache.frame_points(k)
+    pts = cache.frame_points(k, rear)
     if rng is not None:
         c = 1 + rng.uniform(-aug.contrast, aug.contrast)
         b = rng.uniform(-aug.brightness, aug.brightness)

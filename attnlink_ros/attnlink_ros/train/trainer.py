@@ -88,6 +88,10 @@ class TrainConfig:
     # a revisit driven the other way sees another scene through a forward camera (the map answers
     # it with its rear view); such pairs within neg_radius_m count as neither. 0: position only
     pos_heading_deg: float = 0.0
+    # > 0 (with pos_heading_deg): this share of the anchors that have a revisit driven the other way
+    # get that revisit's rear view (the map's view 180, from a cache built with rear views) as their
+    # positive: what the product's map answers a reverse query with, which no other term trains
+    rear_view_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stage not in ("joint", "mono"):
@@ -96,6 +100,10 @@ class TrainConfig:
             raise ConfigError(f"train.val_noise must list sigmas in [0, 1), got {self.val_noise!r}")
         if not 0 <= self.pos_heading_deg <= 180:
             raise ConfigError(f"train.pos_heading_deg must be in [0, 180], got {self.pos_heading_deg!r}")
+        if not 0 <= self.rear_view_share <= 1:
+            raise ConfigError(f"train.rear_view_share must be in [0, 1], got {self.rear_view_share!r}")
+        if self.rear_view_share > 0 and (self.pos_heading_deg <= 0 or self.stage != "joint"):
+            raise ConfigError("train.rear_view_share needs train.pos_heading_deg > 0 and the joint stage")
         if self.val_views not in (1, 2):
             raise ConfigError(f"train.val_views must be 1 or 2, got {self.val_views!r}")
         if self.rear_negative_weight > 0 and self.stage != "mono":
@@ -138,8 +146,9 @@ class RunConfig:
                 "augment": dataclasses.asdict(self.augment)}
 
 
-def open_caches(specs, cache_dir: str | Path, size: tuple[int, int], progress: bool) -> list[FrameCache]:
-    """Opens (building when missing) the cache of each ``{"root", "sequence"}``."""
+def open_caches(specs, cache_dir: str | Path, size: tuple[int, int], progress: bool, rear_view: bool = False) -> list[FrameCache]:
+    """Opens (building when missing) the cache of each ``{"root", "sequence"}`` (``rear_view``:
+    caches that also hold each scan's rear view, name suffix ``_rv``)."""
     caches = []
     for spec in specs:
         unknown = set(spec) - {"root", "sequence", "frames"}
@@ -147,32 +156,41 @@ def open_caches(specs, cache_dir: str | Path, size: tuple[int, int], progress: b
             raise ConfigError(f"data entry {spec}: unknown key(s) {sorted(unknown)}")
         root, seq = Path(spec["root"]), str(spec.get("sequence", "00"))
         rng = tuple(int(f) for f in spec["frames"]) if spec.get("frames") is not None else None
-        name = f"{root.resolve().name}_{seq}_{size[0]}x{size[1]}" + (f"_{rng[0]}-{rng[1]}" if rng else "")
+        name = f"{root.resolve().name}_{seq}_{size[0]}x{size[1]}" + (f"_{rng[0]}-{rng[1]}" if rng else "") + ("_rv" if rear_view else "")
         path = Path(cache_dir) / name
         if not (path / "manifest.json").is_file():
-            build_cache(root, seq, path, size[0], size[1], progress=progress, frame_range=rng)
+            build_cache(root, seq, path, size[0], size[1], progress=progress, frame_range=rng, rear_view=rear_view)
         caches.append(FrameCache.open(path))
     return caches
 
 
 class BatchSampler:
     """Batches of one sequence: anchors and, for each, a positive frame within the positive
-    radius, from a revisit (>= 30 s apart) when one exists, else a neighbouring frame."""
+    radius, from a revisit (>= 30 s apart) when one exists, else a neighbouring frame. With
+    ``rear_share`` (and headings), that share of the anchors with a revisit driven the other way
+    get it as their partner, marked to be read as its rear view. Returns (cache index, frame
+    indices (B,), rear flags (B,))."""
 
     def __init__(self, caches: list[FrameCache], batch: int, pos_radius: float, revisit_share: float, seed: int,
-                 headings: list[np.ndarray] | None = None, max_heading_deg: float = 0.0) -> None:
+                 headings: list[np.ndarray] | None = None, max_heading_deg: float = 0.0, rear_share: float = 0.0) -> None:
         self.caches = caches
         self.batch = batch
         self.rng = np.random.default_rng(seed)
         self.revisit_share = revisit_share
+        self.rear_share = rear_share
         self.partners = []  # per cache: (revisit partners, near partners) lists per frame
+        self.reverse = []  # per cache: revisit partners driven the other way, per frame (rear_share)
         for ci, c in enumerate(caches):
             d = np.linalg.norm(c.xy[:, None] - c.xy[None], axis=-1)
             dt = np.abs(c.times[:, None] - c.times[None])
             close = d <= pos_radius
             if max_heading_deg > 0:  # partners facing the same way (pair_masks' positives)
                 h = headings[ci]
-                close &= heading_gap_deg(h[:, None], h[None]) <= max_heading_deg
+                gap = heading_gap_deg(h[:, None], h[None])
+                if rear_share > 0:
+                    back = (d <= pos_radius) & (gap >= 180.0 - max_heading_deg) & (dt >= 30)
+                    self.reverse.append([np.flatnonzero(back[i]) for i in range(len(c))])
+                close &= gap <= max_heading_deg
             rev = [np.flatnonzero(close[i] & (dt[i] >= 30)) for i in range(len(c))]
             near = [np.flatnonzero(close[i] & (dt[i] > 0)) for i in range(len(c))]
             self.partners.append((rev, near))
@@ -182,8 +200,16 @@ class BatchSampler:
         rev, near = self.partners[ci]
         n = len(self.caches[ci])
         has_rev = np.flatnonzero([len(r) > 0 for r in rev])
-        anchors = []
+        back = self.reverse[ci] if self.rear_share > 0 else None
+        has_back = np.flatnonzero([len(r) > 0 for r in back]) if back is not None else np.zeros(0, int)
+        anchors, rear = [], []
         for _ in range(self.batch // 2):
+            if len(has_back) and self.rng.random() < self.rear_share:  # a reverse revisit, as its rear view
+                a = int(self.rng.choice(has_back))
+                anchors += [a, int(self.rng.choice(back[a]))]
+                rear += [False, True]
+                continue
+            rear += [False, False]
             if len(has_rev) and self.rng.random() < self.revisit_share:
                 a = int(self.rng.choice(has_rev))
                 p = int(self.rng.choice(rev[a]))
@@ -191,7 +217,7 @@ class BatchSampler:
                 a = int(self.rng.integers(n))
                 p = int(self.rng.choice(near[a])) if len(near[a]) else a
             anchors += [a, p]
-        return ci, np.asarray(anchors)
+        return ci, np.asarray(anchors), np.asarray(rear, bool)
 
 
 class _BatchStream(torch.utils.data.IterableDataset):
@@ -201,7 +227,7 @@ class _BatchStream(torch.utils.data.IterableDataset):
     def __init__(self, caches, grids, sampler_args: tuple, aug) -> None:
         """``sampler_args``: (batch, pos_radius, revisit_share, seed, headings, max_heading_deg)."""
         self.caches, self.grids, self.aug = caches, grids, aug
-        self.batch_args, self.seed, self.heading_args = sampler_args[:3], sampler_args[3], sampler_args[4:]
+        self.batch_args, self.seed, self.heading_args = sampler_args[:3], sampler_args[3], sampler_args[4:]  # + rear_share
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -209,9 +235,9 @@ class _BatchStream(torch.utils.data.IterableDataset):
         sampler = BatchSampler(self.caches, *self.batch_args, self.seed + 7919 * wid, *self.heading_args)
         rng = np.random.default_rng(self.seed + 7 + 7919 * wid)
         while True:
-            ci, idx = sampler()
-            items = [make_sample(self.caches[ci], int(k), self.grids[ci], rng, self.aug) for k in idx]
-            yield (ci, idx) + tuple(np.stack([i[j] for i in items]) for j in range(3))
+            ci, idx, rear = sampler()
+            items = [make_sample(self.caches[ci], int(k), self.grids[ci], rng, self.aug, bool(r)) for k, r in zip(idx, rear)]
+            yield (ci, idx, rear) + tuple(np.stack([i[j] for i in items]) for j in range(3))
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -296,7 +322,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             print(f"starting from {tc.init_from} ({init_meta['fingerprint'][:12]})")
     if distributed and not main:
         torch.distributed.barrier()  # rank 0 builds missing caches first
-    caches = open_caches(cfg.data.train, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main)
+    caches = open_caches(cfg.data.train, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main, tc.rear_view_share > 0)
     val = open_caches(cfg.data.val, cfg.data.cache_dir, tuple(cfg.data.cache_size), progress and main) if cfg.data.val else []
     if distributed and main:
         torch.distributed.barrier()
@@ -331,7 +357,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             spec = specs_of[id(c)]
             headings.append(headings_deg(KittiSequence(spec["root"], str(spec.get("sequence", "00"))).poses[c.frames]))
     stream = _BatchStream(caches, grids, (tc.batch_size, tc.pos_radius_m, tc.revisit_share, tc.seed + 1000 * rank + step,
-                                          headings, tc.pos_heading_deg), cfg.augment)
+                                          headings, tc.pos_heading_deg, tc.rear_view_share), cfg.augment)
     if tc.workers > 0:
         batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers, prefetch_factor=4,
                                                    persistent_workers=True, pin_memory=device.type == "cuda"))
@@ -427,11 +453,12 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     t_start = time.time()
     done = step >= tc.steps  # a finished run resumed: nothing to train
     while not done:
-        ci, idx, rgb, depth, target = next(batches)
-        ci, idx = int(ci), np.asarray(idx)
+        ci, idx, rear, rgb, depth, target = next(batches)
+        ci, idx, rear = int(ci), np.asarray(idx), torch.as_tensor(np.asarray(rear, bool), device=device)
         rgb, depth, target = (torch.as_tensor(a).to(device, non_blocking=True) for a in (rgb, depth, target))
         xy = torch.from_numpy(caches[ci].xy[idx]).float().to(device)
-        hd = torch.from_numpy(headings[ci][idx]).float().to(device) if headings is not None else None
+        # a rear view faces the other way from where its frame was driven
+        hd = torch.from_numpy(headings[ci][idx]).float().to(device) + 180.0 * rear if headings is not None else None
         pos, neg = pair_masks(xy, torch.zeros(len(idx), device=device), tc.pos_radius_m, tc.neg_radius_m, hd, tc.pos_heading_deg)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -439,7 +466,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             bank = (rear[id(caches[ci])], torch.from_numpy(caches[ci].xy).float().to(device)) if tc.rear_negative_weight > 0 else None
             loss, stats = _mono_step(model, net, rgb, depth + target, tc, mcfg.max_depth_m, xy, bank)
         else:
-            loss, stats = _joint_step(net, rgb, depth, target, pos, neg, tc, mcfg.max_depth_m, step)
+            loss, stats = _joint_step(net, rgb, depth, target, pos, neg, tc, mcfg.max_depth_m, step, rear)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
@@ -494,13 +521,15 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     return {"out": str(out), "steps": step, "best_val_image_recall@1": best, "history": history}
 
 
-def _pseudo_lidar_terms(res, teacher_dense: torch.Tensor, returns: torch.Tensor, tc: TrainConfig, max_depth: float):
+def _pseudo_lidar_terms(res, teacher_dense: torch.Tensor, returns: torch.Tensor, tc: TrainConfig, max_depth: float,
+                        rows: torch.Tensor | None = None):
     """Dense supervision of the image's pseudo-LiDAR: depth vs the completed LiDAR depth (every
-    pixel) and the return logit vs the scan's returns."""
+    pixel) and the return logit vs the scan's returns (``rows``: of these samples only)."""
     import torch.nn.functional as F
 
-    ld = (res.pseudo_depth - teacher_dense).abs().mean() / max_depth
-    lr = F.binary_cross_entropy_with_logits(res.return_logit, returns)
+    sel = (lambda t: t[rows]) if rows is not None else (lambda t: t)  # noqa: E731
+    ld = (sel(res.pseudo_depth) - sel(teacher_dense)).abs().mean() / max_depth
+    lr = F.binary_cross_entropy_with_logits(sel(res.return_logit), sel(returns))
     return tc.pseudo_depth_weight * ld + tc.pseudo_return_weight * lr, {"pseudo_depth": float(ld.detach()), "pseudo_return": float(lr.detach())}
 
 
@@ -563,23 +592,29 @@ def rear_view_nce(q: torch.Tensor, own: torch.Tensor, xy: torch.Tensor, bank: to
     return loss, {"rear_nce": float(loss.detach()), "rear_beats_own": float(beaten)}
 
 
-def _joint_step(net, rgb, depth, target, pos, neg, tc: TrainConfig, max_depth: float, step: int):
+def _joint_step(net, rgb, depth, target, pos, neg, tc: TrainConfig, max_depth: float, step: int,
+                rear: torch.Tensor | None = None):
     """Loss of the joint stage: triplet + InfoNCE per query mode against LiDAR, completion,
-    distillation and auxiliary terms."""
+    distillation and auxiliary terms. ``rear`` (B,) marks samples whose depth is a rear view: their
+    image is not of it, so they are LiDAR queries and targets only (no image or fused anchor, no
+    distillation or pseudo-LiDAR term)."""
+    cam = ~rear if rear is not None and bool(rear.any()) else None  # the samples whose image and depth agree
+    rows = (lambda t: t[cam]) if cam is not None else (lambda t: t)  # noqa: E731
+    stats = {"rear_views": float(rear.float().mean())} if rear is not None else {}
     fwd_modes = tuple(dict.fromkeys(tuple(tc.modes) + (("image", "lidar") if tc.distill_weight > 0 else ("lidar",))))
     res = net(rgb=rgb, depth=depth, modes=fwd_modes)
     lidar = res.by_mode["lidar"]
     loss = torch.zeros((), device=rgb.device)
-    stats = {}
     for m in tc.modes:
         if m == "image" and step < tc.image_losses_from:
             continue
-        l, st = adaptive_triplet_loss(res.by_mode[m], lidar, pos, neg, tc.margin_min, tc.margin_max)
+        q, p_, n_ = (res.by_mode[m], pos, neg) if m == "lidar" else (rows(res.by_mode[m]), rows(pos), rows(neg))
+        l, st = adaptive_triplet_loss(q, lidar, p_, n_, tc.margin_min, tc.margin_max)
         loss = loss + l
         stats[f"triplet_{m}"] = float(l.detach())
         stats[f"margin_{m}"] = st["margin"]
         if tc.contrastive_weight > 0:
-            lc = contrastive_loss(res.by_mode[m], lidar, pos, neg, tc.temperature)
+            lc = contrastive_loss(q, lidar, p_, n_, tc.temperature)
             loss = loss + tc.contrastive_weight * lc
             stats[f"contrastive_{m}"] = float(lc.detach())
     if res.dense_depth is not None and tc.completion_weight > 0:
@@ -587,15 +622,15 @@ def _joint_step(net, rgb, depth, target, pos, neg, tc: TrainConfig, max_depth: f
         loss = loss + tc.completion_weight * lc
         stats["completion"] = float(lc.detach())
     if tc.distill_weight > 0 and "image" in res.by_mode:
-        ld = (1 - (res.by_mode["image"] * lidar.detach()).sum(1)).mean()
+        ld = rows(1 - (res.by_mode["image"] * lidar.detach()).sum(1)).mean()
         loss = loss + tc.distill_weight * ld
         stats["distill_image"] = float(ld.detach())
     if res.rgb_depth is not None:
-        la = coarse_depth_loss(res.rgb_depth, depth + target, max_depth)
+        la = coarse_depth_loss(rows(res.rgb_depth), rows(depth + target), max_depth)
         loss = loss + la
         stats["rgb_depth"] = float(la.detach())
     if res.pseudo_depth is not None:
-        lp, st = _pseudo_lidar_terms(res, res.dense_depth.detach(), ((depth + target) > 0).to(rgb.dtype), tc, max_depth)
+        lp, st = _pseudo_lidar_terms(res, res.dense_depth.detach(), ((depth + target) > 0).to(rgb.dtype), tc, max_depth, cam)
         loss = loss + lp
         stats.update(st)
     return loss, stats
