@@ -7,7 +7,10 @@
 #   attnlink_ros/bench/device_gpu.sh lease SECONDS CONFIG...  one lease, start to end within SECONDS:
 #       towns $LEASE_TOWNS (1200 frames, camera effects; new towns stop at 40 % of the time), their
 #       caches (LEASE_REAR=1: with rear views too), then every CONFIG trained side by side for the time left (train.time_budget_s);
-#       each run's final model and log -> $OUT/<run>.tar, the lease's log -> $OUT/lease.log
+#       each run's final model and log -> $OUT/<run>.tar, the lease's log -> $OUT/lease.log;
+#       LEASE_KEEP_LAST=1: also its OUT/last in 15 MB parts ($OUT/<run>.last.tar.part-*). A run spanning
+#       leases: `cat PARTS | tar x -C runs/<out>` here, carry runs/<out>/last, and set
+#       train.time_budget_decay: false with train.steps the whole run's length
 # KITTI frames for the CUDA projection test: copy ../shared/data/kitti's sequence 00 to .devkitti
 # and carry it (ATTNLINK_KITTI).
 set -u
@@ -84,6 +87,9 @@ PY
     tail -3 "out/$run.train.log"; mkdir -p "$dir"; cp "out/$run.yaml" "out/$run.train.log" "$dir/"
     files="log.jsonl $run.yaml $run.train.log"; [ -f "$dir/final.json" ] && files="$files final.json final.safetensors" || files="$files last"
     tar cf "$OUT/$run.tar" -C "$dir" $files
+    if [ -n "${LEASE_KEEP_LAST:-}" ]; then  # the resumable state (optimizer too), in parts under the 16 MB a file
+      tar cf - -C "$dir" last | split -b 15m - "$OUT/$run.last.tar.part-"
+    fi
   done
   echo "end at $(( $(date +%s) - t0 )) s"
   ;;

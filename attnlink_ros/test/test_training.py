@@ -230,6 +230,15 @@ train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, eval_every: 2, checkp
     res = train(RunConfig.load(tmp_path / "c.yaml", {"steps": 50, "time_budget_s": 1e-3, "out": str(tmp_path / "timed")}), progress=False)
     assert res["steps"] == 1 and res["history"][-1]["step"] == 1
     assert load_model(tmp_path / "timed" / "final")[1]["trained_steps"] == 1
+    lr = [json.loads(line).get("lr") for line in (tmp_path / "timed" / "log.jsonl").read_text().splitlines()]
+    # without decay the budget only stops it: the next lease resumes at the step's learning rate
+    res = train(RunConfig.load(tmp_path / "c.yaml", {"steps": 50, "time_budget_s": 1e-3, "time_budget_decay": False,
+                                                     "out": str(tmp_path / "leases")}), progress=False)
+    res = train(RunConfig.load(tmp_path / "c.yaml", {"steps": 50, "time_budget_s": 1e-3, "time_budget_decay": False,
+                                                     "out": str(tmp_path / "leases")}), progress=False)
+    assert res["steps"] == 2
+    lr2 = [json.loads(line)["lr"] for line in (tmp_path / "leases" / "log.jsonl").read_text().splitlines() if "lr" in line]
+    assert lr2[-1] > 0.5 * 1e-3 and [v for v in lr if v is not None] == [1e-3]  # warmup 1: step 0's lr, then the schedule
     with pytest.raises(Exception, match="pos_heading_deg"):
         RunConfig.load(tmp_path / "c.yaml", {"pos_heading_deg": 200.0})
 

@@ -47,6 +47,9 @@ class TrainConfig:
     # lease), validated and saved as at its last step; the cosine schedule follows whichever of
     # steps and time is further along, so the run ends with its learning rate decayed either way
     time_budget_s: float = 0.0
+    # false: the budget only stops the run and the schedule follows the steps alone: a run spanning
+    # several leases (each resuming OUT/last) with `steps` its total length
+    time_budget_decay: bool = True
     log_every: int = 10
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -389,7 +392,9 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     def lr_at(s: int) -> float:
         if s < tc.warmup_steps:
             return tc.lr * (s + 1) / tc.warmup_steps
-        progress = max((s - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps), time_spent())
+        progress = (s - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+        if tc.time_budget_decay:
+            progress = max(progress, time_spent())
         return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def save_last():
