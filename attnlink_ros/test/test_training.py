@@ -243,6 +243,32 @@ train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 4, eval_every: 2, checkp
         RunConfig.load(tmp_path / "c.yaml", {"pos_heading_deg": 200.0})
 
 
+def test_train_with_rear_views_builds_their_caches(synth_root, tmp_path):
+    """rear_view_share: the run reads caches built with rear views (suffix _rv) and draws rear-view
+    samples (logged share) where revisits face the other way; without pos_heading_deg it is refused."""
+    slow = _slowed_drive(synth_root, tmp_path)  # frames 10 s apart: revisits
+    poses = slow / "dataset" / "poses" / "00.txt"
+    rows = np.loadtxt(poses).reshape(-1, 3, 4)
+    rows[12:, :, [0, 2]] *= -1  # the second half recorded facing back (the camera turned 180 degrees about its y axis)
+    np.savetxt(poses, rows.reshape(-1, 12))
+    (tmp_path / "c.yaml").write_text(f"""
+model: {{variant: attnlink-lite}}
+data:
+  train: [{{root: {slow}, sequence: "00"}}]
+  cache_dir: {tmp_path / 'cache'}
+  cache_size: [64, 256]
+train: {{out: {tmp_path / 'run'}, steps: 2, batch_size: 8, log_every: 1, warmup_steps: 1, pos_heading_deg: 45.0,
+        rear_view_share: 1.0, pos_radius_m: 60.0}}
+""")
+    train(RunConfig.load(tmp_path / "c.yaml"), progress=False)
+    (cache,) = (tmp_path / "cache").iterdir()
+    assert cache.name.endswith("_rv") and FrameCache.open(cache).rear_points is not None
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 < rec["rear_views"] <= 0.5 for rec in lines)
+    with pytest.raises(Exception, match="rear_view_share needs"):
+        RunConfig.load(tmp_path / "c.yaml", {"pos_heading_deg": 0.0})
+
+
 def test_torchrun_two_processes(synth_root, tmp_path):
     """The same command on several processes (DistributedDataParallel, gloo on CPU)."""
     import subprocess

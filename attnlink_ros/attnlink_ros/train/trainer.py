@@ -198,7 +198,7 @@ class BatchSampler:
             near = [np.flatnonzero(close[i] & (dt[i] > 0)) for i in range(len(c))]
             self.partners.append((rev, near))
 
-    def __call__(self) -> tuple[int, np.ndarray]:
+    def __call__(self) -> tuple[int, np.ndarray, np.ndarray]:
         ci = int(self.rng.integers(len(self.caches)))
         rev, near = self.partners[ci]
         n = len(self.caches[ci])
@@ -224,13 +224,13 @@ class BatchSampler:
 
 
 class _BatchStream(torch.utils.data.IterableDataset):
-    """Endless training batches (cache index, frame indices, rgb, depth, hidden target); each
-    loader worker draws from its own seeded sampler."""
+    """Endless training batches (cache index, frame indices, rear-view flags, rgb, depth, hidden
+    target); each loader worker draws from its own seeded sampler."""
 
     def __init__(self, caches, grids, sampler_args: tuple, aug) -> None:
-        """``sampler_args``: (batch, pos_radius, revisit_share, seed, headings, max_heading_deg)."""
+        """``sampler_args``: (batch, pos_radius, revisit_share, seed, headings, max_heading_deg, rear_share)."""
         self.caches, self.grids, self.aug = caches, grids, aug
-        self.batch_args, self.seed, self.heading_args = sampler_args[:3], sampler_args[3], sampler_args[4:]  # + rear_share
+        self.batch_args, self.seed, self.heading_args = sampler_args[:3], sampler_args[3], sampler_args[4:]
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -458,12 +458,13 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
     t_start = time.time()
     done = step >= tc.steps  # a finished run resumed: nothing to train
     while not done:
-        ci, idx, rear, rgb, depth, target = next(batches)
-        ci, idx, rear = int(ci), np.asarray(idx), torch.as_tensor(np.asarray(rear, bool), device=device)
+        ci, idx, rear_views, rgb, depth, target = next(batches)
+        ci, idx = int(ci), np.asarray(idx)
+        rear_views = torch.as_tensor(np.asarray(rear_views, bool), device=device)  # (not `rear`: the mono stage's banks)
         rgb, depth, target = (torch.as_tensor(a).to(device, non_blocking=True) for a in (rgb, depth, target))
         xy = torch.from_numpy(caches[ci].xy[idx]).float().to(device)
         # a rear view faces the other way from where its frame was driven
-        hd = torch.from_numpy(headings[ci][idx]).float().to(device) + 180.0 * rear if headings is not None else None
+        hd = torch.from_numpy(headings[ci][idx]).float().to(device) + 180.0 * rear_views if headings is not None else None
         pos, neg = pair_masks(xy, torch.zeros(len(idx), device=device), tc.pos_radius_m, tc.neg_radius_m, hd, tc.pos_heading_deg)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -471,7 +472,7 @@ def train(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> dict:
             bank = (rear[id(caches[ci])], torch.from_numpy(caches[ci].xy).float().to(device)) if tc.rear_negative_weight > 0 else None
             loss, stats = _mono_step(model, net, rgb, depth + target, tc, mcfg.max_depth_m, xy, bank)
         else:
-            loss, stats = _joint_step(net, rgb, depth, target, pos, neg, tc, mcfg.max_depth_m, step, rear)
+            loss, stats = _joint_step(net, rgb, depth, target, pos, neg, tc, mcfg.max_depth_m, step, rear_views)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
