@@ -474,7 +474,10 @@ def _eval_depth(args: argparse.Namespace, model, meta) -> dict:
     frames = load_real_frames(args.data, model.cfg.input_height, model.cfg.input_width, seqs, progress=not args.quiet,
                              fov_deg=model.cfg.input_fov_deg, stride=args.stride)
     table = evaluate_depth(predict_depth(model, frames.rgb), frames)
-    _warn_trained(trained_drives(meta, frames.drives), "these numbers")
+    from .data.kitti import is_synthetic
+
+    real = [d for d in frames.drives if not any(is_synthetic(r, d) for r in args.data)]  # a town's "00" is not KITTI's
+    _warn_trained(trained_drives(meta, real), "these numbers")
     print(format_table(table, f"pseudo-depth vs projected LiDAR (grid {model.cfg.input_height}x{model.cfg.input_width}, "
                               f"returns <= 80 m), model {meta['fingerprint'][:12]}"))
     out = {"depth": table, "_model": {"fingerprint": meta["fingerprint"], "variant": meta["config"]["variant"]}}

@@ -95,6 +95,15 @@ def test_eval_depth_and_pseudo_depth_on_real_kitti(kitti_root, tmp_path):
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no sequence" in out.stderr
 
 
+def test_eval_depth_on_a_town_warns_of_no_trained_drive(synth_root):
+    """A town's drive is named "00" like KITTI's, which the shipped camera network trained on: the
+    training-numbers warning is for real drives only (the town is marked as rendered)."""
+    out = subprocess.run([sys.executable, "-m", "attnlink_ros", "eval", "--depth", "--data", str(synth_root), "--stride", "8", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "row-median baseline" in out.stdout and "warning:" not in out.stderr, out.stderr
+
+
 def test_descriptor_sensitivity_on_real_kitti(kitti_root):
     """How exact a depth the depth branch's descriptor asks for, on real scans: the perturbations
     are what they say (scale 1.1 is 0.1 AbsRel from the completion), a larger error moves the

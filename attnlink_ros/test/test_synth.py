@@ -21,6 +21,10 @@ def test_written_in_kitti_layout(synth_root):
     assert seq.calib.T_cam_lidar[0, 3] == pytest.approx(-1.198459927713e-02)
     img = seq.read_image(5)
     assert img.shape == (376, 1241, 3) and 20 < img.mean() < 235 and img.std() > 15
+    # marked as rendered (a town's drive is named "00" like KITTI's real one)
+    from attnlink_ros.data.kitti import is_synthetic
+
+    assert is_synthetic(synth_root, "00") and not is_synthetic(synth_root, "01") and not is_synthetic(synth_root / "nowhere", "00")
 
 
 def test_scans_project_into_images_like_kitti(synth_root):

@@ -52,6 +52,20 @@ def read_image(path: str | Path) -> np.ndarray:
     return img
 
 
+# A sequence folder that `attnlink synth` rendered holds this file (its seed and frame count): a
+# town's drive is named like a real one ("00"), and real-image bookkeeping must not mistake it.
+SYNTHETIC_MARKER = "synthetic.json"
+
+
+def is_synthetic(root: str | Path, sequence: str) -> bool:
+    """Whether ``root``'s ``sequence`` was rendered by ``attnlink synth`` (its marker file; towns
+    rendered before session 21 have none)."""
+    try:
+        return (resolve_dataset_root(root) / "sequences" / str(sequence) / SYNTHETIC_MARKER).is_file()
+    except DataError:  # no dataset layout: not a town
+        return False
+
+
 def resolve_dataset_root(root: str | Path) -> Path:
     """The ``dataset`` folder under ``root`` (or ``root`` itself when it is that folder)."""
     root = Path(root)

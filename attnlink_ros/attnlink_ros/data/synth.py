@@ -12,6 +12,7 @@ buildings, trees and poles, what a LiDAR map holds, stay.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +24,7 @@ import numpy as np
 from ..geometry.calibration import Calibration, format_kitti_odometry_calib
 from ..geometry.poses import format_kitti_poses, format_kitti_times
 from . import town as T
+from .kitti import SYNTHETIC_MARKER
 from .render import cast_columns, cull
 
 # KITTI odometry sequence 00 calibration (the camera model the synthetic rig copies).
@@ -496,6 +498,7 @@ def write_synthetic_sequence(
     calib = drive.calib
     (seq_dir / "calib.txt").write_text(format_kitti_odometry_calib({k: calib.extra[k] for k in ("P0", "P1", "P2", "P3")}, calib.extra["Tr"]))
     (seq_dir / "times.txt").write_text(format_kitti_times(drive.drive.t))
+    (seq_dir / SYNTHETIC_MARKER).write_text(json.dumps({"generator": "attnlink synth", "seed": config.seed, "frames": config.frames}) + "\n")
     (out / "dataset" / "poses" / f"{sequence}.txt").write_text(format_kitti_poses(drive.kitti_poses()))
     todo = sorted({int(i) for i in only if 0 <= int(i) < config.frames}) if only is not None else list(range(config.frames))
     chunks = [todo[s : s + 8] for s in range(0, len(todo), 8)]
