@@ -53,6 +53,11 @@ def test_heading_aware_positives():
     """pos_heading_deg: a pair within the positive radius facing the other way is neither a
     positive nor a negative; facing the same way (across the +-180 seam too) it stays positive."""
     assert heading_gap_deg(np.array([170.0, 10.0, 90.0]), np.array([-170.0, 350.0, -90.0])).tolist() == [20.0, 20.0, 180.0]
+    from attnlink_ros.retrieval.views import wrap_deg
+
+    a, b = np.random.default_rng(0).uniform(-720, 720, (2, 1000))
+    assert np.allclose(heading_gap_deg(a, b), np.abs(wrap_deg(a - b)))  # the project's wrap, for tensors too
+    assert torch.allclose(heading_gap_deg(torch.tensor(a), torch.tensor(b)), torch.tensor(np.abs(wrap_deg(a - b))))
     xy = torch.tensor([[0.0, 0.0], [3.0, 0.0], [2.0, 0.0], [30.0, 0.0]])
     heading = torch.tensor([175.0, -175.0, -5.0, 0.0])
     pos, neg = pair_masks(xy, torch.zeros(4), heading_deg=heading, max_heading_deg=45.0)

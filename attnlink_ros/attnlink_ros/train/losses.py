@@ -24,7 +24,8 @@ def pair_masks(xy: torch.Tensor, group: torch.Tensor, pos_radius: float = 5.0, n
 
 
 def heading_gap_deg(a, b):
-    """Absolute difference of headings in degrees, in [0, 180] (numpy arrays or tensors)."""
+    """Absolute difference of headings in degrees, in [0, 180]: ``abs(retrieval.views.wrap_deg(a - b))``,
+    written so that it also runs on tensors (on the training device) as well as numpy arrays."""
     return 180.0 - abs(abs(a - b) % 360.0 - 180.0)
 
 

@@ -191,7 +191,7 @@ class BatchSampler:
                 h = headings[ci]
                 gap = heading_gap_deg(h[:, None], h[None])
                 if rear_share > 0:
-                    back = (d <= pos_radius) & (gap >= 180.0 - max_heading_deg) & (dt >= 30)
+                    back = close & (gap >= 180.0 - max_heading_deg) & (dt >= 30)
                     self.reverse.append([np.flatnonzero(back[i]) for i in range(len(c))])
                 close &= gap <= max_heading_deg
             rev = [np.flatnonzero(close[i] & (dt[i] >= 30)) for i in range(len(c))]
