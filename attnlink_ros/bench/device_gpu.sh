@@ -5,8 +5,8 @@
 #   attnlink_ros/bench/device_gpu.sh towns         synthetic towns of the lite model (16 workers)
 #   attnlink_ros/bench/device_gpu.sh train CONFIG [STEPS]   train (resumes runs/<out>/last), results -> $OUT
 #   attnlink_ros/bench/device_gpu.sh lease SECONDS CONFIG...  one lease, start to end within SECONDS:
-#       towns $LEASE_TOWNS (1200 frames, camera effects; new towns stop at 40 % of the time), their
-#       caches (LEASE_REAR=1: with rear views too), then every CONFIG trained side by side for the time left (train.time_budget_s);
+#       towns $LEASE_TOWNS (1200 frames, camera effects; new towns stop at 40 % of the time; made ones kept), their
+#       caches at each size of $LEASE_CACHE (default 128x512; LEASE_REAR=1: with rear views too), then every CONFIG trained side by side for the time left (train.time_budget_s);
 #       each run's final model and log -> $OUT/<run>.tar, the lease's log -> $OUT/lease.log;
 #       LEASE_KEEP_LAST=1: also its OUT/last in 15 MB parts ($OUT/<run>.last.tar.part-*). A run spanning
 #       leases: `cat PARTS | tar x -C runs/<out>` here, carry runs/<out>/last, and set
@@ -51,18 +51,24 @@ lease)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
   python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.is_available())"
   mkdir -p out/cache
+  lease_cache() {  # TOWN HxW SUFFIX (_rv: with rear views); a cache already built is kept
+    python3 -c "import os; from attnlink_ros.data.cache import build_cache as b; p='out/cache/s$1_00_$2$3'; os.path.isfile(p + '/manifest.json') or b('out/towns/s$1', '00', p, ${2%x*}, ${2#*x}, progress=False, threads=4, rear_view=bool('$3'))"
+  }
   pids=()  # waited for by name: a bare `wait` would also wait for the tee above
   for s in ${LEASE_TOWNS:-1301 1302 1303 1304 1305 1306 1307 1308 1309 1310}; do
     [ $(( $(date +%s) - t0 )) -lt $(( secs * 2 / 5 )) ] || { echo "no time for town $s"; break; }
-    python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames ${LEASE_FRAMES:-1200} --workers 16 --quiet \
-      --camera-effects --scene-variety || exit 1
-    touch out/towns/s$s/done
-    python3 -c "from attnlink_ros.data.cache import build_cache as b; b('out/towns/s$s', '00', 'out/cache/s$s''_00_128x512', 128, 512, progress=False, threads=4)" &
-    pids+=($!)
-    if [ -n "${LEASE_REAR:-}" ]; then  # the caches with rear views too (train.rear_view_share)
-      python3 -c "from attnlink_ros.data.cache import build_cache as b; b('out/towns/s$s', '00', 'out/cache/s$s''_00_128x512_rv', 128, 512, progress=False, threads=4, rear_view=True)" &
+    test -f out/towns/s$s/done || {  # a warm machine's second call keeps what the first made
+      python3 -m attnlink_ros synth --out out/towns/s$s --seed $s --frames ${LEASE_FRAMES:-1200} --workers 16 --quiet \
+        --camera-effects --scene-variety || exit 1
+      touch out/towns/s$s/done; }
+    for hw in ${LEASE_CACHE:-128x512}; do  # the configs' data.cache_size (one already built is kept)
+      lease_cache $s $hw "" &
       pids+=($!)
-    fi
+      if [ -n "${LEASE_REAR:-}" ]; then  # the caches with rear views too (train.rear_view_share)
+        lease_cache $s $hw _rv &
+        pids+=($!)
+      fi
+    done
     echo "town $s at $(( $(date +%s) - t0 )) s"
   done
   wait "${pids[@]}"
