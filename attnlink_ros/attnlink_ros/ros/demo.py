@@ -110,6 +110,8 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         while time.monotonic() < deadline and len(results) < len(query_frames):
             time.sleep(0.05)
         node_latency = np.asarray(node._latency) if node._latency else np.zeros(1)
+        stage_ms = {k: round(float(np.percentile(v, 50)), 2) for k, v in sorted(node.stage_ms.items()) if v}
+        verify_candidates = int(node.cfg.verify_candidates)
         counters = dict(node.counters)
         backend_desc = ", ".join(dict.fromkeys(b.describe() for b in node.recognizer._backends.values()))
         ex.shutdown()
@@ -143,7 +145,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         "frame_rate_hz": round(rstats.frames / rstats.wall_s, 2) if rstats.wall_s else 0.0,
         "latency_ms_end_to_end_p50": round(float(np.percentile(e2e, 50)), 2) if len(e2e) else None,
         "latency_ms_end_to_end_p99": round(float(np.percentile(e2e, 99)), 2) if len(e2e) else None,
-        "latency_ms_node_p50": round(float(np.percentile(node_latency, 50)), 2),
+        "latency_ms_node_p50": round(float(np.percentile(node_latency, 50)), 2), "stage_ms_node_p50": stage_ms,
         "backend": backend_desc, "node_counters": counters, "plot": str(plot) if plot else None,
         **tracking,
     }
@@ -154,9 +156,12 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
           f"latency (publish -> ~/match) p50 {result['latency_ms_end_to_end_p50']} ms, p99 {result['latency_ms_end_to_end_p99']} ms "
           f"(node {result['latency_ms_node_p50']} ms); {backend_desc}")
     if scans and rate <= 0:
-        print("  (lockstep replay: each frame waits for its answer, and a frame the verifier takes waits for its GICP "
-              "registration, ~150 ms on 2 cores; with sensors at their own rate the node answers every frame at once and "
-              "verifies the ones it can, attnlink_ros/bench/bench_reloc_node.py)")
+        rest = sum(v for k, v in stage_ms.items() if k != "verify")
+        print(f"  (lockstep replay: each frame waits for its answer, and a frame the verifier takes waits for its GICP "
+              f"registrations of up to {verify_candidates} best hits, one after another: the node's p50 a frame here "
+              f"{stage_ms.get('verify', float('nan')):.0f} ms verifying, {rest:.0f} ms for everything else; with sensors at "
+              f"their own rate the node answers every frame at once and verifies the ones it can, "
+              f"attnlink_ros/bench/bench_reloc_node.py)")
     print("recall@1 by the heading the place was mapped in: " + ", ".join(
         f"{c} {v['recall@1']:.3f} ({v['queries']} queries)" for c, v in by_heading.items()) + f"  [map of {views} heading views]")
     sf, tk = tracking.get("single_frame"), tracking.get("track")
