@@ -159,7 +159,7 @@ def run_demo(seq, out: Path, model=None, mode: str = "fused", backend: str = "au
         rest = sum(v for k, v in stage_ms.items() if k != "verify")
         print(f"  (lockstep replay: each frame waits for its answer, and a frame the verifier takes waits for its GICP "
               f"registrations of up to {verify_candidates} best hits, one after another: the node's p50 a frame here "
-              f"{stage_ms.get('verify', float('nan')):.0f} ms verifying, {rest:.0f} ms for everything else; with sensors at "
+              f"{stage_ms.get('verify', float('nan')):.0f} ms verifying, {rest:.0f} ms the other stages (their p50s summed); with sensors at "
               f"their own rate the node answers every frame at once and verifies the ones it can, "
               f"attnlink_ros/bench/bench_reloc_node.py)")
     print("recall@1 by the heading the place was mapped in: " + ", ".join(

@@ -11,7 +11,6 @@ truth turns more than 0.01 rad. Printed per town and setting: the step length er
 length ratio. ~65 s a town and setting on one core."""
 import argparse
 import json
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -29,11 +28,9 @@ args = ap.parse_args()
 out = {}
 for root in args.roots:
     seq = KittiSequence(root, "00")
-    poses = np.loadtxt(f"{root}/dataset/poses/00.txt").reshape(-1, 3, 4)
-    T = np.tile(np.eye(4), (len(poses), 1, 1))
-    T[:, :3, :] = poses
+    T = seq.poses  # (N, 4, 4) ground-truth camera poses
     K = seq.calib.P[:3, :3].astype(np.float64)
-    lo, hi = args.frames[0], min(args.frames[1], len(poses))
+    lo, hi = args.frames[0], min(args.frames[1], len(T))
     truth = np.array([odometry_delta(T[i - 1], T[i]) for i in range(lo + 1, hi)])
     images = [seq.read_image(i) for i in range(lo, hi)]
     turning = np.abs(truth[:, 2]) > 0.01
